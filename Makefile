@@ -1,0 +1,30 @@
+# facesets: `make demo` runs the main job on sample photos, `make test` runs ruff, mypy and pytest.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+SHARED ?= ../shared
+
+.PHONY: test demo lint bench-embed clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[cpu,dev]'
+	touch $@
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+demo: $(VENV)/.installed
+	$(BIN)/python scripts/demo.py --shared $(SHARED)
+
+bench-embed: $(VENV)/.installed
+	$(BIN)/python scripts/bench_embed.py --shared $(SHARED)
+
+clean:
+	rm -rf demo bench .pytest_cache .mypy_cache .ruff_cache

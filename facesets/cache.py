@@ -1,0 +1,468 @@
+"""Face caches: one NPZ file (schema 2) plus a journal that makes every flush crash-safe.
+
+File members (all loadable with ``allow_pickle=False``):
+
+    schema        int64 scalar, 2
+    model         UTF-8 JSON: the model pack identity (name, files, BLAKE3 of each)
+    embeddings    float32 (N, 512), L2-normalised, row i is face i
+    meta          structured (N,): image (int32 index into processed), bbox (4 f4), kps (5x2 f4),
+                  score (f4), face_short (f4, short side of the box in original pixels)
+    processed     UTF-8 JSON list: every image done, with path, content hash (BLAKE3), size, status
+                  (ok | no_face | duplicate | error), reason, width, height, faces, source ids
+    path_aliases  UTF-8 JSON list of [linux path, windows path] pairs
+    journal_seq   int64 scalar: the last journal segment folded into this file
+
+While a run is in progress, each flush writes a small segment ``<cache>.journal/seg-NNNNNN.npz`` (same
+members) atomically; at the end of the run the segments are folded into the main file, atomically,
+and removed. A ``kill -9`` therefore loses at most the images since the last flush, and the next run (or
+any reader) folds the surviving segments in. A file that is not a readable cache is refused, never
+overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from numpy.typing import NDArray
+
+from .errors import CacheCorruptError, CacheError, CacheModelMismatchError, CacheVersionError
+from .fsio import atomic_writer, exclusive_lock, remove_stale_temps, temp_pattern
+from .packs import PackIdentity
+from .records import FaceRecord, ImageRecord, ImageStatus
+
+SCHEMA = 2
+EMBEDDING_DIM = 512
+META_DTYPE = np.dtype(
+    [("image", "<i4"), ("bbox", "<f4", (4,)), ("kps", "<f4", (5, 2)), ("score", "<f4"), ("face_short", "<f4")]
+)
+REQUIRED = ("schema", "model", "embeddings", "meta", "processed", "path_aliases")
+
+
+@dataclass
+class CacheData:
+    """A cache in memory: image records, face rows and aliases."""
+
+    identity: PackIdentity
+    images: list[ImageRecord] = field(default_factory=list)
+    meta: NDArray[Any] = field(default_factory=lambda: np.zeros(0, META_DTYPE))
+    embeddings: NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, EMBEDDING_DIM), np.float32))
+    aliases: dict[str, str] = field(default_factory=dict)
+    journal_seq: int = 0
+
+    @property
+    def face_count(self) -> int:
+        return len(self.meta)
+
+    def extend(self, other: CacheData) -> None:
+        """Append ``other``'s records (indices shifted); no deduplication."""
+        offset = len(self.images)
+        self.images.extend(other.images)
+        shifted = other.meta.copy()
+        shifted["image"] += offset
+        self.meta = np.concatenate([self.meta, shifted])
+        self.embeddings = np.concatenate([self.embeddings, other.embeddings]).astype(np.float32, copy=False)
+        self.aliases.update(other.aliases)
+
+    def faces(self) -> Iterator[FaceRecord]:
+        for row, vector in zip(self.meta, self.embeddings, strict=True):
+            yield FaceRecord(
+                int(row["image"]), row["bbox"], row["kps"], float(row["score"]), float(row["face_short"]), vector
+            )
+
+    def counts(self) -> dict[str, int]:
+        counts = {status.value: 0 for status in ImageStatus}
+        for record in self.images:
+            counts[record.status.value] += 1
+        return counts
+
+
+def faces_to_arrays(image_index: int, faces: Sequence[Any]) -> tuple[NDArray[Any], NDArray[np.float32]]:
+    """Rows for the faces of one image (``faces`` are :class:`facesets.faces.Face`)."""
+    meta = np.zeros(len(faces), META_DTYPE)
+    vectors = np.zeros((len(faces), EMBEDDING_DIM), np.float32)
+    for row, face in enumerate(faces):
+        meta[row] = (image_index, face.bbox, face.kps, face.score, face.face_short)
+        vectors[row] = face.embedding
+    return meta, vectors
+
+
+# -- reading -------------------------------------------------------------------------------------------
+
+
+def read_npz(path: Path, images_only: bool = False) -> CacheData:
+    """Read one cache or journal file, validating it; raise a :class:`CacheError` subclass if unusable.
+
+    ``images_only`` skips the face rows (members load lazily), for callers that need only what was done.
+    """
+    try:
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as npz:
+            try:
+                data = _parse_members(path, npz, images_only)
+            except (ValueError, orjson.JSONDecodeError) as exc:
+                if _holds_objects(npz):
+                    raise CacheCorruptError(_corrupt(path, _PICKLED)) from exc
+                raise
+    except CacheError:
+        raise
+    except (OSError, EOFError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as exc:
+        raise CacheCorruptError(_corrupt(path, str(exc) or type(exc).__name__)) from exc
+    if not images_only:
+        _check_shapes(path, data)
+    return data
+
+
+_PICKLED = (
+    "it holds pickled objects (a cache of the original face-sets tool?); facesets never unpickles files. "
+    "Re-embed the images with `facesets embed`"
+)
+
+
+def _parse_members(path: Path, npz: Any, images_only: bool) -> CacheData:
+    missing = [name for name in REQUIRED if name not in npz.files]
+    if missing:
+        raise CacheCorruptError(_corrupt(path, f"members missing: {', '.join(missing)}"))
+    schema = int(npz["schema"])
+    if schema != SCHEMA:
+        raise CacheVersionError(_version_message(path, schema))
+    data = CacheData(
+        identity=PackIdentity.from_dict(orjson.loads(npz["model"].tobytes())),
+        images=[ImageRecord.from_dict(item) for item in orjson.loads(npz["processed"].tobytes())],
+        aliases={str(a): str(b) for a, b in orjson.loads(npz["path_aliases"].tobytes())},
+        journal_seq=int(npz["journal_seq"]) if "journal_seq" in npz.files else 0,
+    )
+    if not images_only:
+        data.meta = np.asarray(npz["meta"])
+        data.embeddings = np.asarray(npz["embeddings"], dtype=np.float32)
+    return data
+
+
+def _holds_objects(npz: Any) -> bool:
+    for name in npz.files:
+        try:
+            npz[name]
+        except ValueError as exc:
+            if "allow_pickle" in str(exc):
+                return True
+    return False
+
+
+def _check_shapes(path: Path, data: CacheData) -> None:
+    if data.meta.dtype != META_DTYPE:
+        raise CacheCorruptError(_corrupt(path, f"meta has dtype {data.meta.dtype}"))
+    if data.embeddings.ndim != 2 or len(data.embeddings) != len(data.meta):
+        raise CacheCorruptError(_corrupt(path, "embeddings and meta have different lengths"))
+    if len(data.meta) and (int(data.meta["image"].max()) >= len(data.images) or int(data.meta["image"].min()) < 0):
+        raise CacheCorruptError(_corrupt(path, "a face points at an image that is not recorded"))
+
+
+def _corrupt(path: Path, why: str) -> str:
+    return (
+        f"{path} is not a readable facesets cache ({why}). It was left untouched: move it away or pass another --cache."
+    )
+
+
+def _version_message(path: Path, schema: int) -> str:
+    if schema > SCHEMA:
+        return f"{path} has cache schema {schema}, newer than this facesets reads ({SCHEMA}): upgrade facesets."
+    return f"{path} has cache schema {schema}, older than this facesets reads ({SCHEMA}): re-embed its images."
+
+
+def journal_dir(cache: Path) -> Path:
+    return cache.with_name(cache.name + ".journal")
+
+
+def journal_segments(cache: Path) -> list[tuple[int, Path]]:
+    folder = journal_dir(cache)
+    if not folder.is_dir():
+        return []
+    segments = []
+    for entry in folder.glob("seg-*.npz"):
+        with contextlib.suppress(ValueError):
+            segments.append((int(entry.stem[4:]), entry))
+    return sorted(segments)
+
+
+def load_cache(path: Path, images_only: bool = False) -> CacheData:
+    """Read a cache with its pending journal segments folded in (read-only: nothing is written)."""
+    path = Path(path)
+    base = read_npz(path, images_only) if path.exists() else None
+    data = fold_journal(path, base, images_only)
+    if data is None:
+        raise CacheError(f"cache {path} does not exist")
+    if base is None or data.journal_seq != base.journal_seq:
+        data = sorted_by_path(data)
+    return data
+
+
+def fold_journal(path: Path, base: CacheData | None, images_only: bool = False) -> CacheData | None:
+    """``base`` with the journal segments it has not folded in yet appended, in order."""
+    seq = base.journal_seq if base else 0
+    data = base
+    for number, segment in journal_segments(path):
+        if number <= seq:
+            continue
+        part = read_npz(segment, images_only)
+        if data is None:
+            data = part
+        else:
+            _require_same_model(data.identity, part.identity, segment)
+            data.extend(part)
+        data.journal_seq = number
+    return data
+
+
+def _require_same_model(expected: PackIdentity, found: PackIdentity, where: Path) -> None:
+    if not expected.same_vectors(found):
+        raise CacheModelMismatchError(
+            f"{where} was made with model pack {found.describe()}, but this cache uses {expected.describe()}: "
+            "embedding spaces never mix. Use a separate cache for each model pack."
+        )
+
+
+# -- writing -------------------------------------------------------------------------------------------
+
+
+def _json_array(value: Any) -> NDArray[np.uint8]:
+    return np.frombuffer(orjson.dumps(value), dtype=np.uint8)
+
+
+def write_npz(path: Path, data: CacheData) -> None:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename)."""
+    members = {
+        "schema": np.int64(SCHEMA),
+        "model": _json_array(data.identity.to_dict()),
+        "embeddings": np.ascontiguousarray(data.embeddings, dtype=np.float32),
+        "meta": data.meta,
+        "processed": _json_array([record.to_dict() for record in data.images]),
+        "path_aliases": _json_array(sorted(data.aliases.items())),
+        "journal_seq": np.int64(data.journal_seq),
+    }
+    buffer_threshold = 64 << 20
+    with atomic_writer(path) as handle:
+        if data.embeddings.nbytes < buffer_threshold:
+            staging = io.BytesIO()
+            np.savez(staging, **members)  # type: ignore[arg-type]
+            handle.write(staging.getbuffer())
+        else:
+            np.savez(handle, **members)  # type: ignore[arg-type]
+
+
+def sorted_by_path(data: CacheData) -> CacheData:
+    """The canonical form: one record per path (a later record, such as a retried error, replaces an
+    earlier one with its faces), images in path order, faces in image order."""
+    latest = {record.path: index for index, record in enumerate(data.images)}
+    order = [latest[path] for path in sorted(latest)]
+    new_index = np.full(len(data.images), -1, np.int64)
+    new_index[order] = np.arange(len(order))
+    images = new_index[data.meta["image"]] if len(data.meta) else np.zeros(0, np.int64)
+    rows = np.nonzero(images >= 0)[0]
+    meta = data.meta[rows].copy()
+    meta["image"] = images[rows]
+    face_order = rows[np.argsort(meta["image"], kind="stable")]
+    meta = meta[np.argsort(meta["image"], kind="stable")]
+    return CacheData(
+        identity=data.identity,
+        images=[data.images[i] for i in order],
+        meta=meta,
+        embeddings=data.embeddings[face_order],
+        aliases=dict(data.aliases),
+        journal_seq=data.journal_seq,
+    )
+
+
+class CacheWriter:
+    """Appends records to a cache through its journal; :meth:`close` folds the journal in.
+
+    Holds an exclusive lock on ``<cache>.lock`` for its lifetime, so two runs never write one cache.
+    """
+
+    def __init__(self, path: Path, identity: PackIdentity) -> None:
+        self.path = Path(path)
+        self.identity = identity
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(exclusive_lock(self.path.with_name(self.path.name + ".lock")))
+        try:
+            self._open()
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _open(self) -> None:
+        remove_stale_temps(self.path.parent, temp_pattern(self.path.name))
+        base = read_npz(self.path, images_only=True) if self.path.exists() else None
+        self._drop_segments(base.journal_seq if base else 0)
+        self.existing = fold_journal(self.path, base, images_only=True)
+        if self.existing is not None:
+            _require_same_model(self.identity, self.existing.identity, self.path)
+        self._seq = self.existing.journal_seq if self.existing else 0
+        self._pending = CacheData(identity=self.identity)
+
+    def _drop_segments(self, upto: int) -> None:
+        """Remove segments already folded into the main file (left by a kill during :meth:`close`)."""
+        for number, segment in journal_segments(self.path):
+            if number <= upto:
+                segment.unlink(missing_ok=True)
+        folder = journal_dir(self.path)
+        if folder.is_dir():
+            remove_stale_temps(folder, temp_pattern("seg-*"))
+
+    def done_images(self) -> Iterable[ImageRecord]:
+        return self.existing.images if self.existing else []
+
+    def add(self, record: ImageRecord, faces: Sequence[Any], aliases: dict[str, str] | None = None) -> None:
+        index = len(self._pending.images)
+        self._pending.images.append(record)
+        if faces:
+            meta, vectors = faces_to_arrays(index, faces)
+            self._pending.meta = np.concatenate([self._pending.meta, meta])
+            self._pending.embeddings = np.concatenate([self._pending.embeddings, vectors])
+        if aliases:
+            self._pending.aliases.update(aliases)
+
+    @property
+    def pending_images(self) -> int:
+        return len(self._pending.images)
+
+    def flush(self) -> None:
+        """Write the records added since the last flush as one journal segment (atomic)."""
+        if not self._pending.images:
+            return
+        folder = journal_dir(self.path)
+        folder.mkdir(exist_ok=True)
+        self._seq += 1
+        write_npz(folder / f"seg-{self._seq:06d}.npz", self._pending)
+        self._pending = CacheData(identity=self.identity)
+
+    def close(self) -> CacheData:
+        """Flush, fold the journal into the main file atomically, remove the segments, release the lock."""
+        try:
+            self.flush()
+            if self.path.exists() and not journal_segments(self.path):
+                return load_cache(self.path)
+            merged = load_cache(self.path) if journal_segments(self.path) else CacheData(self.identity)
+            write_npz(self.path, sorted_by_path(merged))
+            self._drop_segments(merged.journal_seq)
+            with contextlib.suppress(OSError):
+                journal_dir(self.path).rmdir()
+            return merged
+        finally:
+            self._lock.close()
+
+    def abandon(self) -> None:
+        """Keep what was flushed, drop the unflushed rest, release the lock (used on errors)."""
+        self._lock.close()
+
+
+# -- combining and summarising -------------------------------------------------------------------------
+
+
+@dataclass
+class ExtendStats:
+    images_added: int = 0
+    faces_added: int = 0
+    deduplicated: int = 0  # same bytes as an image already in the master: kept as a duplicate record
+    already_present: int = 0  # same path already in the master
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def extend_cache(master: Path, parts: Sequence[Path]) -> ExtendStats:
+    """Fold ``parts`` into ``master`` (created if missing): dedup by content hash, aliases merged, atomic.
+
+    Every part must come from the same recognizer as the master; a mismatch changes nothing.
+    """
+    master = Path(master)
+    stats = ExtendStats()
+    with exclusive_lock(master.with_name(master.name + ".lock")):
+        loaded = [load_cache(part) for part in parts]
+        exists = master.exists() or bool(journal_segments(master))
+        merged = load_cache(master) if exists else CacheData(identity=loaded[0].identity)
+        for part, data in zip(parts, loaded, strict=True):
+            _require_same_model(merged.identity, data.identity, Path(part))
+        for data in loaded:
+            _fold_part(merged, data, stats)
+        write_npz(master, sorted_by_path(merged))
+        for number, segment in journal_segments(master):
+            if number <= merged.journal_seq:
+                segment.unlink(missing_ok=True)
+    return stats
+
+
+def _fold_part(merged: CacheData, part: CacheData, stats: ExtendStats) -> None:
+    paths = {record.path for record in merged.images}
+    embedded = {r.content_hash for r in merged.images if _embedded(r)}
+    new_index = np.full(len(part.images), -1, np.int64)
+    added: list[ImageRecord] = []
+    for index, record in enumerate(part.images):
+        if record.path in paths:
+            stats.already_present += 1
+            continue
+        paths.add(record.path)
+        if _embedded(record) and record.content_hash in embedded:
+            stats.deduplicated += 1
+            added.append(_as_duplicate(record))
+            continue
+        if _embedded(record):
+            embedded.add(record.content_hash)
+        new_index[index] = len(merged.images) + len(added)
+        added.append(record)
+    rows = new_index[part.meta["image"]] >= 0 if len(part.meta) else np.zeros(0, bool)
+    meta = part.meta[rows].copy()
+    meta["image"] = new_index[meta["image"]]
+    merged.images.extend(added)
+    merged.meta = np.concatenate([merged.meta, meta])
+    merged.embeddings = np.concatenate([merged.embeddings, part.embeddings[rows]]).astype(np.float32, copy=False)
+    merged.aliases.update(part.aliases)
+    stats.images_added += len(added)
+    stats.faces_added += int(rows.sum())
+
+
+def _embedded(record: ImageRecord) -> bool:
+    return record.status in (ImageStatus.OK, ImageStatus.NO_FACE)
+
+
+def _as_duplicate(record: ImageRecord) -> ImageRecord:
+    return ImageRecord(
+        record.path,
+        record.content_hash,
+        record.size,
+        ImageStatus.DUPLICATE,
+        "",
+        record.width,
+        record.height,
+        0,
+        record.source,
+    )
+
+
+def cache_summary(path: Path) -> dict[str, Any]:
+    """What ``facesets cache info`` prints: counts by status, faces, model, schema, pending journal."""
+    path = Path(path)
+    data = load_cache(path, images_only=True)
+    counts = data.counts()
+    return {
+        "path": str(path),
+        "schema": SCHEMA,
+        "model": data.identity.to_dict(),
+        "images": len(data.images),
+        "faces": sum(record.faces for record in data.images if record.status is ImageStatus.OK),
+        "with_faces": counts[ImageStatus.OK.value],
+        "no_face": counts[ImageStatus.NO_FACE.value],
+        "duplicates": counts[ImageStatus.DUPLICATE.value],
+        "errors": counts[ImageStatus.ERROR.value],
+        "pending_journal_segments": len([n for n, _ in journal_segments(path) if n > _main_seq(path)]),
+        "bytes": path.stat().st_size if path.exists() else 0,
+    }
+
+
+def _main_seq(path: Path) -> int:
+    return read_npz(path, images_only=True).journal_seq if path.exists() else 0

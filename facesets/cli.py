@@ -1,0 +1,270 @@
+"""The ``facesets`` command line: option parsing and messages only; the work is in the library."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from . import __version__
+from .cache import cache_summary, extend_cache
+from .decode import DEFAULT_MAX_PIXELS
+from .embed import DecodeMode, EmbedConfig, run_embed
+from .errors import FacesetsError
+from .faces import DEFAULT_DET_SIZE
+from .packs import DEFAULT_PACK, MODEL_ROOT_ENV
+from .progress import Progress
+from .queue import append_entries, read_queue, scan_folders
+
+log = logging.getLogger("facesets")
+
+
+def _emit(data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+        return
+    width = max(len(key) for key in data)
+    for key, value in data.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+        click.echo(f"{key:<{width}}  {value}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="facesets")
+@click.option("-v", "--verbose", count=True, help="More messages: -v for progress notes, -vv for debugging.")
+def cli(verbose: int) -> None:
+    """Turn photo libraries into searchable faces and identities.
+
+    Stages pass versioned files to each other (queue.json -> face cache .npz), so each can run on
+    another machine and resume after a crash. See the README for the whole workflow.
+    """
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+
+
+def _model_options(function: Any) -> Any:
+    function = click.option(
+        "--model-pack",
+        default=DEFAULT_PACK,
+        show_default=True,
+        help=f"Pack name, looked up under ${MODEL_ROOT_ENV}, then ~/.insightface/models.",
+    )(function)
+    return click.option(
+        "--model-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        help="A pack folder holding the detector and recognizer .onnx files (overrides --model-pack).",
+    )(function)
+
+
+@cli.command()
+@click.option(
+    "--queue", "queue_path", required=True, type=click.Path(path_type=Path, dir_okay=False), help="queue.json to read."
+)
+@click.option(
+    "--cache",
+    "cache_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Face cache (.npz) to create or resume.",
+)
+@_model_options
+@click.option(
+    "--providers",
+    default="",
+    help="Execution providers in order, e.g. 'dml,cpu' or 'cuda,cpu' "
+    "(default: the best available of DirectML, CUDA, CoreML, CPU).",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Inference workers; 0 = one per CPU core on the CPU, 1 on an accelerator.",
+)
+@click.option(
+    "--io-concurrency",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Read+decode threads; 0 = as many as --concurrency (at least 2). Each holds up to two decoded "
+    "images in memory.",
+)
+@click.option(
+    "--min-face",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Skip faces whose short side is below this many pixels of the original.",
+)
+@click.option(
+    "--det-size",
+    type=click.IntRange(min=32),
+    default=DEFAULT_DET_SIZE,
+    show_default=True,
+    help="Detector input size (fixed-size detectors use their own).",
+)
+@click.option(
+    "--decode",
+    "decode_mode",
+    type=click.Choice([m.value for m in DecodeMode]),
+    default=DecodeMode.REDUCED.value,
+    show_default=True,
+    help="'reduced' decodes JPEGs only as finely as detection and each face need (fast); 'full' "
+    "decodes every image in full, as InsightFace's reference does.",
+)
+@click.option(
+    "--flush-every",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Images per journal flush: a kill loses at most this many.",
+)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PIXELS,
+    show_default=True,
+    help="Refuse images with more pixels than this (decompression-bomb guard).",
+)
+@click.option("--retry-errors", is_flag=True, help="Try again images recorded as load errors.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def embed(
+    queue_path: Path,
+    cache_path: Path,
+    model_dir: Path | None,
+    model_pack: str,
+    providers: str,
+    concurrency: int,
+    io_concurrency: int,
+    min_face: float,
+    det_size: int,
+    decode_mode: str,
+    flush_every: int,
+    max_pixels: int,
+    retry_errors: bool,
+    as_json: bool,
+) -> None:
+    """Detect, align and embed the faces of every queued image into a face cache.
+
+    Resumable: run the same command again after a crash and it continues where it stopped.
+
+    Example: facesets embed --queue queue.json --cache caches/faces.npz --model-pack buffalo_l
+    """
+    config = EmbedConfig(
+        queue=queue_path,
+        cache=cache_path,
+        model_dir=model_dir,
+        model_pack=model_pack,
+        providers=tuple(p for p in providers.split(",") if p.strip()),
+        concurrency=concurrency,
+        io_concurrency=io_concurrency,
+        min_face=min_face,
+        det_size=det_size,
+        decode=DecodeMode(decode_mode),
+        flush_every=flush_every,
+        max_pixels=max_pixels,
+        retry_errors=retry_errors,
+    )
+    stats = run_embed(config, progress=lambda total: Progress(total, "embed", enabled=None if not as_json else False))
+    _emit({"cache": str(cache_path), **stats.as_dict()}, as_json)
+
+
+@cli.group()
+def cache() -> None:
+    """Inspect and combine face caches."""
+
+
+@cache.command("info")
+@click.argument("cache_path", metavar="CACHE", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def cache_info(cache_path: Path, as_json: bool) -> None:
+    """Summarise a face cache: images, faces, no-face, errors, model, schema.
+
+    Example: facesets cache info caches/faces.npz
+    """
+    _emit(cache_summary(cache_path), as_json)
+
+
+@cache.command("extend")
+@click.argument("master", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("parts", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
+def cache_extend(master: Path, parts: Sequence[Path], as_json: bool) -> None:
+    """Fold per-user caches (PARTS) into MASTER: dedup by content hash, aliases merged, atomic.
+
+    Caches made with a different recognizer are refused and MASTER is left unchanged.
+
+    Example: facesets cache extend caches/master.npz caches/peter.npz caches/nic.npz
+    """
+    _emit({"master": str(master), **extend_cache(master, list(parts)).as_dict()}, as_json)
+
+
+@cli.group()
+def queue() -> None:
+    """Create and inspect queue.json work lists."""
+
+
+@queue.command("add")
+@click.option(
+    "--queue",
+    "queue_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="queue.json to create or append to.",
+)
+@click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--io-concurrency", type=click.IntRange(min=1), default=4, show_default=True, help="Hashing threads.")
+def queue_add(queue_path: Path, folders: Sequence[Path], io_concurrency: int) -> None:
+    """Queue every image file under FOLDERS (hashed with BLAKE3); already queued paths are kept once.
+
+    Example: facesets queue add --queue queue.json /mnt/d/photos
+    """
+    result = scan_folders(list(folders), io_concurrency)
+    for path, why in result.skipped:
+        log.warning("skipping %s: %s", path, why)
+    added = append_entries(queue_path, result.entries)
+    click.echo(
+        f"{queue_path}: {added} added, {len(result.entries) - added} already queued, {len(result.skipped)} skipped"
+    )
+
+
+@queue.command("info")
+@click.argument("queue_path", metavar="QUEUE", type=click.Path(path_type=Path, dir_okay=False))
+def queue_info(queue_path: Path) -> None:
+    """Count the entries of a queue.json.
+
+    Example: facesets queue info queue.json
+    """
+    entries = read_queue(queue_path)
+    windows = sum(1 for entry in entries if entry.windows_path)
+    total = sum(entry.size for entry in entries)
+    click.echo(f"{queue_path}: {len(entries)} entries, {total / 1e6:.1f} MB, {windows} with a Windows path")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and map errors to messages and exit codes; returns the exit code."""
+    try:
+        code = cli.main(args=list(argv) if argv is not None else None, prog_name="facesets", standalone_mode=False)
+    except FacesetsError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("interrupted: what was flushed is kept; run the same command again to continue", err=True)
+        return 130
+    return code if isinstance(code, int) else 0
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""The embed stage: a queue of images in, a face cache out.
+
+    queue entries -> [read + BLAKE3 + decode]  (io pool, --io-concurrency threads)
+                  -> [detect + align + embed]  (inference pool, --concurrency threads)
+                  -> cache journal, flushed every --flush-every images
+
+Both pools have a bounded number of items in flight, so memory does not grow with the queue. Images
+already in the cache (by path; errors too unless ``retry_errors``) are skipped without being read; an
+image whose bytes equal an image already embedded is recorded as a duplicate without inference.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TypeVar
+
+import blake3
+
+from .cache import CacheData, CacheWriter
+from .decode import DEFAULT_MAX_PIXELS, DecodedImage, decode
+from .errors import CacheError, ImageLoadError
+from .faces import DEFAULT_DET_SIZE, Face, FaceEngine, build_engine
+from .packs import DEFAULT_PACK, resolve_pack
+from .progress import Progress
+from .queue import QueueEntry, read_queue
+from .records import ImageRecord, ImageStatus
+from .runtime import RuntimeOptions, available_providers, choose_providers, is_cpu_only
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class DecodeMode(StrEnum):
+    REDUCED = "reduced"  # JPEGs decoded at the detector's resolution, finer only for faces that need it
+    FULL = "full"  # every image decoded in full (InsightFace's reference sampling)
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    queue: Path
+    cache: Path
+    model_dir: Path | None = None
+    model_pack: str = DEFAULT_PACK
+    providers: tuple[str, ...] = ()
+    concurrency: int = 0  # 0: one per CPU core on the CPU provider, 1 on an accelerator
+    io_concurrency: int = 0  # 0: as many as --concurrency (at least 2)
+    min_face: float = 0.0
+    det_size: int = DEFAULT_DET_SIZE
+    decode: DecodeMode = DecodeMode.REDUCED
+    flush_every: int = 200
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    retry_errors: bool = False
+
+
+@dataclass
+class EmbedStats:
+    queued: int = 0
+    already_done: int = 0
+    duplicates: int = 0
+    embedded: int = 0
+    faces: int = 0
+    no_face: int = 0
+    errors: int = 0
+    changed_since_queued: int = 0
+    elapsed: float = 0.0
+    error_reasons: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """An entry after the io stage: decoded pixels, or the reason it has none."""
+
+    entry: QueueEntry
+    content_hash: str = ""
+    data: bytes = b""
+    image: DecodedImage | None = None
+    error: str = ""
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class Analyzed:
+    loaded: Loaded
+    faces: list[Face]
+    error: str = ""
+
+
+def run_embed(config: EmbedConfig, progress: Callable[[int], Progress] | None = None) -> EmbedStats:
+    """Embed every queued image not in the cache yet; return the counters."""
+    started = time.monotonic()
+    entries = read_queue(config.queue)
+    pack = resolve_pack(config.model_dir, config.model_pack)
+    providers = choose_providers(available_providers(), config.providers)
+    workers = config.concurrency or (os.cpu_count() or 1 if is_cpu_only(providers) else 1)
+    log.info("model pack %s, providers %s, %d inference workers", pack.folder, ", ".join(providers), workers)
+    antialias = config.decode is DecodeMode.REDUCED
+    engine = build_engine(pack, RuntimeOptions(tuple(providers), 1), config.det_size, config.min_face, antialias)
+    writer = CacheWriter(config.cache, pack.identity())
+    stats = EmbedStats(queued=len(entries))
+    try:
+        todo = _select_todo(entries, writer, config, stats)
+        bar = progress(len(todo)) if progress else None
+        _run_pipeline(todo, engine, writer, config, stats, workers, bar)
+        if bar:
+            bar.close()
+        _close(writer)
+    except BaseException:
+        writer.abandon()
+        raise
+    stats.elapsed = round(time.monotonic() - started, 3)
+    return stats
+
+
+def _close(writer: CacheWriter) -> CacheData:
+    try:
+        return writer.close()
+    except OSError as exc:
+        raise CacheError(
+            f"cannot write cache {writer.path}: {exc.strerror or exc}. The previous cache and the journal of "
+            "this run are intact: free space and run the same command again."
+        ) from exc
+
+
+def _select_todo(
+    entries: list[QueueEntry], writer: CacheWriter, config: EmbedConfig, stats: EmbedStats
+) -> list[QueueEntry]:
+    done = {record.path: record for record in writer.done_images()}
+    todo, seen = [], set()
+    for entry in entries:
+        record = done.get(entry.path)
+        if entry.path in seen or (record and not (config.retry_errors and record.status is ImageStatus.ERROR)):
+            stats.already_done += 1
+            continue
+        seen.add(entry.path)
+        todo.append(entry)
+    return todo
+
+
+def read_image(path: str) -> bytes:
+    """The file's bytes, or :class:`ImageLoadError` saying why they cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise ImageLoadError(f"unreadable: {exc.strerror or exc}") from exc
+
+
+class _Stages:
+    """The io and inference stage functions, sharing the set of content hashes already claimed."""
+
+    def __init__(self, engine: FaceEngine, writer: CacheWriter, config: EmbedConfig) -> None:
+        self.engine = engine
+        self.config = config
+        self.claimed = {
+            r.content_hash for r in writer.done_images() if r.status in (ImageStatus.OK, ImageStatus.NO_FACE)
+        }
+        self.lock = threading.Lock()
+
+    def load(self, entry: QueueEntry) -> Loaded:
+        try:
+            data = read_image(entry.local_path())
+        except ImageLoadError as exc:
+            return Loaded(entry, error=exc.reason)
+        digest = blake3.blake3(data).hexdigest()
+        with self.lock:
+            if digest in self.claimed:
+                return Loaded(entry, digest, duplicate=True)
+            self.claimed.add(digest)
+        fit = self.engine.detector.det_size if self.config.decode is DecodeMode.REDUCED else None
+        try:
+            image = decode(data, max_pixels=self.config.max_pixels, fit=fit)
+        except ImageLoadError as exc:
+            return Loaded(entry, digest, error=exc.reason)
+        return Loaded(entry, digest, data, image)
+
+    def infer(self, loaded: Loaded) -> Analyzed:
+        if loaded.image is None:
+            return Analyzed(loaded, [])
+        data, max_pixels = loaded.data, self.config.max_pixels
+        try:
+            faces = self.engine.analyze(loaded.image, lambda scale: decode(data, scale, max_pixels))
+        except ImageLoadError as exc:
+            return Analyzed(loaded, [], exc.reason)
+        except Exception as exc:  # an inference failure on one image must not end a long run
+            log.debug("inference failed on %s", loaded.entry.path, exc_info=True)
+            return Analyzed(loaded, [], f"inference failed: {type(exc).__name__}: {exc}")
+        return Analyzed(loaded, faces)
+
+
+def _run_pipeline(
+    todo: list[QueueEntry],
+    engine: FaceEngine,
+    writer: CacheWriter,
+    config: EmbedConfig,
+    stats: EmbedStats,
+    workers: int,
+    bar: Progress | None,
+) -> None:
+    stages = _Stages(engine, writer, config)
+    io_workers = config.io_concurrency or max(2, workers)
+    with (
+        ThreadPoolExecutor(io_workers, thread_name_prefix="io") as io_pool,
+        ThreadPoolExecutor(workers, thread_name_prefix="infer") as ml_pool,
+    ):
+        loaded = bounded_map(io_pool, stages.load, todo, window=2 * io_workers)
+        for result in bounded_map(ml_pool, stages.infer, loaded, window=2 * workers):
+            _record(result, writer, stats)
+            if writer.pending_images >= config.flush_every:
+                _flush(writer)
+            if bar:
+                bar.advance()
+
+
+def _flush(writer: CacheWriter) -> None:
+    try:
+        writer.flush()
+    except OSError as exc:
+        raise CacheError(
+            f"cannot write to the journal of {writer.path}: {exc.strerror or exc}. Everything flushed before is "
+            "kept: free space and run the same command again to continue."
+        ) from exc
+
+
+def _record(result: Analyzed, writer: CacheWriter, stats: EmbedStats) -> None:
+    loaded, entry = result.loaded, result.loaded.entry
+    error = result.error or loaded.error
+    size = len(loaded.data) if loaded.data else entry.size
+    image = loaded.image
+    width, height = (image.width, image.height) if image else (0, 0)
+    if error:
+        status = ImageStatus.ERROR
+        stats.errors += 1
+        stats.error_reasons[error.split(" (")[0]] = stats.error_reasons.get(error.split(" (")[0], 0) + 1
+        log.warning("skipping %s: %s", entry.path, error)
+    elif loaded.duplicate:
+        status = ImageStatus.DUPLICATE
+        stats.duplicates += 1
+    else:
+        status = ImageStatus.OK if result.faces else ImageStatus.NO_FACE
+        stats.embedded += 1
+        stats.faces += len(result.faces)
+        stats.no_face += 0 if result.faces else 1
+    if entry.content_hash and loaded.content_hash and entry.content_hash != loaded.content_hash:
+        stats.changed_since_queued += 1
+    record = ImageRecord(
+        entry.path, loaded.content_hash, size, status, error, width, height, len(result.faces), entry.source
+    )
+    writer.add(record, result.faces, {entry.path: entry.windows_path} if entry.windows_path else None)
+
+
+def bounded_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[R]:
+    """``pool.map`` with at most ``window`` items in flight, yielding results in input order."""
+    pending: deque[Future[R]] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()

@@ -1,0 +1,69 @@
+"""Every error facesets raises on purpose, in one tree.
+
+    FacesetsError                  base: a fatal problem the user can act on (exit code 1)
+    ├── ConfigError                bad option values or environment
+    ├── ModelPackError             a model pack is missing, unreadable or of an unknown layout
+    ├── ProviderError              no usable onnxruntime execution provider
+    ├── PathMappingError           a path cannot be mapped between Linux and Windows forms
+    ├── QueueError                 queue.json is missing, malformed or of an unknown version
+    └── CacheError                 a face cache cannot be used
+        ├── CacheCorruptError      the file is not a readable facesets cache (never overwritten)
+        ├── CacheVersionError      the cache's schema is newer or older than this code reads
+        └── CacheModelMismatchError     the cache was made by another model pack
+
+    ImageLoadError                 one image could not be decoded: recorded and counted, never fatal
+
+Each error's message says what went wrong, with the path or value, and how to fix it where we know.
+"""
+
+from __future__ import annotations
+
+
+class FacesetsError(Exception):
+    """A fatal error with a message meant for the user."""
+
+    exit_code = 1
+
+
+class ConfigError(FacesetsError):
+    """An option or environment variable has a value we cannot use."""
+
+
+class ModelPackError(FacesetsError):
+    """A model pack is missing, unreadable or not of a known layout."""
+
+
+class ProviderError(FacesetsError):
+    """No requested execution provider is available in this onnxruntime."""
+
+
+class PathMappingError(FacesetsError):
+    """A path has no form on the other operating system."""
+
+
+class QueueError(FacesetsError):
+    """queue.json cannot be read or written."""
+
+
+class CacheError(FacesetsError):
+    """A face cache cannot be used."""
+
+
+class CacheCorruptError(CacheError):
+    """The file is not a readable facesets cache."""
+
+
+class CacheVersionError(CacheError):
+    """The cache's schema version is not one this code reads."""
+
+
+class CacheModelMismatchError(CacheError):
+    """The cache was made by a different model pack than the one in use."""
+
+
+class ImageLoadError(Exception):
+    """One image could not be loaded. Per-item: the embed stage records the reason and goes on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -1,0 +1,192 @@
+"""``queue.json``: the work list every source writes and the embed worker reads.
+
+Format (version 1)::
+
+    {
+      "format": "facesets.queue",
+      "version": 1,
+      "entries": [
+        {
+          "path": "/mnt/d/photos/2019/a.jpg",     # the Linux (WSL) path: the file's canonical name
+          "windows_path": "D:\\\\photos\\\\2019\\\\a.jpg", # its Windows form, or null when it has none
+          "content_hash": "9f2c...",               # BLAKE3 hex of the bytes when queued ("" if unknown)
+          "size": 183422,                          # bytes when queued
+          "source": {"kind": "folder"}             # the source's ids: gallery, immich asset id, user...
+        }
+      ]
+    }
+
+Appending is atomic and locked (:func:`append_entries`): an entry whose path is already queued is not
+added again. Readers refuse other formats and newer versions with a message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import blake3
+import orjson
+
+from .errors import QueueError
+from .fsio import atomic_write_json, exclusive_lock
+from .paths import to_windows
+
+FORMAT = "facesets.queue"
+VERSION = 1
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".heic", ".heif", ".bmp", ".tif", ".tiff", ".gif", ".avif"}
+)
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    path: str
+    windows_path: str | None
+    content_hash: str
+    size: int
+    source: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "windows_path": self.windows_path,
+            "content_hash": self.content_hash,
+            "size": self.size,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QueueEntry:
+        return cls(
+            path=str(data["path"]),
+            windows_path=None if data.get("windows_path") is None else str(data["windows_path"]),
+            content_hash=str(data.get("content_hash") or ""),
+            size=int(data.get("size") or 0),
+            source={str(k): str(v) for k, v in (data.get("source") or {}).items()},
+        )
+
+    def local_path(self) -> str:
+        """The name to open on this machine: the Windows form on Windows when there is one."""
+        if os.name == "nt" and self.windows_path:
+            return self.windows_path
+        return self.path
+
+
+def read_queue(path: Path) -> list[QueueEntry]:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise QueueError(f"queue {path} does not exist: create it with `facesets queue add` or a source stage") from exc
+    except OSError as exc:
+        raise QueueError(f"cannot read queue {path}: {exc.strerror}") from exc
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise QueueError(f"queue {path} is not valid JSON ({exc}); it was left untouched") from exc
+    return _parse(path, document)
+
+
+def _parse(path: Path, document: Any) -> list[QueueEntry]:
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise QueueError(f'{path} is not a facesets queue (no "format": "{FORMAT}")')
+    version = document.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise QueueError(
+            f"queue {path} has version {version!r}; this facesets reads version {VERSION}: upgrade facesets"
+        )
+    try:
+        return [QueueEntry.from_dict(item) for item in document["entries"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise QueueError(f"queue {path} has a malformed entry ({exc!r})") from exc
+
+
+def write_queue(path: Path, entries: Sequence[QueueEntry]) -> None:
+    document = {"format": FORMAT, "version": VERSION, "entries": [entry.to_dict() for entry in entries]}
+    atomic_write_json(Path(path), document)
+
+
+def append_entries(path: Path, entries: Iterable[QueueEntry]) -> int:
+    """Add entries whose path is not queued yet, atomically and under a lock; return how many were added."""
+    path = Path(path)
+    with exclusive_lock(path.with_name(path.name + ".lock")):
+        existing = read_queue(path) if path.exists() else []
+        known = {entry.path for entry in existing}
+        added = []
+        for entry in entries:
+            if entry.path not in known:
+                known.add(entry.path)
+                added.append(entry)
+        if added or not path.exists():
+            write_queue(path, existing + added)
+        return len(added)
+
+
+def content_hash(path: str | Path) -> str:
+    hasher = blake3.blake3()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def iter_image_files(folder: Path, on_skip: Callable[[Path, str], None]) -> Iterator[Path]:
+    """Image files under ``folder`` by extension, in sorted order; unreadable folders are reported and skipped."""
+    seen: set[tuple[int, int]] = set()
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            stat = current.stat()
+            if (stat.st_dev, stat.st_ino) in seen:
+                on_skip(current, "folder already visited (symlink loop)")
+                continue
+            seen.add((stat.st_dev, stat.st_ino))
+            children = sorted(os.scandir(current), key=lambda e: e.name)
+        except OSError as exc:
+            on_skip(current, exc.strerror or str(exc))
+            continue
+        for child in children:
+            try:
+                if child.is_dir():
+                    stack.append(Path(child.path))
+                elif child.is_file() and Path(child.name).suffix.lower() in IMAGE_EXTENSIONS:
+                    yield Path(child.path)
+            except OSError as exc:
+                on_skip(Path(child.path), exc.strerror or str(exc))
+        stack.sort(reverse=True)
+
+
+@dataclass
+class ScanResult:
+    entries: list[QueueEntry]
+    skipped: list[tuple[str, str]]
+
+
+def scan_folders(folders: Sequence[Path], workers: int = 4) -> ScanResult:
+    """Queue entries for every image file under ``folders``: stat + BLAKE3, hashed in parallel."""
+    skipped: list[tuple[str, str]] = []
+    files: list[Path] = []
+    for folder in folders:
+        if not folder.is_dir():
+            raise QueueError(f"{folder} is not a folder")
+        files.extend(iter_image_files(folder, lambda p, why: skipped.append((str(p), why))))
+
+    def entry_for(file: Path) -> QueueEntry | None:
+        absolute = str(file.absolute())
+        try:
+            size = file.stat().st_size
+            digest = content_hash(file)
+        except OSError as exc:
+            skipped.append((absolute, exc.strerror or str(exc)))
+            return None
+        return QueueEntry(absolute, to_windows(absolute), digest, size, {"kind": "folder"})
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        entries = [entry for entry in pool.map(entry_for, files) if entry is not None]
+    return ScanResult(entries, skipped)

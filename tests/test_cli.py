@@ -1,0 +1,94 @@
+import re
+import shlex
+from pathlib import Path
+
+import click
+import pytest
+
+from facesets.cli import cli, main
+from tests.conftest import REPO
+
+README = (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def all_commands(group: click.Group = cli, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = []
+    for name, command in group.commands.items():
+        path = (*prefix, name)
+        found.append(path)
+        if isinstance(command, click.Group):
+            found.extend(all_commands(command, path))
+    return found
+
+
+@pytest.mark.parametrize("command", all_commands(), ids=" ".join)
+def test_every_command_has_help_and_is_documented(command: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*command, "--help"]) == 0
+    assert "Usage: facesets " + " ".join(command) in capsys.readouterr().out
+    assert f"facesets {' '.join(command)}" in README, f"README does not mention `facesets {' '.join(command)}`"
+
+
+def test_readme_examples_parse(capsys: pytest.CaptureFixture[str]) -> None:
+    examples = re.findall(r"^    (?:\$ )?facesets (.+)$", README, flags=re.MULTILINE)
+    assert len(examples) >= 5
+    for example in examples:
+        words = [word for word in shlex.split(example.split(" #")[0]) if word]
+        command = [word for word in words if not word.startswith("-")][:2]
+        path = [word for word in command if word in {name for c in all_commands() for name in c}]
+        assert path, example
+        assert main([*path, "--help"]) == 0, example
+
+
+def test_make_targets_are_documented() -> None:
+    targets = re.findall(r"^([a-z][a-z-]+):", (REPO / "Makefile").read_text(), flags=re.MULTILINE)
+    for target in targets:
+        if target != "clean":
+            assert f"make {target}" in README, target
+
+
+def test_fatal_errors_are_messages_with_exit_code_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        [
+            "embed",
+            "--queue",
+            str(tmp_path / "missing.json"),
+            "--cache",
+            str(tmp_path / "c.npz"),
+            "--model-dir",
+            str(tmp_path),
+        ]
+    )
+    assert code == 1
+    assert "error: queue" in capsys.readouterr().err
+    (tmp_path / "bad.npz").write_bytes(b"junk")
+    assert main(["cache", "info", str(tmp_path / "bad.npz")]) == 1
+    assert "is not a readable facesets cache" in capsys.readouterr().err
+
+
+def test_missing_model_pack_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FACESETS_MODEL_ROOT", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "q.json").write_text('{"format": "facesets.queue", "version": 1, "entries": []}')
+    assert main(["embed", "--queue", str(tmp_path / "q.json"), "--cache", str(tmp_path / "c.npz")]) == 1
+    err = capsys.readouterr().err
+    assert "model pack 'buffalo_l' not found" in err and str(tmp_path / "buffalo_l") in err
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["embed"]) == 2
+    assert "Missing option '--queue'" in capsys.readouterr().err
+
+
+def test_queue_commands(tmp_path: Path, sample_photos: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "lib").mkdir()
+    for photo in sample_photos[:2]:
+        (tmp_path / "lib" / photo.name).write_bytes(photo.read_bytes())
+    queue = tmp_path / "q.json"
+    assert main(["queue", "add", "--queue", str(queue), str(tmp_path / "lib")]) == 0
+    assert main(["queue", "add", "--queue", str(queue), str(tmp_path / "lib")]) == 0
+    out = capsys.readouterr().out
+    assert "2 added, 0 already queued" in out and "0 added, 2 already queued" in out
+    assert main(["queue", "info", str(queue)]) == 0
+    assert "2 entries" in capsys.readouterr().out

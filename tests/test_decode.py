@@ -1,0 +1,128 @@
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facesets.decode import decode
+from facesets.embed import read_image
+from facesets.errors import ImageLoadError
+from tests import corpus
+
+
+@pytest.fixture
+def photo(faces_dir: Path) -> Image.Image:
+    with Image.open(faces_dir / "deepface" / "img1.jpg") as image:
+        return image.convert("RGB")
+
+
+def test_upright_rgb(photo: Image.Image) -> None:
+    decoded = decode(corpus.jpeg_bytes(photo))
+    assert decoded.pixels.shape == (photo.height, photo.width, 3)
+    assert decoded.pixels.dtype == np.uint8
+    assert (decoded.width, decoded.height, decoded.scale) == (photo.width, photo.height, 1.0)
+
+
+def test_exif_orientation_is_applied(photo: Image.Image) -> None:
+    upright = decode(corpus.jpeg_bytes(photo))
+    rotated = decode(corpus.rotated_with_exif(photo))
+    assert rotated.pixels.shape == upright.pixels.shape
+    assert (rotated.width, rotated.height) == (photo.width, photo.height)
+    diff = np.abs(rotated.pixels.astype(int) - upright.pixels.astype(int)).mean()
+    assert diff < 3.0  # the same picture, up to JPEG re-encoding
+
+
+def test_reduced_jpeg_decode(photo: Image.Image) -> None:
+    data = corpus.jpeg_bytes(photo)
+    reduced = decode(data, fit=400)
+    assert reduced.reducible and reduced.scale < 1.0
+    assert max(reduced.pixels.shape[:2]) >= 400
+    assert reduced.pixels.shape[1] == round(photo.width * reduced.scale)
+    assert decode(data, fit=10_000).scale == 1.0
+
+
+def test_reduced_decode_keeps_orientation(photo: Image.Image) -> None:
+    reduced = decode(corpus.rotated_with_exif(photo), fit=300)
+    assert (reduced.width, reduced.height) == (photo.width, photo.height)
+    assert reduced.pixels.shape[0] > reduced.pixels.shape[1]  # portrait, like the upright photo
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty file"),
+        (b"hello world" * 10, "not an image"),
+        (corpus.png_header_only(100_000, 100_000), "image too large: 100000x100000"),
+    ],
+)
+def test_refused_inputs(data: bytes, reason: str) -> None:
+    with pytest.raises(ImageLoadError, match=reason):
+        decode(data)
+
+
+def test_truncated_jpeg(photo: Image.Image) -> None:
+    data = corpus.jpeg_bytes(photo)
+    with pytest.raises(ImageLoadError, match="truncated"):
+        decode(data[: len(data) // 3])
+
+
+def test_max_pixels_option(photo: Image.Image) -> None:
+    with pytest.raises(ImageLoadError, match="exceeds --max-pixels"):
+        decode(corpus.jpeg_bytes(photo), max_pixels=1000)
+
+
+def test_mode_conversions(photo: Image.Image) -> None:
+    gray8 = np.asarray(photo.convert("L"))
+    sixteen = decode(corpus.sixteen_bit_png(photo))
+    assert np.array_equal(sixteen.pixels[:, :, 0], gray8)
+    assert np.array_equal(sixteen.pixels[:, :, 1], gray8)
+    rgba = decode(corpus.rgba_png(photo))
+    assert np.array_equal(rgba.pixels, np.asarray(photo))
+    cmyk = decode(corpus.jpeg_bytes(photo.convert("CMYK")))
+    assert cmyk.pixels.shape == (photo.height, photo.width, 3)
+    assert np.abs(cmyk.pixels.astype(int) - np.asarray(photo).astype(int)).mean() < 12
+
+
+def test_palette_with_transparency_composites_on_white() -> None:
+    image = Image.new("P", (8, 8), 0)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    image.info["transparency"] = 0
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", transparency=0)
+    decoded = decode(buffer.getvalue())
+    assert decoded.pixels[0, 0].tolist() == [255, 255, 255]
+
+
+def test_heic(photo: Image.Image) -> None:
+    decoded = decode(corpus.heic_bytes(photo))
+    assert decoded.pixels.shape == (photo.height, photo.width, 3)
+    assert np.abs(decoded.pixels.astype(int) - np.asarray(photo).astype(int)).mean() < 6
+
+
+def test_unreadable_file_is_a_reason(photo: Image.Image) -> None:
+    """A file without read permission gives a per-item reason (as root, the check runs with a dropped euid)."""
+    folder = Path(tempfile.mkdtemp(prefix="facesets-perm-"))
+    folder.chmod(0o711)
+    target = folder / "secret.jpg"
+    target.write_bytes(corpus.jpeg_bytes(photo))
+    target.chmod(0)
+    try:
+        if os.geteuid() == 0:
+            os.seteuid(65534)
+        with pytest.raises(ImageLoadError, match="unreadable: Permission denied"):
+            read_image(str(target))
+    finally:
+        if os.getuid() == 0:
+            os.seteuid(0)
+        target.unlink()
+        folder.rmdir()
+
+
+def test_read_error_is_a_reason() -> None:
+    with pytest.raises(ImageLoadError, match="unreadable: Input/output error"):
+        read_image("/proc/self/mem")
+    with pytest.raises(ImageLoadError, match="unreadable: Is a directory"):
+        read_image("/")

@@ -1,0 +1,227 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from facesets.cache import journal_segments, load_cache
+from facesets.cli import main
+from facesets.embed import DecodeMode, EmbedConfig, run_embed
+from facesets.queue import QueueEntry, scan_folders, write_queue
+from facesets.records import ImageStatus
+from tests import corpus
+from tests.conftest import REPO
+
+
+def make_queue(folder: Path, queue: Path) -> list[QueueEntry]:
+    entries = scan_folders([folder]).entries
+    write_queue(queue, entries)
+    return entries
+
+
+def config(tmp_path: Path, pack_dir: Path, **changes: object) -> EmbedConfig:
+    settings: dict[str, object] = {
+        "queue": tmp_path / "queue.json",
+        "cache": tmp_path / "faces.npz",
+        "model_dir": pack_dir,
+        **changes,
+    }
+    return EmbedConfig(**settings)  # type: ignore[arg-type]
+
+
+def test_bad_input_corpus(tmp_path: Path, pack_dir: Path, faces_dir: Path) -> None:
+    photos = tmp_path / "photos"
+    expected = corpus.build(photos, faces_dir / "deepface" / "img1.jpg")
+    make_queue(photos, tmp_path / "queue.json")
+    stats = run_embed(config(tmp_path, pack_dir))
+    assert stats.queued == len(expected) == 12
+    assert (stats.errors, stats.embedded, stats.duplicates, stats.no_face) == (4, 8, 0, 0)
+    assert stats.faces == 8  # one face in every decodable variant of the photo
+    assert stats.error_reasons == {
+        "truncated or damaged image": 1,
+        "empty file": 1,
+        "not an image": 1,
+        "image too large: 100000x100000 = 10000 MP exceeds --max-pixels 200 MP": 1,
+    }
+    data = load_cache(tmp_path / "faces.npz")
+    by_name = {Path(r.path).relative_to(photos).as_posix(): r for r in data.images}
+    assert {name: r.status.value if r.status is not ImageStatus.OK else "ok" for name, r in by_name.items()} == expected
+    upright = data.embeddings[int(np.nonzero(data.meta["image"] == data.images.index(by_name["upright.jpg"]))[0][0])]
+    for name in ("photo.heic", "exif-rotated.jpg", "cmyk.jpg", "my photos/Zoë café.jpg", "rgba.png"):
+        row = int(np.nonzero(data.meta["image"] == data.images.index(by_name[name]))[0][0])
+        assert float(data.embeddings[row] @ upright) > 0.95, name
+    assert by_name["exif-rotated.jpg"].width == by_name["upright.jpg"].width
+
+
+def test_resume_skips_done_and_dedups_identical_bytes(
+    tmp_path: Path, pack_dir: Path, sample_photos: list[Path]
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index, photo in enumerate(sample_photos[:2]):
+        (photos / f"{index}.jpg").write_bytes(photo.read_bytes())
+    make_queue(photos, tmp_path / "queue.json")
+    first = run_embed(config(tmp_path, pack_dir))
+    assert (first.embedded, first.already_done, first.duplicates) == (2, 0, 0)
+    (photos / "copy-of-0.jpg").write_bytes((photos / "0.jpg").read_bytes())
+    (photos / "2.jpg").write_bytes(sample_photos[2].read_bytes())
+    make_queue(photos, tmp_path / "queue.json")
+    second = run_embed(config(tmp_path, pack_dir))
+    assert (second.queued, second.already_done, second.embedded, second.duplicates) == (4, 2, 1, 1)
+    data = load_cache(tmp_path / "faces.npz")
+    statuses = {Path(r.path).name: r.status for r in data.images}
+    assert statuses["copy-of-0.jpg"] is ImageStatus.DUPLICATE
+    assert data.face_count == 3
+
+
+def test_errors_are_retried_only_when_asked(tmp_path: Path, pack_dir: Path, sample_photos: list[Path]) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    broken = photos / "later.jpg"
+    broken.write_bytes(b"")
+    make_queue(photos, tmp_path / "queue.json")
+    assert run_embed(config(tmp_path, pack_dir)).errors == 1
+    broken.write_bytes(sample_photos[0].read_bytes())
+    assert run_embed(config(tmp_path, pack_dir)).already_done == 1
+    retried = run_embed(config(tmp_path, pack_dir, retry_errors=True))
+    assert (retried.embedded, retried.errors, retried.changed_since_queued) == (1, 0, 1)
+    assert [r.status for r in load_cache(tmp_path / "faces.npz").images] == [ImageStatus.OK]
+
+
+def test_other_model_pack_is_refused(tmp_path: Path, pack_dir: Path, sample_photos: list[Path]) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(sample_photos[0].read_bytes())
+    make_queue(photos, tmp_path / "queue.json")
+    run_embed(config(tmp_path, pack_dir))
+    fake_pack = tmp_path / "otherpack"
+    fake_pack.mkdir()
+    (fake_pack / "scrfd_500m_bnkps.onnx").symlink_to(pack_dir / "scrfd_500m_bnkps.onnx")
+    (fake_pack / "w600k_mbf.onnx").write_bytes((pack_dir / "fr_feature.onnx").read_bytes() + b"\0")
+    before = (tmp_path / "faces.npz").read_bytes()
+    code = main(
+        [
+            "embed",
+            "--queue",
+            str(tmp_path / "queue.json"),
+            "--cache",
+            str(tmp_path / "faces.npz"),
+            "--model-dir",
+            str(fake_pack),
+        ]
+    )
+    assert code == 1
+    assert (tmp_path / "faces.npz").read_bytes() == before
+
+
+def test_decode_modes_agree_on_small_photos(tmp_path: Path, pack_dir: Path, sample_photos: list[Path]) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index, photo in enumerate(sample_photos[2:]):
+        (photos / f"{index}.jpg").write_bytes(photo.read_bytes())
+    make_queue(photos, tmp_path / "queue.json")
+    run_embed(config(tmp_path, pack_dir))
+    run_embed(config(tmp_path, pack_dir, cache=tmp_path / "full.npz", decode=DecodeMode.FULL))
+    reduced, full = load_cache(tmp_path / "faces.npz"), load_cache(tmp_path / "full.npz")
+    assert reduced.face_count == full.face_count >= 2
+    assert np.min(np.sum(reduced.embeddings * full.embeddings, axis=1)) > 0.99
+
+
+def run_cli(args: list[str], cwd: Path, quiet: bool = False) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    stream = subprocess.DEVNULL if quiet else subprocess.PIPE
+    return subprocess.Popen([sys.executable, "-m", "facesets", *args], cwd=cwd, env=env, stdout=stream, stderr=stream)
+
+
+def cache_records(path: Path) -> list[tuple[str, str, int, tuple[float, ...]]]:
+    data = load_cache(path)
+    rows = []
+    for index, record in enumerate(data.images):
+        mine = np.nonzero(data.meta["image"] == index)[0]
+        boxes = tuple(float(v) for row in mine for v in data.meta["bbox"][row])
+        rows.append((record.path, record.status.value, record.faces, boxes))
+    return rows
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path: Path, pack_dir: Path, faces_dir: Path) -> None:
+    photos = sorted((faces_dir / "celeb5").rglob("*.jpg"))[:60]
+    entries = [QueueEntry(str(p), None, "", p.stat().st_size, {}) for p in photos]
+    write_queue(tmp_path / "queue.json", entries)
+    base = ["embed", "--queue", "queue.json", "--model-dir", str(pack_dir), "--flush-every", "5", "--json"]
+    reference = run_cli([*base, "--cache", "ref.npz"], tmp_path)
+    _, err = reference.communicate(timeout=300)
+    assert reference.returncode == 0, err
+    victim = run_cli([*base, "--cache", "killed.npz"], tmp_path, quiet=True)
+    deadline = time.monotonic() + 120
+    while len(journal_segments(tmp_path / "killed.npz")) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (tmp_path / "killed.npz").exists()
+    survived = len(load_cache(tmp_path / "killed.npz").images)
+    assert 15 <= survived < 60
+    resumed = run_cli([*base, "--cache", "killed.npz"], tmp_path)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    stats = orjson.loads(out)
+    assert stats["already_done"] == survived and stats["embedded"] == 60 - survived
+    assert cache_records(tmp_path / "killed.npz") == cache_records(tmp_path / "ref.npz")
+    killed, ref = load_cache(tmp_path / "killed.npz"), load_cache(tmp_path / "ref.npz")
+    assert np.allclose(killed.embeddings, ref.embeddings, atol=1e-5)
+    assert not list(tmp_path.glob(".*.tmp")) and not (tmp_path / "killed.npz.journal").exists()
+
+
+def test_worker_runs_with_only_the_windows_modules(tmp_path: Path, pack_dir: Path, sample_photos: list[Path]) -> None:
+    """work/embed_worker.py imports and runs when only requirements-win.txt's modules can be imported."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(sample_photos[0].read_bytes())
+    make_queue(photos, tmp_path / "queue.json")
+    guard = textwrap.dedent(
+        """
+        import sys, runpy
+        ALLOWED = {{"numpy", "PIL", "pillow_heif", "cv2", "onnxruntime", "blake3", "orjson", "click", "facesets"}}
+        THIRD_PARTY_PREFIXES = sys.prefix, sys.exec_prefix
+        class Guard:
+            def find_spec(self, name, path=None, target=None):
+                top = name.split(".")[0]
+                if top in ALLOWED or top in sys.stdlib_module_names or top.startswith("_"):
+                    return None
+                raise ImportError(f"blocked import of {{name}}: not in requirements-win.txt")
+        sys.meta_path.insert(0, Guard())
+        sys.argv = ["embed_worker.py", *sys.argv[1:]]
+        try:
+            runpy.run_path(sys.argv[0] if False else {!r}, run_name="__main__")
+        finally:
+            bad = sorted(m for m in sys.modules if m.split(".")[0] in {{"psycopg", "httpx", "insightface", "torch"}})
+            print("FORBIDDEN", bad, file=sys.stderr)
+        """.format(str(REPO / "work" / "embed_worker.py"))
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            guard,
+            "--queue",
+            "queue.json",
+            "--cache",
+            "w.npz",
+            "--model-dir",
+            str(pack_dir),
+            "--json",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "FORBIDDEN []" in result.stderr
+    assert orjson.loads(result.stdout)["faces"] == 1
