@@ -41,8 +41,8 @@ R = TypeVar("R")
 
 
 class DecodeMode(StrEnum):
+    FULL = "full"  # every image decoded in full (InsightFace's reference sampling): the default
     REDUCED = "reduced"  # JPEGs decoded at the detector's resolution, finer only for faces that need it
-    FULL = "full"  # every image decoded in full (InsightFace's reference sampling)
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class EmbedConfig:
     io_concurrency: int = 0  # 0: as many as --concurrency (at least 2)
     min_face: float = 0.0
     det_size: int = DEFAULT_DET_SIZE
-    decode: DecodeMode = DecodeMode.REDUCED
+    decode: DecodeMode = DecodeMode.FULL
     flush_every: int = 200
     max_pixels: int = DEFAULT_MAX_PIXELS
     retry_errors: bool = False
