@@ -14,9 +14,9 @@ import orjson
 from . import __version__
 from .cache import cache_summary, extend_cache
 from .decode import DEFAULT_MAX_PIXELS
-from .embed import DecodeMode, EmbedConfig, run_embed
+from .embed import EmbedConfig, Mode, run_embed
 from .errors import FacesetsError
-from .faces import DEFAULT_DET_SIZE
+from .faces import DEFAULT_DET_SIZES
 from .packs import DEFAULT_PACK, MODEL_ROOT_ENV
 from .progress import Progress
 from .queue import append_entries, read_queue, scan_folders
@@ -46,6 +46,16 @@ def cli(verbose: int) -> None:
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+
+
+def _parse_sizes(value: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of sizes") from None
+    if not sizes or min(sizes) < 32:
+        raise click.BadParameter("sizes must be at least 32 pixels")
+    return sizes
 
 
 def _model_options(function: Any) -> Any:
@@ -104,19 +114,22 @@ def _model_options(function: Any) -> Any:
 )
 @click.option(
     "--det-size",
-    type=click.IntRange(min=32),
-    default=DEFAULT_DET_SIZE,
+    "det_sizes",
+    callback=lambda ctx, param, value: _parse_sizes(value),
+    default=",".join(str(size) for size in DEFAULT_DET_SIZES),
     show_default=True,
-    help="Detector input size (fixed-size detectors use their own).",
+    help="Detector input size(s), comma-separated: each is one detection pass, merged by NMS (InsightFace 2's "
+    "default). Detectors with a fixed input use their own size.",
 )
 @click.option(
-    "--decode",
-    "decode_mode",
-    type=click.Choice([m.value for m in DecodeMode]),
-    default=DecodeMode.REDUCED.value,
+    "--mode",
+    "mode",
+    type=click.Choice([m.value for m in Mode]),
+    default=Mode.REFERENCE.value,
     show_default=True,
-    help="'reduced' decodes JPEGs only as finely as detection and each face need (fast); 'full' "
-    "decodes every image in full, as InsightFace's reference does.",
+    help="'reference' gives the faces and embeddings of InsightFace's FaceAnalysis (full decode, square "
+    "detector input); 'fast' decodes big JPEGs at 1/2 when the faces allow and pads the detector input only to a "
+    "multiple of 32: less work, keypoints and embeddings move slightly (see the README's performance figures).",
 )
 @click.option(
     "--flush-every",
@@ -143,8 +156,8 @@ def embed(
     concurrency: int,
     io_concurrency: int,
     min_face: float,
-    det_size: int,
-    decode_mode: str,
+    det_sizes: tuple[int, ...],
+    mode: str,
     flush_every: int,
     max_pixels: int,
     retry_errors: bool,
@@ -165,8 +178,8 @@ def embed(
         concurrency=concurrency,
         io_concurrency=io_concurrency,
         min_face=min_face,
-        det_size=det_size,
-        decode=DecodeMode(decode_mode),
+        det_sizes=det_sizes,
+        mode=Mode(mode),
         flush_every=flush_every,
         max_pixels=max_pixels,
         retry_errors=retry_errors,

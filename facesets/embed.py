@@ -28,7 +28,7 @@ import blake3
 from .cache import CacheData, CacheWriter
 from .decode import DEFAULT_MAX_PIXELS, DecodedImage, decode
 from .errors import CacheError, ImageLoadError
-from .faces import DEFAULT_DET_SIZE, Face, FaceEngine, build_engine
+from .faces import DEFAULT_DET_SIZES, Face, FaceEngine, build_engine
 from .packs import DEFAULT_PACK, resolve_pack
 from .progress import Progress
 from .queue import QueueEntry, read_queue
@@ -40,9 +40,18 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class DecodeMode(StrEnum):
-    FULL = "full"  # every image decoded in full (InsightFace's reference sampling): the default
-    REDUCED = "reduced"  # JPEGs decoded at the detector's resolution, finer only for faces that need it
+class Mode(StrEnum):
+    """How faithfully to follow InsightFace's reference pipeline."""
+
+    # Full decode, square detector input: the faces and embeddings of InsightFace's FaceAnalysis.
+    REFERENCE = "reference"
+    # Big JPEGs decoded at 1/2 (finer only for faces that need it), detector input padded to a multiple
+    # of 32: less work, keypoints and embeddings move slightly.
+    FAST = "fast"
+
+
+# In fast mode a JPEG is decoded at the largest DCT reduction that keeps this long side.
+FAST_DECODE_LONG_SIDE = 2000
 
 
 @dataclass(frozen=True)
@@ -55,8 +64,8 @@ class EmbedConfig:
     concurrency: int = 0  # 0: one per CPU core on the CPU provider, 1 on an accelerator
     io_concurrency: int = 0  # 0: as many as --concurrency (at least 2)
     min_face: float = 0.0
-    det_size: int = DEFAULT_DET_SIZE
-    decode: DecodeMode = DecodeMode.FULL
+    det_sizes: tuple[int, ...] = DEFAULT_DET_SIZES
+    mode: Mode = Mode.REFERENCE
     flush_every: int = 200
     max_pixels: int = DEFAULT_MAX_PIXELS
     retry_errors: bool = False
@@ -106,8 +115,8 @@ def run_embed(config: EmbedConfig, progress: Callable[[int], Progress] | None = 
     providers = choose_providers(available_providers(), config.providers)
     workers = config.concurrency or (os.cpu_count() or 1 if is_cpu_only(providers) else 1)
     log.info("model pack %s, providers %s, %d inference workers", pack.folder, ", ".join(providers), workers)
-    antialias = config.decode is DecodeMode.REDUCED
-    engine = build_engine(pack, RuntimeOptions(tuple(providers), 1), config.det_size, config.min_face, antialias)
+    square = config.mode is Mode.REFERENCE
+    engine = build_engine(pack, RuntimeOptions(tuple(providers), 1), config.det_sizes, config.min_face, square)
     writer = CacheWriter(config.cache, pack.identity())
     stats = EmbedStats(queued=len(entries))
     try:
@@ -179,7 +188,7 @@ class _Stages:
             if digest in self.claimed:
                 return Loaded(entry, digest, duplicate=True)
             self.claimed.add(digest)
-        fit = self.engine.detector.det_size if self.config.decode is DecodeMode.REDUCED else None
+        fit = FAST_DECODE_LONG_SIDE if self.config.mode is Mode.FAST else None
         try:
             image = decode(data, max_pixels=self.config.max_pixels, fit=fit)
         except ImageLoadError as exc:

@@ -1,14 +1,14 @@
 """The face engine: SCRFD detection, 5-point alignment to 112x112, ArcFace-style embeddings.
 
 This follows InsightFace's reference implementation (``SCRFD.detect``, ``face_align.norm_crop``,
-``ArcFaceONNX``) on sessions we create, with three differences that keep results within the agreement
-bound of the reference while costing less:
+``ArcFaceONNX``, on BGR pixels) on sessions we create. Detectors with a dynamic input run at every size
+of ``det_sizes`` (InsightFace 2's default is 128 and 640: the small pass finds faces that fill the photo)
+and their input is padded to the square, as in the reference, or with ``square=False`` only to a multiple
+of 32 (less work on landscape and portrait photos); fixed-input detectors run at their own size.
 
-- detection runs on a reduced decode of the photo (never smaller than the detector input) and, for
-  detectors with a dynamic input, on an input padded only to a multiple of 32 instead of a square;
-- the alignment crop is cut from a decode fine enough for that face (:data:`ALIGN_MIN_FACE_PX`), so a
-  small face in a big photo still gets full-resolution pixels;
-- recognizer inputs are batched when the model accepts a batch.
+When the caller hands over a reduced decode, the alignment crop of each face is cut from a decode fine
+enough for it (:data:`ALIGN_MIN_FACE_PX`), so a small face in a big photo still gets full-resolution
+pixels. Recognizer inputs are batched when the model accepts a batch.
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from .decode import DecodedImage, RGBImage
+from .decode import BGRImage, DecodedImage
 from .packs import ModelPack
 from .runtime import RuntimeOptions, create_session
 
 FloatArray = NDArray[np.float32]
 
-# Faces are cut from a decode in which their short side has at least this many pixels (or from the
-# original when the face is smaller): the 112x112 crop then never upsamples a reduced decode.
+# A reduced decode serves a face's crop when the face's short side has at least this many pixels in it;
+# otherwise the face is cut from a finer decode (the original when the face is smaller than this).
 ALIGN_MIN_FACE_PX = 112.0
-DEFAULT_DET_SIZE = 640
+DEFAULT_DET_SIZES = (128, 640)
 NMS_THRESHOLD = 0.4
 ARCFACE_TEMPLATE = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
@@ -69,55 +69,58 @@ class Detector:
     anchors = 2
 
     def __init__(
-        self, session: Any, threshold: float, det_size: int = DEFAULT_DET_SIZE, antialias: bool = True
+        self, session: Any, threshold: float, det_sizes: tuple[int, ...] = DEFAULT_DET_SIZES, square: bool = True
     ) -> None:
         self.session = session
-        self.antialias = antialias
         self.threshold = threshold
-        self.det_size = det_size
+        self.square = square
         inputs = session.get_inputs()[0]
         self.input_name = inputs.name
         height, width = inputs.shape[2], inputs.shape[3]
         self.fixed_size = (width, height) if isinstance(width, int) and isinstance(height, int) else None
-        if self.fixed_size is not None:
-            self.det_size = max(self.fixed_size)
+        self.det_sizes = (max(self.fixed_size),) if self.fixed_size is not None else tuple(sorted(set(det_sizes)))
+        self.det_size = max(self.det_sizes)
         self.output_names = [output.name for output in session.get_outputs()]
         if len(self.output_names) != 9:
             raise ValueError(f"detector has {len(self.output_names)} outputs; SCRFD with keypoints has 9")
         self._centers: dict[tuple[int, int, int], FloatArray] = {}
         self._centers_lock = threading.Lock()
 
-    def detect(self, pixels: RGBImage) -> Detection:
-        blob, det_scale = self._prepare(pixels)
-        outputs = self.session.run(self.output_names, {self.input_name: blob})
-        boxes, scores, kps = self._decode(outputs, blob.shape[2], blob.shape[3])
-        if len(scores) == 0:
-            return Detection(boxes, scores, kps)
-        boxes, kps = boxes / det_scale, kps / det_scale
+    def detect(self, pixels: BGRImage) -> Detection:
+        """Faces in ``pixels`` (boxes, scores, keypoints in its coordinates), merged over all sizes by NMS."""
+        found = [self._detect_at(pixels, size) for size in self.det_sizes]
+        boxes = np.concatenate([f.boxes for f in found])
+        scores = np.concatenate([f.scores for f in found])
+        kps = np.concatenate([f.kps for f in found])
         keep = nms(boxes, scores, NMS_THRESHOLD)
         return Detection(boxes[keep], scores[keep], kps[keep])
 
-    def _prepare(self, pixels: RGBImage) -> tuple[FloatArray, float]:
+    def _detect_at(self, pixels: BGRImage, size: int) -> Detection:
+        blob, det_scale = self.prepare(pixels, size)
+        outputs = self.session.run(self.output_names, {self.input_name: blob})
+        boxes, scores, kps = self._decode(outputs, blob.shape[2], blob.shape[3])
+        return Detection(boxes / det_scale, scores, kps / det_scale)
+
+    def prepare(self, pixels: BGRImage, size: int) -> tuple[FloatArray, float]:
+        """Shrink (bilinear, as the reference) to fit ``size``, pad, normalise: an RGB NCHW blob."""
         height, width = pixels.shape[:2]
-        size = self.det_size
         if height / width > 1.0:
             new_height, new_width = size, int(size / (height / width))
         else:
             new_width, new_height = size, int(size * (height / width))
         new_width, new_height = max(new_width, 1), max(new_height, 1)
         det_scale = new_height / height
-        area = self.antialias and new_width < width
-        resized = cv2.resize(
-            pixels, (new_width, new_height), interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR
-        )
+        resized = cv2.resize(pixels, (new_width, new_height))
         if self.fixed_size is not None:
             canvas_w, canvas_h = self.fixed_size
+        elif self.square:
+            canvas_w = canvas_h = size
         else:
             canvas_w, canvas_h = _ceil32(new_width), _ceil32(new_height)
         canvas = np.zeros((canvas_h, canvas_w, 3), dtype=np.uint8)
         canvas[:new_height, :new_width] = resized
-        blob = (canvas.astype(np.float32) - 127.5) * (1.0 / 128.0)
-        return np.ascontiguousarray(blob.transpose(2, 0, 1)[None]), det_scale
+        blob = cv2.dnn.blobFromImage(canvas, 1.0 / 128.0, (canvas_w, canvas_h), (127.5, 127.5, 127.5), swapRB=True)
+        return np.asarray(blob, dtype=np.float32), det_scale
 
     def _decode(self, outputs: Sequence[Any], height: int, width: int) -> tuple[FloatArray, FloatArray, FloatArray]:
         boxes, scores, points = [], [], []
@@ -153,7 +156,7 @@ class Detector:
 
 
 class Recognizer:
-    """An ArcFace-style recognizer: 112x112 RGB crops -> L2-normalised embeddings."""
+    """An ArcFace-style recognizer: 112x112 BGR crops -> L2-normalised embeddings (the model sees RGB)."""
 
     def __init__(self, session: Any, mean: float, std: float) -> None:
         self.session = session
@@ -165,11 +168,12 @@ class Recognizer:
         self.output_name = session.get_outputs()[0].name
         self.dim = int(session.get_outputs()[0].shape[1])
 
-    def embed(self, crops: Sequence[RGBImage]) -> FloatArray:
+    def embed(self, crops: Sequence[BGRImage]) -> FloatArray:
         if not crops:
             return np.zeros((0, self.dim), np.float32)
-        blob = (np.stack(list(crops)).astype(np.float32) - self.mean) * (1.0 / self.std)
-        blob = np.ascontiguousarray(blob.transpose(0, 3, 1, 2))
+        mean = (self.mean, self.mean, self.mean)
+        size = (self.size, self.size)
+        blob = np.asarray(cv2.dnn.blobFromImages(list(crops), 1.0 / self.std, size, mean, swapRB=True), np.float32)
         if self.batched:
             vectors = self.session.run([self.output_name], {self.input_name: blob})[0]
         else:
@@ -233,10 +237,10 @@ def similarity_transform(src: NDArray[np.float64], dst: NDArray[np.float64]) -> 
     return matrix
 
 
-def align(pixels: RGBImage, kps: FloatArray, size: int = 112) -> RGBImage:
+def align(pixels: BGRImage, kps: FloatArray, size: int = 112) -> BGRImage:
     """The 5-point aligned crop (InsightFace's ``norm_crop``) of ``size`` x ``size`` pixels."""
     matrix = similarity_transform(kps.astype(np.float64), ARCFACE_TEMPLATE * (size / 112.0))
-    crop: RGBImage = cv2.warpAffine(pixels, matrix, (size, size), borderValue=0.0).astype(np.uint8, copy=False)
+    crop: BGRImage = cv2.warpAffine(pixels, matrix, (size, size), borderValue=0.0).astype(np.uint8, copy=False)
     return crop
 
 
@@ -264,15 +268,11 @@ def _ceil32(value: int) -> int:
 def build_engine(
     pack: ModelPack,
     options: RuntimeOptions,
-    det_size: int = DEFAULT_DET_SIZE,
+    det_sizes: tuple[int, ...] = DEFAULT_DET_SIZES,
     min_face: float = 0.0,
-    antialias: bool = True,
+    square: bool = True,
 ) -> FaceEngine:
-    """Create the two sessions for ``pack`` and wrap them in a :class:`FaceEngine`.
-
-    ``antialias`` shrinks photos for the detector with area averaging; without it the shrink is bilinear,
-    as in InsightFace's reference (which aliases on big photos).
-    """
-    detector = Detector(create_session(pack.detector, options), pack.settings.det_thresh, det_size, antialias)
+    """Create the two sessions for ``pack`` and wrap them in a :class:`FaceEngine`."""
+    detector = Detector(create_session(pack.detector, options), pack.settings.det_thresh, det_sizes, square)
     recognizer = Recognizer(create_session(pack.recognizer, options), pack.settings.rec_mean, pack.settings.rec_std)
     return FaceEngine(pack, detector, recognizer, min_face)

@@ -8,7 +8,7 @@ made by upscaling photos of the same folder and compositing 3-5 of them onto one
 
 For each pack and corpus it prints, all measured in this run:
 - naive: FaceAnalysis(name=pack, root=...) with default options, cv2.imread + app.get in a loop;
-- ours: `facesets embed` end to end (queue in, cache out) with --decode reduced (default) and full;
+- ours: `facesets embed` end to end (queue in, cache out) with --mode reference (default) and fast;
 - model-only bound: our detector + recognizer sessions, same worker count, on inputs already decoded,
   resized and aligned in memory;
 - agreement with naive: faces matched by box IoU > 0.5; faces of >= 90 px found by one only; cosine
@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from facesets.cache import load_cache  # noqa: E402
 from facesets.decode import decode  # noqa: E402
-from facesets.embed import DecodeMode, EmbedConfig, run_embed  # noqa: E402
+from facesets.embed import EmbedConfig, Mode, run_embed  # noqa: E402
 from facesets.faces import align, build_engine  # noqa: E402
 from facesets.packs import resolve_pack  # noqa: E402
 from facesets.queue import QueueEntry, write_queue  # noqa: E402
@@ -107,37 +107,39 @@ def naive(pack: str, root: Path, files: list[Path]) -> tuple[float, dict[str, li
     return len(files) / elapsed, results
 
 
-def ours(files: list[Path], pack_dir: Path, work: Path, mode: DecodeMode) -> tuple[float, Path]:
+def ours(files: list[Path], pack_dir: Path, work: Path, mode: Mode) -> tuple[float, Path]:
     queue = work / f"queue-{mode.value}.json"
     cache = work / f"cache-{mode.value}.npz"
     for stale in (queue, cache):
         stale.unlink(missing_ok=True)
     write_queue(queue, [QueueEntry(str(p), None, "", p.stat().st_size, {}) for p in files])
     started = time.perf_counter()
-    stats = run_embed(EmbedConfig(queue=queue, cache=cache, model_dir=pack_dir, decode=mode))
+    stats = run_embed(EmbedConfig(queue=queue, cache=cache, model_dir=pack_dir, mode=mode))
     elapsed = time.perf_counter() - started
     assert stats.embedded == len(files), stats
     return len(files) / elapsed, cache
 
 
-def model_bound(files: list[Path], pack_dir: Path) -> float:
-    """Our two sessions alone, on detector inputs and aligned crops prepared in memory beforehand."""
+def model_bound(files: list[Path], pack_dir: Path, mode: Mode) -> float:
+    """Our two sessions alone, as ``mode`` runs them, on detector inputs and aligned crops prepared in memory."""
     workers = os.cpu_count() or 1
-    engine = build_engine(resolve_pack(pack_dir), RuntimeOptions(("CPUExecutionProvider",), 1))
+    options = RuntimeOptions(("CPUExecutionProvider",), 1)
+    engine = build_engine(resolve_pack(pack_dir), options, square=mode is Mode.REFERENCE)
     prepared = []
     for path in files:
         data = path.read_bytes()
-        image = decode(data, fit=engine.detector.det_size)
-        blob, _ = engine.detector._prepare(image.pixels)
+        image = decode(data)
+        blobs = [engine.detector.prepare(image.pixels, size)[0] for size in engine.detector.det_sizes]
         faces = engine.analyze(image, lambda scale, source=data: decode(source, scale))  # type: ignore[misc]
         full = decode(data, max(min(1.0, 112.0 / max(f.face_short, 1.0)) for f in faces)) if faces else image
         crops = [align(full.pixels, f.kps * full.scale) for f in faces]
-        prepared.append((blob, crops))
+        prepared.append((blobs, crops))
     detector, recognizer = engine.detector, engine.recognizer
 
-    def run(item: tuple[np.ndarray, list[np.ndarray]]) -> None:
-        blob, crops = item
-        detector.session.run(detector.output_names, {detector.input_name: blob})
+    def run(item: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
+        blobs, crops = item
+        for blob in blobs:
+            detector.session.run(detector.output_names, {detector.input_name: blob})
         recognizer.embed(crops)
 
     with ThreadPoolExecutor(workers) as pool:
@@ -191,15 +193,15 @@ def bench(pack: str, corpus: str, files: list[Path], shared: Path, work: Path) -
     pack_dir = shared / "models" / pack
     work.mkdir(parents=True, exist_ok=True)
     naive_rate, reference = naive(pack, shared, files)
-    bound = model_bound(files, pack_dir)
     print(f"\n== {pack} / {corpus} ({len(files)} images) ==")
-    print(f"naive FaceAnalysis loop      {naive_rate:7.2f} images/s")
-    print(f"model-only bound (ours)      {bound:7.2f} images/s")
-    for mode in (DecodeMode.REDUCED, DecodeMode.FULL):
+    print(f"naive FaceAnalysis loop         {naive_rate:7.2f} images/s")
+    for mode in (Mode.REFERENCE, Mode.FAST):
+        bound = model_bound(files, pack_dir, mode)
+        print(f"model-only bound, {mode.value:<9}     {bound:7.2f} images/s")
         rate, cache = ours(files, pack_dir, work, mode)
         agree = agreement(cache, reference)
         print(
-            f"ours --decode {mode.value:<8}      {rate:7.2f} images/s  x{rate / naive_rate:.2f} naive  "
+            f"ours --mode {mode.value:<9}       {rate:7.2f} images/s  x{rate / naive_rate:.2f} naive  "
             f"{rate / bound:.2f} of bound | matched {agree['matched']}, >=90px only ours {agree['only_ours_90px']}, "
             f"only naive {agree['only_naive_90px']}; cos (>=90px, n={agree['compared']}) median "
             f"{agree['cos_median']:.4f} min {agree['cos_min']:.4f}"

@@ -19,11 +19,33 @@ def photo(faces_dir: Path) -> Image.Image:
         return image.convert("RGB")
 
 
-def test_upright_rgb(photo: Image.Image) -> None:
-    decoded = decode(corpus.jpeg_bytes(photo))
+def rgb(pixels: np.ndarray) -> np.ndarray:
+    return pixels[:, :, ::-1]
+
+
+def test_upright_bgr(photo: Image.Image) -> None:
+    data = corpus.jpeg_bytes(photo)
+    decoded = decode(data)
     assert decoded.pixels.shape == (photo.height, photo.width, 3)
     assert decoded.pixels.dtype == np.uint8
     assert (decoded.width, decoded.height, decoded.scale) == (photo.width, photo.height, 1.0)
+    with Image.open(io.BytesIO(data)) as reference:
+        assert np.abs(rgb(decoded.pixels).astype(int) - np.asarray(reference.convert("RGB")).astype(int)).mean() < 1.0
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_matches_pillow(photo: Image.Image, orientation: int) -> None:
+    from PIL import ImageOps
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = corpus.jpeg_bytes(photo.resize((160, 120)), exif=exif.tobytes())
+    decoded = decode(data)
+    with Image.open(io.BytesIO(data)) as stored:
+        expected = np.asarray(ImageOps.exif_transpose(stored).convert("RGB"))
+    assert rgb(decoded.pixels).shape == expected.shape
+    assert (decoded.height, decoded.width) == expected.shape[:2]
+    assert np.abs(rgb(decoded.pixels).astype(int) - expected.astype(int)).mean() < 1.0
 
 
 def test_exif_orientation_is_applied(photo: Image.Image) -> None:
@@ -65,8 +87,10 @@ def test_refused_inputs(data: bytes, reason: str) -> None:
 
 def test_truncated_jpeg(photo: Image.Image) -> None:
     data = corpus.jpeg_bytes(photo)
-    with pytest.raises(ImageLoadError, match="truncated"):
-        decode(data[: len(data) // 3])
+    for cut in (len(data) // 3, len(data) - 2):
+        with pytest.raises(ImageLoadError, match="truncated"):
+            decode(data[:cut])
+    assert decode(data + b"trailing bytes after the end marker").pixels.shape[0] == photo.height
 
 
 def test_max_pixels_option(photo: Image.Image) -> None:
@@ -80,10 +104,10 @@ def test_mode_conversions(photo: Image.Image) -> None:
     assert np.array_equal(sixteen.pixels[:, :, 0], gray8)
     assert np.array_equal(sixteen.pixels[:, :, 1], gray8)
     rgba = decode(corpus.rgba_png(photo))
-    assert np.array_equal(rgba.pixels, np.asarray(photo))
+    assert np.array_equal(rgb(rgba.pixels), np.asarray(photo))
     cmyk = decode(corpus.jpeg_bytes(photo.convert("CMYK")))
     assert cmyk.pixels.shape == (photo.height, photo.width, 3)
-    assert np.abs(cmyk.pixels.astype(int) - np.asarray(photo).astype(int)).mean() < 12
+    assert np.abs(rgb(cmyk.pixels).astype(int) - np.asarray(photo).astype(int)).mean() < 12
 
 
 def test_palette_with_transparency_composites_on_white() -> None:
@@ -99,7 +123,7 @@ def test_palette_with_transparency_composites_on_white() -> None:
 def test_heic(photo: Image.Image) -> None:
     decoded = decode(corpus.heic_bytes(photo))
     assert decoded.pixels.shape == (photo.height, photo.width, 3)
-    assert np.abs(decoded.pixels.astype(int) - np.asarray(photo).astype(int)).mean() < 6
+    assert np.abs(rgb(decoded.pixels).astype(int) - np.asarray(photo).astype(int)).mean() < 6
 
 
 def test_unreadable_file_is_a_reason(photo: Image.Image) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from facesets.cache import journal_segments, load_cache
 from facesets.cli import main
-from facesets.embed import DecodeMode, EmbedConfig, run_embed
+from facesets.embed import EmbedConfig, Mode, run_embed
 from facesets.queue import QueueEntry, scan_folders, write_queue
 from facesets.records import ImageStatus
 from tests import corpus
@@ -120,13 +120,13 @@ def test_other_model_pack_is_refused(tmp_path: Path, pack_dir: Path, sample_phot
     assert (tmp_path / "faces.npz").read_bytes() == before
 
 
-def test_decode_modes_agree_on_small_photos(tmp_path: Path, pack_dir: Path, sample_photos: list[Path]) -> None:
+def test_fast_mode_agrees_on_small_photos(tmp_path: Path, pack_dir: Path, sample_photos: list[Path]) -> None:
     photos = tmp_path / "photos"
     photos.mkdir()
     for index, photo in enumerate(sample_photos[2:]):
         (photos / f"{index}.jpg").write_bytes(photo.read_bytes())
     make_queue(photos, tmp_path / "queue.json")
-    run_embed(config(tmp_path, pack_dir, decode=DecodeMode.REDUCED))
+    run_embed(config(tmp_path, pack_dir, mode=Mode.FAST))
     run_embed(config(tmp_path, pack_dir, cache=tmp_path / "full.npz"))
     reduced, full = load_cache(tmp_path / "faces.npz"), load_cache(tmp_path / "full.npz")
     assert reduced.face_count == full.face_count >= 2

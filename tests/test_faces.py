@@ -9,7 +9,7 @@ from facesets.decode import decode
 from facesets.faces import ARCFACE_TEMPLATE, FaceEngine, align, nms, similarity_transform
 
 
-def analyze(engine: FaceEngine, path: Path, fit: int | None = 640) -> list:
+def analyze(engine: FaceEngine, path: Path, fit: int | None = None) -> list:
     data = path.read_bytes()
     return engine.analyze(decode(data, fit=fit), lambda scale: decode(data, scale))
 
@@ -77,30 +77,34 @@ def test_exif_rotated_photo_gives_the_same_faces(engine: FaceEngine, tmp_path: P
         assert float(twin.embedding @ face.embedding) > 0.9
 
 
-def test_matches_insightface_reference(engine: FaceEngine, faces_dir: Path, t1_jpg: Path) -> None:
-    """Full decode with the reference's bilinear shrink reproduces InsightFace's FaceAnalysis."""
+@pytest.mark.parametrize("which", ["engine", "engine_25g"])
+def test_matches_insightface_reference(
+    which: str, request: pytest.FixtureRequest, faces_dir: Path, t1_jpg: Path
+) -> None:
+    """Our engine reproduces InsightFace's FaceAnalysis with its default options (det sizes 128 and 640)."""
     import warnings
 
     from insightface.app import FaceAnalysis
 
-    from facesets.faces import build_engine
-    from tests.conftest import CPU
-
-    reference_engine = build_engine(engine.pack, CPU, antialias=False)
+    ours_engine: FaceEngine = request.getfixturevalue(which)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        app = FaceAnalysis(name=str(engine.pack.folder), providers=["CPUExecutionProvider"])
-        app.prepare(ctx_id=-1, det_size=(640, 640))
+        app = FaceAnalysis(name=str(ours_engine.pack.folder), providers=["CPUExecutionProvider"])
+        app.prepare(ctx_id=-1)
         photos = [t1_jpg, faces_dir / "deepface" / "couple.jpg", faces_dir / "deepface" / "img40.jpg"]
+        similarities = []
         for photo in photos:
             reference = app.get(cv2.imread(str(photo)))
-            ours = reference_engine.analyze(decode(photo.read_bytes()))
+            ours = ours_engine.analyze(decode(photo.read_bytes()))
             assert len(ours) == len(reference)
             for ref in reference:
                 mine = min(ours, key=lambda face: float(np.abs(face.bbox - ref.bbox).sum()))
-                assert np.abs(mine.bbox - ref.bbox).max() < 0.5
-                assert np.abs(mine.kps - ref.kps).max() < 0.5
-                assert float(mine.embedding @ ref.normed_embedding) > 0.999
+                tolerance = 1.0
+                assert np.abs(mine.bbox - ref.bbox).max() < tolerance
+                assert np.abs(mine.kps - ref.kps).max() < tolerance
+                similarities.append(float(mine.embedding @ ref.normed_embedding))
+    assert len(similarities) == 9
+    assert np.median(similarities) >= 0.995 and min(similarities) >= 0.98  # the issue's agreement bound
 
 
 def test_similarity_transform_recovers_a_known_similarity() -> None:
