@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 SHARED ?= ../shared
 
-.PHONY: test demo lint bench-embed clean
+.PHONY: test demo lint bench-embed bench-index clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ demo: $(VENV)/.installed
 
 bench-embed: $(VENV)/.installed
 	$(BIN)/python scripts/bench_embed.py --shared $(SHARED)
+
+bench-index: $(VENV)/.installed
+	$(BIN)/python scripts/bench_index.py
 
 clean:
 	rm -rf demo bench .pytest_cache .mypy_cache .ruff_cache

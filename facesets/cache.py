@@ -97,15 +97,16 @@ def faces_to_arrays(image_index: int, faces: Sequence[Any]) -> tuple[NDArray[Any
 # -- reading -------------------------------------------------------------------------------------------
 
 
-def read_npz(path: Path, images_only: bool = False) -> CacheData:
+def read_npz(path: Path, images_only: bool = False, header_only: bool = False) -> CacheData:
     """Read one cache or journal file, validating it; raise a :class:`CacheError` subclass if unusable.
 
-    ``images_only`` skips the face rows (members load lazily), for callers that need only what was done.
+    Members load lazily: ``images_only`` skips the face rows, ``header_only`` reads just schema, model and
+    journal position (cheap on a cache of millions of images).
     """
     try:
         with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as npz:
             try:
-                data = _parse_members(path, npz, images_only)
+                data = _parse_members(path, npz, images_only or header_only, header_only)
             except (ValueError, orjson.JSONDecodeError) as exc:
                 if _holds_objects(npz):
                     raise CacheCorruptError(_corrupt(path, _PICKLED)) from exc
@@ -125,7 +126,7 @@ _PICKLED = (
 )
 
 
-def _parse_members(path: Path, npz: Any, images_only: bool) -> CacheData:
+def _parse_members(path: Path, npz: Any, images_only: bool, header_only: bool = False) -> CacheData:
     missing = [name for name in REQUIRED if name not in npz.files]
     if missing:
         raise CacheCorruptError(_corrupt(path, f"members missing: {', '.join(missing)}"))
@@ -134,10 +135,12 @@ def _parse_members(path: Path, npz: Any, images_only: bool) -> CacheData:
         raise CacheVersionError(_version_message(path, schema))
     data = CacheData(
         identity=PackIdentity.from_dict(orjson.loads(npz["model"].tobytes())),
-        images=[ImageRecord.from_dict(item) for item in orjson.loads(npz["processed"].tobytes())],
-        aliases={str(a): str(b) for a, b in orjson.loads(npz["path_aliases"].tobytes())},
         journal_seq=int(npz["journal_seq"]) if "journal_seq" in npz.files else 0,
     )
+    if header_only:
+        return data
+    data.images = [ImageRecord.from_dict(item) for item in orjson.loads(npz["processed"].tobytes())]
+    data.aliases = {str(a): str(b) for a, b in orjson.loads(npz["path_aliases"].tobytes())}
     if not images_only:
         data.meta = np.asarray(npz["meta"])
         data.embeddings = np.asarray(npz["embeddings"], dtype=np.float32)
@@ -297,12 +300,15 @@ class CacheWriter:
 
     def _open(self) -> None:
         remove_stale_temps(self.path.parent, temp_pattern(self.path.name))
-        base = read_npz(self.path, images_only=True) if self.path.exists() else None
-        self._drop_segments(base.journal_seq if base else 0)
-        self.existing = fold_journal(self.path, base, images_only=True)
-        if self.existing is not None:
-            _require_same_model(self.identity, self.existing.identity, self.path)
-        self._seq = self.existing.journal_seq if self.existing else 0
+        header = read_npz(self.path, header_only=True) if self.path.exists() else None
+        self._drop_segments(header.journal_seq if header else 0)
+        self._seq = header.journal_seq if header else 0
+        if header is not None:
+            _require_same_model(self.identity, header.identity, self.path)
+        for number, segment in journal_segments(self.path):
+            self._seq = max(self._seq, number)
+            _require_same_model(self.identity, read_npz(segment, header_only=True).identity, segment)
+        self._existing: CacheData | None = None
         self._pending = CacheData(identity=self.identity)
 
     def _drop_segments(self, upto: int) -> None:
@@ -315,7 +321,10 @@ class CacheWriter:
             remove_stale_temps(folder, temp_pattern("seg-*"))
 
     def done_images(self) -> Iterable[ImageRecord]:
-        return self.existing.images if self.existing else []
+        """The image records already in the cache and its journal (read on first use)."""
+        if self._existing is None and (self.path.exists() or journal_segments(self.path)):
+            self._existing = load_cache(self.path, images_only=True)
+        return self._existing.images if self._existing else []
 
     def add(self, record: ImageRecord, faces: Sequence[Any], aliases: dict[str, str] | None = None) -> None:
         index = len(self._pending.images)
@@ -341,18 +350,19 @@ class CacheWriter:
         write_npz(folder / f"seg-{self._seq:06d}.npz", self._pending)
         self._pending = CacheData(identity=self.identity)
 
-    def close(self) -> CacheData:
-        """Flush, fold the journal into the main file atomically, remove the segments, release the lock."""
+    def close(self) -> None:
+        """Flush, fold the journal into the main file atomically, remove the segments, release the lock.
+
+        A run that added nothing leaves an existing cache file untouched (and unread)."""
         try:
             self.flush()
             if self.path.exists() and not journal_segments(self.path):
-                return load_cache(self.path)
+                return
             merged = load_cache(self.path) if journal_segments(self.path) else CacheData(self.identity)
             write_npz(self.path, sorted_by_path(merged))
             self._drop_segments(merged.journal_seq)
             with contextlib.suppress(OSError):
                 journal_dir(self.path).rmdir()
-            return merged
         finally:
             self._lock.close()
 
@@ -466,3 +476,34 @@ def cache_summary(path: Path) -> dict[str, Any]:
 
 def _main_seq(path: Path) -> int:
     return read_npz(path, images_only=True).journal_seq if path.exists() else 0
+
+
+def purge_images(path: Path, hashes: set[str], identity: PackIdentity) -> int:
+    """Remove the images with these content hashes (and their faces) from a cache, atomically.
+
+    Returns how many image records were removed; a missing cache is left missing.
+    """
+    path = Path(path)
+    if not hashes or not (path.exists() or journal_segments(path)):
+        return 0
+    with exclusive_lock(path.with_name(path.name + ".lock")):
+        data = load_cache(path)
+        _require_same_model(identity, data.identity, path)
+        keep = np.array([record.content_hash not in hashes for record in data.images], dtype=bool)
+        new_index = np.cumsum(keep) - 1
+        rows = keep[data.meta["image"]] if len(data.meta) else np.zeros(0, bool)
+        meta = data.meta[rows].copy()
+        meta["image"] = new_index[meta["image"]]
+        kept = CacheData(
+            identity=data.identity,
+            images=[record for record, flag in zip(data.images, keep, strict=True) if flag],
+            meta=meta,
+            embeddings=data.embeddings[rows],
+            aliases={k: v for k, v in data.aliases.items()},
+            journal_seq=data.journal_seq,
+        )
+        write_npz(path, kept)
+        for number, segment in journal_segments(path):
+            if number <= kept.journal_seq:
+                segment.unlink(missing_ok=True)
+        return int((~keep).sum())

@@ -17,6 +17,7 @@ from .decode import DEFAULT_MAX_PIXELS
 from .embed import EmbedConfig, Mode, run_embed
 from .errors import FacesetsError
 from .faces import DEFAULT_DET_SIZES
+from .index import IndexConfig, run_backfill, run_index
 from .packs import DEFAULT_PACK, MODEL_ROOT_ENV
 from .progress import Progress
 from .queue import append_entries, read_queue, scan_folders
@@ -186,6 +187,121 @@ def embed(
     )
     stats = run_embed(config, progress=lambda total: Progress(total, "embed", enabled=None if not as_json else False))
     _emit({"cache": str(cache_path), **stats.as_dict()}, as_json)
+
+
+@cli.command()
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="A gallery, a chunk of galleries, a root of chunks, or any folder; repeat for several.",
+)
+@click.option(
+    "--caches",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("caches"),
+    show_default=True,
+    help="Folder for the index state (index.sqlite) and the face cache (faces.npz).",
+)
+@click.option(
+    "--database",
+    envvar="DATABASE_URL",
+    default=None,
+    help="PostgreSQL URL to load results into at the end (not available yet).",
+)
+@_model_options
+@click.option("--providers", default="", help="Execution providers in order, e.g. 'dml,cpu'.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True, help="ML slots.")
+@click.option(
+    "--io-concurrency",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="File reads + hashing threads; 0 = twice --concurrency. Each holds up to two decoded images.",
+)
+@click.option(
+    "--reindex",
+    is_flag=True,
+    help="Bypass the gallery and size skips: re-read and re-hash every file (content already embedded "
+    "still gets no ML work). Finds edits that kept a file's size.",
+)
+@click.option("--ml-purge", is_flag=True, help="Forget all ML results under the targets and index them from scratch.")
+@click.option(
+    "--flush-every",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Images per commit of the cache journal and the state: a kill loses at most this many.",
+)
+@click.option("--no-ml", is_flag=True, hidden=True, help="Benchmarks: time the skip machinery without models.")
+@click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
+def index(
+    targets: Sequence[Path],
+    caches: Path,
+    database: str | None,
+    model_dir: Path | None,
+    model_pack: str,
+    providers: str,
+    concurrency: int,
+    io_concurrency: int,
+    reindex: bool,
+    ml_purge: bool,
+    flush_every: int,
+    no_ml: bool,
+    as_json: bool,
+) -> None:
+    """Index local galleries: faces of every new or changed image, with four skip layers.
+
+    Re-running on an unchanged tree reads no file: galleries whose file count and bytes are unchanged are
+    skipped, known files of the same size are not read, and content already embedded anywhere gets no ML.
+
+    Example: facesets index --target /mnt/d/galleries --caches caches --model-pack buffalo_l
+    """
+    config = IndexConfig(
+        targets=tuple(targets),
+        caches=caches,
+        database=database,
+        model_dir=model_dir,
+        model_pack=model_pack,
+        providers=tuple(p for p in providers.split(",") if p.strip()),
+        concurrency=concurrency,
+        io_concurrency=io_concurrency,
+        reindex=reindex,
+        ml_purge=ml_purge,
+        flush_every=flush_every,
+        no_ml=no_ml,
+    )
+    stats = run_index(config, progress=False if as_json else None)
+    _emit(stats.as_dict(), as_json)
+
+
+@cli.command()
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folders to backfill (as for index); repeat for several.",
+)
+@click.option(
+    "--caches",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("caches"),
+    show_default=True,
+    help="Folder holding the index state.",
+)
+@click.option("--database", envvar="DATABASE_URL", default=None, help="PostgreSQL URL (not available yet).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True, help="stat() threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
+def backfill(targets: Sequence[Path], caches: Path, database: str | None, concurrency: int, as_json: bool) -> None:
+    """Stat only, no reads, no models: fill file sizes and gallery count/bytes of galleries already indexed.
+
+    Example: facesets backfill --target /mnt/d/galleries --caches caches
+    """
+    _emit(run_backfill(list(targets), caches, database, concurrency).as_dict(), as_json)
 
 
 @cli.group()

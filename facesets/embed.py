@@ -25,7 +25,7 @@ from typing import TypeVar
 
 import blake3
 
-from .cache import CacheData, CacheWriter
+from .cache import CacheWriter
 from .decode import DEFAULT_MAX_PIXELS, DecodedImage, decode
 from .errors import CacheError, ImageLoadError
 from .faces import DEFAULT_DET_SIZES, Face, FaceEngine, build_engine
@@ -133,9 +133,9 @@ def run_embed(config: EmbedConfig, progress: Callable[[int], Progress] | None = 
     return stats
 
 
-def _close(writer: CacheWriter) -> CacheData:
+def _close(writer: CacheWriter) -> None:
     try:
-        return writer.close()
+        writer.close()
     except OSError as exc:
         raise CacheError(
             f"cannot write cache {writer.path}: {exc.strerror or exc}. The previous cache and the journal of "

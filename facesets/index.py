@@ -1,0 +1,442 @@
+"""The gallery index stage (``facesets index``) and its stat-only companion (``facesets backfill``).
+
+    targets -> galleries (walk) -> files (stat) -> skip layers -> [read + BLAKE3 + decode] -> [faces] -> cache
+                                                                  (--io-concurrency)        (--concurrency)
+
+Skip layers, each counted in :class:`IndexStats`:
+
+1. gallery: image-file count and total bytes equal those stored at its last complete index -> skipped
+   without reading any file (``--reindex`` bypasses this layer only);
+2. one state query per gallery fetches every known ``(filename, content hash, size)``;
+3. a file whose name and size are known is skipped without being read or hashed (an edit that keeps the
+   size is therefore not seen until ``--reindex``... nor then: use ``--ml-purge`` to re-read everything);
+4. a file that is read is hashed with BLAKE3; a hash already known (any gallery) gets no ML work, only a
+   new gallery link.
+
+Faces go to the face cache (``<caches>/faces.npz``), the state to ``<caches>/index.sqlite``; the state is
+committed only after the cache has flushed the same images, so ``kill -9`` at any point resumes cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import blake3
+import orjson
+
+from .cache import CacheWriter, purge_images
+from .decode import DEFAULT_MAX_PIXELS, DecodedImage, decode
+from .embed import bounded_map, read_image
+from .errors import CacheError, ConfigError, ImageLoadError
+from .faces import Face, FaceEngine, build_engine
+from .galleries import Gallery, check_targets, gallery_folders, list_gallery
+from .indexstate import IndexState, KnownFile
+from .packs import DEFAULT_PACK, PackIdentity, resolve_pack
+from .progress import Progress
+from .records import ImageRecord, ImageStatus
+from .runtime import RuntimeOptions, available_providers, choose_providers
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "index.sqlite"
+FACE_CACHE = "faces.npz"
+NO_ML = PackIdentity("none", "none", "0" * 64, "none", "0" * 64)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    targets: tuple[Path, ...]
+    caches: Path = Path("caches")
+    database: str | None = None
+    model_dir: Path | None = None
+    model_pack: str = DEFAULT_PACK
+    providers: tuple[str, ...] = ()
+    concurrency: int = 4
+    io_concurrency: int = 0  # 0: twice --concurrency
+    reindex: bool = False
+    ml_purge: bool = False
+    flush_every: int = 200
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    no_ml: bool = False  # benchmarks: time the skip machinery alone (no decode, no model)
+
+
+@dataclass
+class IndexStats:
+    galleries_seen: int = 0
+    galleries_skipped: int = 0
+    files_stated: int = 0
+    files_skipped_by_size: int = 0
+    files_read: int = 0
+    files_deduped: int = 0
+    files_embedded: int = 0
+    files_failed: int = 0
+    files_removed: int = 0
+    faces_found: int = 0
+    walk_skips: int = 0
+    elapsed: float = 0.0
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    gallery_id: int
+    gallery: str
+    filename: str
+    size: int
+
+
+@dataclass
+class Done:
+    item: WorkItem
+    content_hash: str = ""
+    faces: list[Face] = field(default_factory=list)
+    error: str = ""
+    deduped: bool = False
+    width: int = 0
+    height: int = 0
+    size: int = -1  # bytes actually read (a file replaced after its stat is recorded as read)
+
+
+class _Galleries:
+    """Per-gallery bookkeeping: which galleries wait for results before their stats may be stored."""
+
+    def __init__(self) -> None:
+        self.pending: dict[int, int] = {}
+        self.listing: dict[int, Gallery] = {}
+
+    def open(self, gallery_id: int, gallery: Gallery, items: int) -> None:
+        self.pending[gallery_id] = items
+        self.listing[gallery_id] = gallery
+
+    def finish_one(self, gallery_id: int) -> Gallery | None:
+        self.pending[gallery_id] -= 1
+        return self.close_if_done(gallery_id)
+
+    def close_if_done(self, gallery_id: int) -> Gallery | None:
+        if self.pending.get(gallery_id) == 0:
+            del self.pending[gallery_id]
+            return self.listing.pop(gallery_id)
+        return None
+
+
+def run_index(config: IndexConfig, progress: bool | None = None) -> IndexStats:
+    """Index every gallery under the targets; return the counters."""
+    if config.database:
+        raise ConfigError(
+            "--database is not available yet: the PostgreSQL store has not landed. Index without it; the index "
+            "state and caches under --caches are what the loader will read."
+        )
+    started = time.monotonic()
+    targets = check_targets(list(config.targets))
+    config.caches.mkdir(parents=True, exist_ok=True)
+    engine, identity = _engine(config)
+    state = IndexState(config.caches / STATE_FILE)
+    stats = IndexStats()
+    try:
+        _check_model(state, identity, config)
+        if config.ml_purge:
+            _purge(state, targets, config.caches / FACE_CACHE, identity)
+        writer = CacheWriter(config.caches / FACE_CACHE, identity)
+        try:
+            _Run(config, state, writer, engine, stats).run(targets, progress)
+            writer.close()
+        except BaseException:
+            writer.abandon()
+            raise
+    finally:
+        state.close()
+    stats.elapsed = round(time.monotonic() - started, 3)
+    return stats
+
+
+def _engine(config: IndexConfig) -> tuple[FaceEngine | None, PackIdentity]:
+    if config.no_ml:
+        return None, NO_ML
+    pack = resolve_pack(config.model_dir, config.model_pack)
+    providers = choose_providers(available_providers(), config.providers)
+    return build_engine(pack, RuntimeOptions(tuple(providers), 1)), pack.identity()
+
+
+def _check_model(state: IndexState, identity: PackIdentity, config: IndexConfig) -> None:
+    recorded = state.get_meta("face_model")
+    if recorded is None:
+        state.set_meta("face_model", orjson.dumps(identity.to_dict()).decode())
+        return
+    previous = PackIdentity.from_dict(orjson.loads(recorded))
+    if not previous.same_vectors(identity):
+        raise ConfigError(
+            f"{config.caches} was indexed with model pack {previous.describe()}, not {identity.describe()}: "
+            "embedding spaces never mix. Use another --caches folder for this model pack."
+        )
+
+
+def _purge(state: IndexState, targets: Sequence[Path], cache: Path, identity: PackIdentity) -> None:
+    state.begin()
+    hashes: set[str] = set()
+    for target in targets:
+        hashes |= state.purge(str(target))
+    purge_images(cache, hashes, identity)
+    state.commit()
+    log.info("--ml-purge: forgot %d images under %s", len(hashes), ", ".join(map(str, targets)))
+
+
+class _Run:
+    def __init__(
+        self, config: IndexConfig, state: IndexState, writer: CacheWriter, engine: FaceEngine | None, stats: IndexStats
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.writer = writer
+        self.engine = engine
+        self.stats = stats
+        self.galleries = _Galleries()
+        self.claimed: set[str] = set()
+        self.claim_lock = threading.Lock()
+        self.unflushed = 0
+        self.skipped: set[tuple[str, str]] = set()
+
+    def skip(self, path: str, reason: str) -> None:
+        if (path, reason) in self.skipped:  # the second pass lists a gallery again
+            return
+        self.skipped.add((path, reason))
+        self.stats.walk_skips += 1
+        key = reason.split(" (")[0].split(":")[0]
+        self.stats.skip_reasons[key] = self.stats.skip_reasons.get(key, 0) + 1
+        log.warning("skipping %s: %s", path, reason)
+
+    # -- planning: walk, stat, layers 1-3 ------------------------------------------------------------
+
+    def plan(self, targets: Sequence[Path]) -> tuple[list[Path], int]:
+        """First pass: the galleries that need work and how many files they will read (for the ETA)."""
+        todo, reads = [], 0
+        for folder in gallery_folders(targets, self.skip):
+            gallery = list_gallery(folder, self.skip, with_metadata=False)
+            self.stats.galleries_seen += 1
+            self.stats.files_stated += gallery.file_count
+            row = self.state.gallery(str(folder))
+            unchanged = row is not None and (row.file_count, row.total_bytes) == (
+                gallery.file_count,
+                gallery.total_bytes,
+            )
+            if unchanged and not self.config.reindex:
+                self.stats.galleries_skipped += 1
+                continue
+            known = self.state.known_files(row.id) if row else {}
+            reads += sum(1 for f in gallery.files if self.config.reindex or not _same_size(known.get(f.name), f.size))
+            todo.append(folder)
+        return todo, reads
+
+    def items(self, folders: list[Path]) -> Iterator[WorkItem]:
+        """Second pass over the galleries that need work: list again, apply layers 2 and 3, yield the reads."""
+        for folder in folders:
+            gallery = list_gallery(folder, self.skip)
+            self.state.begin()
+            gallery_id = self.state.ensure_gallery(str(folder))
+            known = self.state.known_files(gallery_id)
+            names = {f.name for f in gallery.files}
+            removed = [name for name in known if name not in names]
+            self.state.unlink(gallery_id, removed)
+            self.stats.files_removed += len(removed)
+            reads = [f for f in gallery.files if self.config.reindex or not _same_size(known.get(f.name), f.size)]
+            self.stats.files_skipped_by_size += gallery.file_count - len(reads)
+            self.galleries.open(gallery_id, gallery, len(reads))
+            self._complete(gallery_id, self.galleries.close_if_done(gallery_id))
+            for file in reads:
+                yield WorkItem(gallery_id, str(folder), file.name, file.size)
+
+    # -- io and inference stages ---------------------------------------------------------------------
+
+    def load(self, item: WorkItem) -> tuple[Done, bytes, DecodedImage | None]:
+        path = os.path.join(item.gallery, item.filename)
+        try:
+            data = read_image(path)
+        except ImageLoadError as exc:
+            return Done(item, error=exc.reason), b"", None
+        digest = blake3.blake3(data).hexdigest()
+        with self.claim_lock:
+            duplicate = digest in self.claimed or self.state.has_image(digest)
+            self.claimed.add(digest)
+        if duplicate:
+            return Done(item, digest, deduped=True, size=len(data)), b"", None
+        if self.engine is None:
+            return Done(item, digest, size=len(data)), b"", None
+        try:
+            image = decode(data, max_pixels=self.config.max_pixels)
+        except ImageLoadError as exc:
+            return Done(item, digest, error=exc.reason, size=len(data)), b"", None
+        return Done(item, digest, width=image.width, height=image.height, size=len(data)), data, image
+
+    def infer(self, loaded: tuple[Done, bytes, DecodedImage | None]) -> Done:
+        done, data, image = loaded
+        if image is None or self.engine is None:
+            return done
+        max_pixels = self.config.max_pixels
+        try:
+            done.faces = self.engine.analyze(image, lambda scale: decode(data, scale, max_pixels))
+        except ImageLoadError as exc:
+            done.error = exc.reason
+        except Exception as exc:  # one image's inference failure must not end a long run
+            done.error = f"inference failed: {type(exc).__name__}: {exc}"
+        return done
+
+    # -- recording -----------------------------------------------------------------------------------
+
+    def record(self, done: Done) -> None:
+        item, stats = done.item, self.stats
+        path = os.path.join(item.gallery, item.filename)
+        size = done.size if done.size >= 0 else item.size
+        stats.files_read += 1
+        if done.deduped:
+            stats.files_deduped += 1
+        elif done.error:
+            stats.files_failed += 1
+            log.warning("skipping %s: %s", path, done.error)
+        else:
+            stats.files_embedded += 1
+            stats.faces_found += len(done.faces)
+        if done.content_hash and not done.deduped:
+            status = ImageStatus.ERROR if done.error else ImageStatus.OK if done.faces else ImageStatus.NO_FACE
+            self.state.add_image(done.content_hash, item.size, status.value, len(done.faces), done.error)
+            record = ImageRecord(
+                path,
+                done.content_hash,
+                item.size,
+                status,
+                done.error,
+                done.width,
+                done.height,
+                len(done.faces),
+                {"kind": "gallery", "gallery": item.gallery},
+            )
+            self.writer.add(record, done.faces)
+            self.unflushed += 1
+        self.state.link(item.gallery_id, item.filename, done.content_hash or None, size)
+        self._complete(item.gallery_id, self.galleries.finish_one(item.gallery_id))
+        if self.unflushed >= self.config.flush_every:
+            self.flush()
+
+    def _complete(self, gallery_id: int, gallery: Gallery | None) -> None:
+        """Store a gallery's count and bytes once all its reads are recorded (layer 1 for the next run)."""
+        if gallery is not None:
+            self.state.set_gallery_stats(
+                gallery_id, gallery.file_count, gallery.total_bytes, gallery.metadata, time.time()
+            )
+
+    def flush(self) -> None:
+        """Cache first, then state: the state never claims images the cache has not stored."""
+        try:
+            self.writer.flush()
+        except OSError as exc:
+            raise CacheError(
+                f"cannot write to the journal of {self.writer.path}: {exc.strerror or exc}. The index state and "
+                "everything flushed before are intact: free space and run the same command again."
+            ) from exc
+        self.state.commit()
+        self.unflushed = 0
+
+    # -- the run -------------------------------------------------------------------------------------
+
+    def run(self, targets: Sequence[Path], progress: bool | None) -> None:
+        folders, reads = self.plan(targets)
+        bar = Progress(reads, "index", enabled=progress) if folders else None
+        workers = max(1, self.config.concurrency)
+        io_workers = self.config.io_concurrency or 2 * workers
+        with (
+            ThreadPoolExecutor(io_workers, thread_name_prefix="io") as io_pool,
+            ThreadPoolExecutor(workers, thread_name_prefix="infer") as ml_pool,
+        ):
+            loaded = bounded_map(io_pool, self.load, self.items(folders), window=2 * io_workers)
+            for done in bounded_map(ml_pool, self.infer, loaded, window=2 * workers):
+                self.record(done)
+                if bar:
+                    bar.advance()
+        self.flush()
+        if bar:
+            bar.close()
+
+
+def _same_size(known: KnownFile | None, size: int) -> bool:
+    """Layer 3: a known, successfully hashed file of the same size is not read again."""
+    return known is not None and known.image_hash is not None and known.file_size == size
+
+
+@dataclass
+class BackfillStats:
+    galleries_seen: int = 0
+    galleries_not_indexed: int = 0
+    galleries_filled: int = 0
+    galleries_incomplete: int = 0
+    files_stated: int = 0
+    file_sizes_filled: int = 0
+    walk_skips: int = 0
+    elapsed: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def run_backfill(
+    targets: Sequence[Path], caches: Path, database: str | None = None, concurrency: int = 16
+) -> BackfillStats:
+    """Stat only (no reads, no models): fill missing file sizes and gallery count/bytes of indexed galleries.
+
+    A gallery gets its count and bytes only when every listed file is already indexed, so the gallery
+    skip of the next ``index`` never hides a file that was never read.
+    """
+    if database:
+        raise ConfigError("--database is not available yet: the PostgreSQL store has not landed.")
+    started = time.monotonic()
+    folders_targets = check_targets(list(targets))
+    stats = BackfillStats()
+
+    def skip(path: str, reason: str) -> None:
+        stats.walk_skips += 1
+        log.warning("skipping %s: %s", path, reason)
+
+    state_path = caches / STATE_FILE
+    if not state_path.exists():
+        raise ConfigError(f"no index state at {state_path}: run `facesets index` first (or pass --caches)")
+    state = IndexState(state_path)
+    try:
+        folders = list(gallery_folders(folders_targets, skip))
+        with ThreadPoolExecutor(max(1, concurrency)) as pool:
+            listings = pool.map(lambda folder: list_gallery(folder, skip), folders)
+            state.begin()
+            for gallery in listings:
+                _backfill_gallery(state, gallery, stats)
+            state.commit()
+    finally:
+        state.close()
+    stats.elapsed = round(time.monotonic() - started, 3)
+    return stats
+
+
+def _backfill_gallery(state: IndexState, gallery: Gallery, stats: BackfillStats) -> None:
+    stats.galleries_seen += 1
+    stats.files_stated += gallery.file_count
+    row = state.gallery(str(gallery.path))
+    if row is None:
+        stats.galleries_not_indexed += 1
+        return
+    known = state.known_files(row.id)
+    for file in gallery.files:
+        entry = known.get(file.name)
+        if entry is not None and entry.file_size is None:
+            state.set_file_size(row.id, file.name, file.size)
+            stats.file_sizes_filled += 1
+    complete = all(known.get(f.name) is not None and known[f.name].image_hash for f in gallery.files)
+    if not complete:
+        stats.galleries_incomplete += 1
+    elif row.file_count is None or row.total_bytes is None:
+        state.set_gallery_stats(row.id, gallery.file_count, gallery.total_bytes, gallery.metadata, time.time())
+        stats.galleries_filled += 1

@@ -1,0 +1,294 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from facesets.cache import journal_segments, load_cache
+from facesets.errors import CacheError, ConfigError
+from facesets.index import FACE_CACHE, STATE_FILE, IndexConfig, run_backfill, run_index
+from facesets.indexstate import IndexState
+from tests.conftest import REPO
+
+
+def make_gallery(folder: Path, photos: dict[str, Path], metadata: bytes = b'{"title": "t"}') -> Path:
+    folder.mkdir(parents=True)
+    (folder / "index.json").write_bytes(metadata)
+    (folder / "tn").mkdir()
+    for name, source in photos.items():
+        (folder / name).write_bytes(source.read_bytes())
+        (folder / "tn" / name).write_bytes(source.read_bytes())  # thumbnails are never indexed
+    return folder
+
+
+@pytest.fixture
+def tree(tmp_path: Path, faces_dir: Path) -> Path:
+    """root/chunk1/{a,b}, root/chunk2/c: 6 photo files, 5 distinct contents (b/dup.jpg repeats a/1.jpg)."""
+    deepface, madonna = faces_dir / "deepface", faces_dir / "celeb5" / "madonna"
+    root = tmp_path / "root"
+    make_gallery(root / "chunk1" / "a", {"1.jpg": deepface / "img1.jpg", "2.jpg": deepface / "img2.jpg"})
+    make_gallery(root / "chunk1" / "b", {"3.jpg": madonna / "train_01.jpg", "dup.jpg": deepface / "img1.jpg"})
+    make_gallery(
+        root / "chunk2" / "c",
+        {"4.jpg": madonna / "train_02.jpg", "5.jpg": deepface / "img3.jpg"},
+        metadata=b"{not json",
+    )
+    (root / "chunk1" / "a" / "extras").mkdir()
+    (root / "chunk1" / "a" / "extras" / "x.jpg").write_bytes((deepface / "img4.jpg").read_bytes())
+    (root / "chunk1" / "a" / "notes.txt").write_text("not an image")
+    (root / "chunk2" / "loop").symlink_to(root)
+    return root
+
+
+def index(tmp_path: Path, pack_dir: Path, *targets: Path, caches: str = "caches", **changes: object) -> dict:
+    settings: dict[str, object] = {
+        "targets": targets,
+        "caches": tmp_path / caches,
+        "model_dir": pack_dir,
+        "concurrency": 2,
+        **changes,
+    }
+    return run_index(IndexConfig(**settings), progress=False).as_dict()  # type: ignore[arg-type]
+
+
+COUNTERS = (
+    "galleries_seen",
+    "galleries_skipped",
+    "files_stated",
+    "files_skipped_by_size",
+    "files_read",
+    "files_deduped",
+    "files_embedded",
+    "files_failed",
+    "files_removed",
+)
+
+
+def counters(stats: dict) -> dict:
+    return {key: stats[key] for key in COUNTERS}
+
+
+def test_first_index_then_no_op(tmp_path: Path, pack_dir: Path, tree: Path) -> None:
+    first = index(tmp_path, pack_dir, tree)
+    assert counters(first) == {
+        "galleries_seen": 3,
+        "galleries_skipped": 0,
+        "files_stated": 6,
+        "files_skipped_by_size": 0,
+        "files_read": 6,
+        "files_deduped": 1,
+        "files_embedded": 5,
+        "files_failed": 0,
+        "files_removed": 0,
+    }
+    assert first["faces_found"] >= 5
+    assert first["skip_reasons"] == {"malformed index.json": 1, "folder already visited": 1}
+    cache = load_cache(tmp_path / "caches" / FACE_CACHE)
+    assert len(cache.images) == 5 and not any("/tn/" in r.path or "extras" in r.path for r in cache.images)
+    second = index(tmp_path, pack_dir, tree)
+    assert counters(second) == {
+        **counters(first),
+        "galleries_skipped": 3,
+        "files_read": 0,
+        "files_deduped": 0,
+        "files_embedded": 0,
+    }
+    state = IndexState(tmp_path / "caches" / STATE_FILE)
+    assert state.counts() == {
+        "galleries": 3,
+        "galleries_complete": 3,
+        "gallery_images": 6,
+        "images": 5,
+        "faces": first["faces_found"],
+    }
+    state.close()
+
+
+def test_changes_are_picked_up(tmp_path: Path, pack_dir: Path, tree: Path, faces_dir: Path) -> None:
+    index(tmp_path, pack_dir, tree)
+    gallery_a, gallery_c = tree / "chunk1" / "a", tree / "chunk2" / "c"
+    (gallery_a / "new.jpg").write_bytes((faces_dir / "deepface" / "img5.jpg").read_bytes())
+    (gallery_c / "5.jpg").unlink()
+    stats = index(tmp_path, pack_dir, tree)
+    assert counters(stats) == {
+        "galleries_seen": 3,
+        "galleries_skipped": 1,
+        "files_stated": 6,
+        "files_skipped_by_size": 3,
+        "files_read": 1,
+        "files_deduped": 0,
+        "files_embedded": 1,
+        "files_failed": 0,
+        "files_removed": 1,
+    }
+    (gallery_a / "2.jpg").write_bytes((faces_dir / "deepface" / "img6.jpg").read_bytes())  # another size
+    stats = index(tmp_path, pack_dir, tree)
+    assert (stats["galleries_skipped"], stats["files_read"], stats["files_embedded"]) == (2, 1, 1)
+
+
+def test_same_size_edit_needs_reindex(tmp_path: Path, pack_dir: Path, tree: Path) -> None:
+    index(tmp_path, pack_dir, tree)
+    target = tree / "chunk1" / "a" / "2.jpg"
+    data = bytearray(target.read_bytes())
+    data[-3] ^= 0xFF  # same size, other bytes
+    target.write_bytes(bytes(data))
+    assert index(tmp_path, pack_dir, tree)["files_read"] == 0  # documented: not seen
+    stats = index(tmp_path, pack_dir, tree, reindex=True)
+    assert (stats["galleries_skipped"], stats["files_read"], stats["files_deduped"], stats["files_embedded"]) == (
+        0,
+        6,
+        5,
+        1,
+    )
+
+
+def test_dedup_across_galleries_and_targets(tmp_path: Path, pack_dir: Path, tree: Path) -> None:
+    index(tmp_path, pack_dir, tree / "chunk1" / "a")
+    stats = index(tmp_path, pack_dir, tree / "chunk1" / "b", tree / "chunk2" / "c")
+    assert (stats["galleries_seen"], stats["files_deduped"], stats["files_embedded"]) == (2, 1, 3)
+
+
+def test_one_gallery_or_the_whole_tree_give_identical_embeddings(tmp_path: Path, pack_dir: Path, tree: Path) -> None:
+    index(tmp_path, pack_dir, tree / "chunk1" / "a", caches="one")
+    index(tmp_path, pack_dir, tree, caches="all")
+    one, everything = load_cache(tmp_path / "one" / FACE_CACHE), load_cache(tmp_path / "all" / FACE_CACHE)
+    by_hash = {r.content_hash: i for i, r in enumerate(everything.images)}
+    for index_one, record in enumerate(one.images):
+        rows_one = np.nonzero(one.meta["image"] == index_one)[0]
+        rows_all = np.nonzero(everything.meta["image"] == by_hash[record.content_hash])[0]
+        assert np.array_equal(one.embeddings[rows_one], everything.embeddings[rows_all])
+
+
+def test_ml_purge_reindexes_from_scratch(tmp_path: Path, pack_dir: Path, tree: Path) -> None:
+    first = index(tmp_path, pack_dir, tree)
+    stats = index(tmp_path, pack_dir, tree / "chunk1", ml_purge=True)
+    assert (
+        stats["galleries_seen"],
+        stats["galleries_skipped"],
+        stats["files_read"],
+        stats["files_embedded"],
+        stats["files_deduped"],
+    ) == (2, 0, 4, 3, 1)
+    cache = load_cache(tmp_path / "caches" / FACE_CACHE)
+    assert len(cache.images) == 5 and cache.face_count == first["faces_found"]
+
+
+def test_other_model_is_refused(tmp_path: Path, pack_dir: Path, tree: Path) -> None:
+    index(tmp_path, pack_dir, tree / "chunk1" / "a")
+    with pytest.raises(ConfigError, match="embedding spaces never mix"):
+        index(tmp_path, pack_dir, tree, no_ml=True)
+
+
+@pytest.mark.parametrize("problem", ["missing", "file"])
+def test_bad_targets(tmp_path: Path, pack_dir: Path, problem: str) -> None:
+    target = tmp_path / "x"
+    if problem == "file":
+        target.write_text("")
+    with pytest.raises(ConfigError, match="does not exist" if problem == "missing" else "is a file"):
+        index(tmp_path, pack_dir, target)
+
+
+def test_empty_tree_and_odd_names(tmp_path: Path, pack_dir: Path, faces_dir: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    assert counters(index(tmp_path, pack_dir, root))["galleries_seen"] == 0
+    gallery = make_gallery(root / "g", {"ok.jpg": faces_dir / "deepface" / "img1.jpg"})
+    (gallery / "empty.jpg").write_bytes(b"")
+    os.close(os.open(os.fsencode(gallery) + b"/bad-\xff.jpg", os.O_CREAT | os.O_WRONLY))
+    stats = index(tmp_path, pack_dir, root)
+    assert (stats["files_stated"], stats["files_embedded"], stats["files_failed"]) == (2, 1, 1)
+    assert stats["skip_reasons"] == {"file name is not valid UTF-8": 1}
+
+
+def test_database_option_is_not_available_yet(tmp_path: Path, pack_dir: Path, tree: Path) -> None:
+    with pytest.raises(ConfigError, match="--database is not available yet"):
+        index(tmp_path, pack_dir, tree, database="postgresql://localhost/x")
+
+
+def test_full_disk_keeps_previous_state_and_cache(
+    tmp_path: Path, pack_dir: Path, tree: Path, monkeypatch: pytest.MonkeyPatch, faces_dir: Path
+) -> None:
+    index(tmp_path, pack_dir, tree)
+    caches = tmp_path / "caches"
+    before = (caches / FACE_CACHE).read_bytes()
+    (tree / "chunk1" / "a" / "new.jpg").write_bytes((faces_dir / "deepface" / "img5.jpg").read_bytes())
+    import facesets.cache
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(facesets.cache, "write_npz", full)
+    with pytest.raises(CacheError, match=r"No space left on device.*intact"):
+        index(tmp_path, pack_dir, tree)
+    monkeypatch.undo()
+    assert (caches / FACE_CACHE).read_bytes() == before
+    again = index(tmp_path, pack_dir, tree)
+    assert (again["files_read"], again["files_embedded"]) == (1, 1)
+
+
+def test_backfill_fills_sizes_and_gallery_stats(tmp_path: Path, pack_dir: Path, tree: Path) -> None:
+    index(tmp_path, pack_dir, tree)
+    state = IndexState(tmp_path / "caches" / STATE_FILE)
+    state.begin()
+    state._db.execute("UPDATE gallery_images SET file_size = NULL")
+    state._db.execute("UPDATE galleries SET file_count = NULL, total_bytes = NULL")
+    state.commit()
+    state.close()
+    stats = run_backfill([tree], tmp_path / "caches").as_dict()
+    assert {k: stats[k] for k in ("galleries_seen", "galleries_filled", "file_sizes_filled", "files_stated")} == {
+        "galleries_seen": 3,
+        "galleries_filled": 3,
+        "file_sizes_filled": 6,
+        "files_stated": 6,
+    }
+    assert index(tmp_path, pack_dir, tree)["galleries_skipped"] == 3
+
+
+def test_sigkill_then_resume(tmp_path: Path, pack_dir: Path, faces_dir: Path) -> None:
+    root = tmp_path / "root"
+    photos = sorted((faces_dir / "celeb5").rglob("*.jpg"))[:40]
+    for number in range(4):
+        make_gallery(
+            root / f"g{number}", {f"{i}.jpg": p for i, p in enumerate(photos[number * 10 : (number + 1) * 10])}
+        )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    base = [
+        sys.executable,
+        "-m",
+        "facesets",
+        "index",
+        "--target",
+        str(root),
+        "--model-dir",
+        str(pack_dir),
+        "--flush-every",
+        "3",
+        "--concurrency",
+        "2",
+        "--json",
+    ]
+    subprocess.run([*base, "--caches", "ref"], cwd=tmp_path, env=env, check=True, capture_output=True, timeout=300)
+    victim = subprocess.Popen(
+        [*base, "--caches", "killed"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while len(journal_segments(tmp_path / "killed" / FACE_CACHE)) < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    resumed = subprocess.run([*base, "--caches", "killed"], cwd=tmp_path, env=env, capture_output=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    stats = orjson.loads(resumed.stdout)
+    assert 0 < stats["files_embedded"] < 40
+    ref, killed = load_cache(tmp_path / "ref" / FACE_CACHE), load_cache(tmp_path / "killed" / FACE_CACHE)
+    assert [r.path for r in killed.images] == [r.path for r in ref.images]
+    assert np.allclose(killed.embeddings, ref.embeddings, atol=1e-5)
+    for caches in ("ref", "killed"):
+        state = IndexState(tmp_path / caches / STATE_FILE)
+        assert state.counts()["gallery_images"] == 40 and state.counts()["galleries_complete"] == 4
+        state.close()
