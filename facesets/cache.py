@@ -350,13 +350,18 @@ class CacheWriter:
         write_npz(folder / f"seg-{self._seq:06d}.npz", self._pending)
         self._pending = CacheData(identity=self.identity)
 
-    def close(self) -> None:
+    def close(self, compact: bool | None = True) -> None:
         """Flush, fold the journal into the main file atomically, remove the segments, release the lock.
 
-        A run that added nothing leaves an existing cache file untouched (and unread)."""
+        ``compact=None`` folds only a journal grown past a quarter of the main file (or 256 segments), so
+        a run that adds a few images to a big cache does not rewrite it; readers fold segments in anyway.
+        A run that added nothing leaves the cache file untouched (and unread)."""
         try:
             self.flush()
-            if self.path.exists() and not journal_segments(self.path):
+            segments = journal_segments(self.path)
+            if self.path.exists() and not segments:
+                return
+            if compact is None and not _journal_is_large(self.path, segments):
                 return
             merged = load_cache(self.path) if journal_segments(self.path) else CacheData(self.identity)
             write_npz(self.path, sorted_by_path(merged))
@@ -369,6 +374,13 @@ class CacheWriter:
     def abandon(self) -> None:
         """Keep what was flushed, drop the unflushed rest, release the lock (used on errors)."""
         self._lock.close()
+
+
+def _journal_is_large(path: Path, segments: list[tuple[int, Path]]) -> bool:
+    if not path.exists() or len(segments) >= 256:
+        return True
+    journal_bytes = sum(segment.stat().st_size for _, segment in segments)
+    return journal_bytes * 4 >= path.stat().st_size
 
 
 # -- combining and summarising -------------------------------------------------------------------------

@@ -12,15 +12,12 @@ import click
 import orjson
 
 from . import __version__
-from .cache import cache_summary, extend_cache
-from .decode import DEFAULT_MAX_PIXELS
-from .embed import EmbedConfig, Mode, run_embed
 from .errors import FacesetsError
-from .faces import DEFAULT_DET_SIZES
-from .index import IndexConfig, run_backfill, run_index
 from .packs import DEFAULT_PACK, MODEL_ROOT_ENV
-from .progress import Progress
-from .queue import append_entries, read_queue, scan_folders
+from .settings import DEFAULT_DET_SIZES, DEFAULT_MAX_PIXELS, Mode
+
+# Stage modules (numpy, OpenCV, onnxruntime behind them) are imported inside the commands that use them,
+# so that `--help` and runs with nothing to do start fast.
 
 log = logging.getLogger("facesets")
 
@@ -170,6 +167,9 @@ def embed(
 
     Example: facesets embed --queue queue.json --cache caches/faces.npz --model-pack buffalo_l
     """
+    from .embed import EmbedConfig, run_embed
+    from .progress import Progress
+
     config = EmbedConfig(
         queue=queue_path,
         cache=cache_path,
@@ -259,6 +259,8 @@ def index(
 
     Example: facesets index --target /mnt/d/galleries --caches caches --model-pack buffalo_l
     """
+    from .index import IndexConfig, run_index
+
     config = IndexConfig(
         targets=tuple(targets),
         caches=caches,
@@ -301,6 +303,8 @@ def backfill(targets: Sequence[Path], caches: Path, database: str | None, concur
 
     Example: facesets backfill --target /mnt/d/galleries --caches caches
     """
+    from .index import run_backfill
+
     _emit(run_backfill(list(targets), caches, database, concurrency).as_dict(), as_json)
 
 
@@ -317,6 +321,8 @@ def cache_info(cache_path: Path, as_json: bool) -> None:
 
     Example: facesets cache info caches/faces.npz
     """
+    from .cache import cache_summary
+
     _emit(cache_summary(cache_path), as_json)
 
 
@@ -331,6 +337,8 @@ def cache_extend(master: Path, parts: Sequence[Path], as_json: bool) -> None:
 
     Example: facesets cache extend caches/master.npz caches/peter.npz caches/nic.npz
     """
+    from .cache import extend_cache
+
     _emit({"master": str(master), **extend_cache(master, list(parts)).as_dict()}, as_json)
 
 
@@ -354,6 +362,8 @@ def queue_add(queue_path: Path, folders: Sequence[Path], io_concurrency: int) ->
 
     Example: facesets queue add --queue queue.json /mnt/d/photos
     """
+    from .queue import append_entries, scan_folders
+
     result = scan_folders(list(folders), io_concurrency)
     for path, why in result.skipped:
         log.warning("skipping %s: %s", path, why)
@@ -370,6 +380,8 @@ def queue_info(queue_path: Path) -> None:
 
     Example: facesets queue info queue.json
     """
+    from .queue import read_queue
+
     entries = read_queue(queue_path)
     windows = sum(1 for entry in entries if entry.windows_path)
     total = sum(entry.size for entry in entries)

@@ -26,10 +26,11 @@ from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageLoadError
+from .settings import DEFAULT_MAX_PIXELS
 
 BGRImage = NDArray[np.uint8]
 
-DEFAULT_MAX_PIXELS = 200_000_000
+
 _ORIENTATION_TAG = 0x0112
 _REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 _configured = threading.Lock()

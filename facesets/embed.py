@@ -15,39 +15,26 @@ import logging
 import os
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import TypeVar
 
 import blake3
 
 from .cache import CacheWriter
-from .decode import DEFAULT_MAX_PIXELS, DecodedImage, decode
+from .decode import DecodedImage, decode
 from .errors import CacheError, ImageLoadError
-from .faces import DEFAULT_DET_SIZES, Face, FaceEngine, build_engine
+from .faces import Face, FaceEngine, build_engine
 from .packs import DEFAULT_PACK, resolve_pack
+from .pipeline import bounded_map, read_image
 from .progress import Progress
 from .queue import QueueEntry, read_queue
 from .records import ImageRecord, ImageStatus
 from .runtime import RuntimeOptions, available_providers, choose_providers, is_cpu_only
+from .settings import DEFAULT_DET_SIZES, DEFAULT_MAX_PIXELS, Mode
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-class Mode(StrEnum):
-    """How faithfully to follow InsightFace's reference pipeline."""
-
-    # Full decode, square detector input: the faces and embeddings of InsightFace's FaceAnalysis.
-    REFERENCE = "reference"
-    # Big JPEGs decoded at 1/2 (finer only for faces that need it), detector input padded to a multiple
-    # of 32: less work, keypoints and embeddings move slightly.
-    FAST = "fast"
 
 
 # In fast mode a JPEG is decoded at the largest DCT reduction that keeps this long side.
@@ -135,7 +122,7 @@ def run_embed(config: EmbedConfig, progress: Callable[[int], Progress] | None = 
 
 def _close(writer: CacheWriter) -> None:
     try:
-        writer.close()
+        writer.close(compact=True)  # one file to carry back from the embedding machine
     except OSError as exc:
         raise CacheError(
             f"cannot write cache {writer.path}: {exc.strerror or exc}. The previous cache and the journal of "
@@ -156,15 +143,6 @@ def _select_todo(
         seen.add(entry.path)
         todo.append(entry)
     return todo
-
-
-def read_image(path: str) -> bytes:
-    """The file's bytes, or :class:`ImageLoadError` saying why they cannot be read."""
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise ImageLoadError(f"unreadable: {exc.strerror or exc}") from exc
 
 
 class _Stages:
@@ -268,18 +246,3 @@ def _record(result: Analyzed, writer: CacheWriter, stats: EmbedStats) -> None:
         entry.path, loaded.content_hash, size, status, error, width, height, len(result.faces), entry.source
     )
     writer.add(record, result.faces, {entry.path: entry.windows_path} if entry.windows_path else None)
-
-
-def bounded_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[R]:
-    """``pool.map`` with at most ``window`` items in flight, yielding results in input order."""
-    pending: deque[Future[R]] = deque()
-    try:
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for future in pending:
-            future.cancel()

@@ -26,13 +26,13 @@ from numpy.typing import NDArray
 from .decode import BGRImage, DecodedImage
 from .packs import ModelPack
 from .runtime import RuntimeOptions, create_session
+from .settings import DEFAULT_DET_SIZES
 
 FloatArray = NDArray[np.float32]
 
 # A reduced decode serves a face's crop when the face's short side has at least this many pixels in it;
 # otherwise the face is cut from a finer decode (the original when the face is smaller than this).
 ALIGN_MIN_FACE_PX = 112.0
-DEFAULT_DET_SIZES = (128, 640)
 NMS_THRESHOLD = 0.4
 ARCFACE_TEMPLATE = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],

@@ -25,15 +25,9 @@ SkipHandler = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
-class GalleryFile:
-    name: str
-    size: int
-
-
-@dataclass(frozen=True)
 class Gallery:
     path: Path
-    files: tuple[GalleryFile, ...]
+    files: dict[str, int]  # image file name -> size in bytes
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -42,7 +36,7 @@ class Gallery:
 
     @property
     def total_bytes(self) -> int:
-        return sum(f.size for f in self.files)
+        return sum(self.files.values())
 
 
 def is_gallery(folder: Path) -> bool:
@@ -105,13 +99,13 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
 
 def list_gallery(folder: Path, on_skip: SkipHandler, with_metadata: bool = True) -> Gallery:
     """The gallery's image files with their sizes (one stat each, nothing read) and, if asked, its metadata."""
-    files = []
+    files: dict[str, int] = {}
     try:
         with os.scandir(folder) as entries:
             candidates = [entry for entry in entries if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS]
     except OSError as exc:
         on_skip(str(folder), exc.strerror or str(exc))
-        return Gallery(folder, ())
+        return Gallery(folder, {})
     for entry in candidates:
         if not _valid_utf8(entry.name):
             on_skip(os.fsencode(entry.path).decode("utf-8", "backslashreplace"), "file name is not valid UTF-8")
@@ -123,9 +117,9 @@ def list_gallery(folder: Path, on_skip: SkipHandler, with_metadata: bool = True)
         except OSError as exc:
             on_skip(entry.path, f"vanished or unreadable: {exc.strerror or exc}")
             continue
-        files.append(GalleryFile(entry.name, info.st_size))
-    files.sort(key=lambda f: f.name)
-    return Gallery(folder, tuple(files), read_metadata(folder, on_skip) if with_metadata else {})
+        files[entry.name] = info.st_size
+    ordered = dict(sorted(files.items()))
+    return Gallery(folder, ordered, read_metadata(folder, on_skip) if with_metadata else {})
 
 
 def _valid_utf8(name: str) -> bool:

@@ -15,6 +15,9 @@ Skip layers, each counted in :class:`IndexStats`:
 
 Faces go to the face cache (``<caches>/faces.npz``), the state to ``<caches>/index.sqlite``; the state is
 committed only after the cache has flushed the same images, so ``kill -9`` at any point resumes cleanly.
+
+The models, the face cache and the heavy libraries behind them (numpy, OpenCV, onnxruntime) are loaded only
+when a run finds a file to read, so a re-run of an unchanged tree costs little more than the walk itself.
 """
 
 from __future__ import annotations
@@ -27,21 +30,24 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import blake3
 import orjson
 
-from .cache import CacheWriter, purge_images
-from .decode import DEFAULT_MAX_PIXELS, DecodedImage, decode
-from .embed import bounded_map, read_image
 from .errors import CacheError, ConfigError, ImageLoadError
-from .faces import Face, FaceEngine, build_engine
 from .galleries import Gallery, check_targets, gallery_folders, list_gallery
 from .indexstate import IndexState, KnownFile
-from .packs import DEFAULT_PACK, PackIdentity, resolve_pack
+from .packs import DEFAULT_PACK, ModelPack, PackIdentity, resolve_pack
+from .pipeline import bounded_map, read_image
 from .progress import Progress
 from .records import ImageRecord, ImageStatus
-from .runtime import RuntimeOptions, available_providers, choose_providers
+from .settings import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from .cache import CacheWriter
+    from .decode import DecodedImage
+    from .faces import Face, FaceEngine
 
 log = logging.getLogger(__name__)
 
@@ -139,32 +145,24 @@ def run_index(config: IndexConfig, progress: bool | None = None) -> IndexStats:
     started = time.monotonic()
     targets = check_targets(list(config.targets))
     config.caches.mkdir(parents=True, exist_ok=True)
-    engine, identity = _engine(config)
+    pack = None if config.no_ml else resolve_pack(config.model_dir, config.model_pack)
+    identity = pack.identity() if pack else NO_ML
     state = IndexState(config.caches / STATE_FILE)
     stats = IndexStats()
     try:
         _check_model(state, identity, config)
         if config.ml_purge:
             _purge(state, targets, config.caches / FACE_CACHE, identity)
-        writer = CacheWriter(config.caches / FACE_CACHE, identity)
+        run = _Run(config, state, pack, identity, stats)
         try:
-            _Run(config, state, writer, engine, stats).run(targets, progress)
-            writer.close()
+            run.run(targets, progress)
         except BaseException:
-            writer.abandon()
+            run.abandon()
             raise
     finally:
         state.close()
     stats.elapsed = round(time.monotonic() - started, 3)
     return stats
-
-
-def _engine(config: IndexConfig) -> tuple[FaceEngine | None, PackIdentity]:
-    if config.no_ml:
-        return None, NO_ML
-    pack = resolve_pack(config.model_dir, config.model_pack)
-    providers = choose_providers(available_providers(), config.providers)
-    return build_engine(pack, RuntimeOptions(tuple(providers), 1)), pack.identity()
 
 
 def _check_model(state: IndexState, identity: PackIdentity, config: IndexConfig) -> None:
@@ -181,6 +179,8 @@ def _check_model(state: IndexState, identity: PackIdentity, config: IndexConfig)
 
 
 def _purge(state: IndexState, targets: Sequence[Path], cache: Path, identity: PackIdentity) -> None:
+    from .cache import purge_images
+
     state.begin()
     hashes: set[str] = set()
     for target in targets:
@@ -192,18 +192,26 @@ def _purge(state: IndexState, targets: Sequence[Path], cache: Path, identity: Pa
 
 class _Run:
     def __init__(
-        self, config: IndexConfig, state: IndexState, writer: CacheWriter, engine: FaceEngine | None, stats: IndexStats
+        self, config: IndexConfig, state: IndexState, pack: ModelPack | None, identity: PackIdentity, stats: IndexStats
     ) -> None:
         self.config = config
         self.state = state
-        self.writer = writer
-        self.engine = engine
+        self.pack = pack
+        self.identity = identity
         self.stats = stats
+        self._engine: FaceEngine | None = None
+        self._engine_lock = threading.Lock()
+        self._writer: CacheWriter | None = None
         self.galleries = _Galleries()
         self.claimed: set[str] = set()
         self.claim_lock = threading.Lock()
         self.unflushed = 0
         self.skipped: set[tuple[str, str]] = set()
+        # State rows of recorded files, written with executemany at each flush (a statement per file would
+        # hand the GIL to the worker threads thousands of times).
+        self.image_rows: list[tuple[str, int, str, int, str | None]] = []
+        self.link_rows: list[tuple[int, str, str | None, int]] = []
+        self.completed: list[tuple[int, Gallery]] = []
 
     def skip(self, path: str, reason: str) -> None:
         if (path, reason) in self.skipped:  # the second pass lists a gallery again
@@ -232,7 +240,7 @@ class _Run:
                 self.stats.galleries_skipped += 1
                 continue
             known = self.state.known_files(row.id) if row else {}
-            reads += sum(1 for f in gallery.files if self.config.reindex or not _same_size(known.get(f.name), f.size))
+            reads += sum(1 for name, size in gallery.files.items() if self._must_read(known.get(name), size))
             todo.append(folder)
         return todo, reads
 
@@ -243,20 +251,51 @@ class _Run:
             self.state.begin()
             gallery_id = self.state.ensure_gallery(str(folder))
             known = self.state.known_files(gallery_id)
-            names = {f.name for f in gallery.files}
-            removed = [name for name in known if name not in names]
+            removed = [name for name in known if name not in gallery.files]
             self.state.unlink(gallery_id, removed)
             self.stats.files_removed += len(removed)
-            reads = [f for f in gallery.files if self.config.reindex or not _same_size(known.get(f.name), f.size)]
+            reads = [(name, size) for name, size in gallery.files.items() if self._must_read(known.get(name), size)]
             self.stats.files_skipped_by_size += gallery.file_count - len(reads)
             self.galleries.open(gallery_id, gallery, len(reads))
             self._complete(gallery_id, self.galleries.close_if_done(gallery_id))
-            for file in reads:
-                yield WorkItem(gallery_id, str(folder), file.name, file.size)
+            for name, size in reads:
+                yield WorkItem(gallery_id, str(folder), name, size)
+
+    def _must_read(self, known: KnownFile | None, size: int) -> bool:
+        """Layer 3, unless --reindex: a known, successfully hashed file of the same size is not read again."""
+        if self.config.reindex or known is None or known.image_hash is None:
+            return True
+        return known.file_size != size
+
+    # -- lazily created heavy parts ------------------------------------------------------------------
+
+    def engine(self) -> FaceEngine:
+        with self._engine_lock:
+            if self._engine is None:
+                from .faces import build_engine
+                from .runtime import RuntimeOptions, available_providers, choose_providers
+
+                assert self.pack is not None
+                providers = choose_providers(available_providers(), self.config.providers)
+                self._engine = build_engine(self.pack, RuntimeOptions(tuple(providers), 1))
+            return self._engine
+
+    def writer(self) -> CacheWriter:
+        if self._writer is None:
+            from .cache import CacheWriter
+
+            self._writer = CacheWriter(self.config.caches / FACE_CACHE, self.identity)
+        return self._writer
+
+    def abandon(self) -> None:
+        if self._writer is not None:
+            self._writer.abandon()
 
     # -- io and inference stages ---------------------------------------------------------------------
 
     def load(self, item: WorkItem) -> tuple[Done, bytes, DecodedImage | None]:
+        from .decode import decode
+
         path = os.path.join(item.gallery, item.filename)
         try:
             data = read_image(path)
@@ -268,7 +307,7 @@ class _Run:
             self.claimed.add(digest)
         if duplicate:
             return Done(item, digest, deduped=True, size=len(data)), b"", None
-        if self.engine is None:
+        if self.pack is None:
             return Done(item, digest, size=len(data)), b"", None
         try:
             image = decode(data, max_pixels=self.config.max_pixels)
@@ -277,12 +316,14 @@ class _Run:
         return Done(item, digest, width=image.width, height=image.height, size=len(data)), data, image
 
     def infer(self, loaded: tuple[Done, bytes, DecodedImage | None]) -> Done:
+        from .decode import decode
+
         done, data, image = loaded
-        if image is None or self.engine is None:
+        if image is None or self.pack is None:
             return done
         max_pixels = self.config.max_pixels
         try:
-            done.faces = self.engine.analyze(image, lambda scale: decode(data, scale, max_pixels))
+            done.faces = self.engine().analyze(image, lambda scale: decode(data, scale, max_pixels))
         except ImageLoadError as exc:
             done.error = exc.reason
         except Exception as exc:  # one image's inference failure must not end a long run
@@ -306,42 +347,42 @@ class _Run:
             stats.faces_found += len(done.faces)
         if done.content_hash and not done.deduped:
             status = ImageStatus.ERROR if done.error else ImageStatus.OK if done.faces else ImageStatus.NO_FACE
-            self.state.add_image(done.content_hash, item.size, status.value, len(done.faces), done.error)
+            self.image_rows.append((done.content_hash, size, status.value, len(done.faces), done.error or None))
+            source = {"kind": "gallery", "gallery": item.gallery}
             record = ImageRecord(
-                path,
-                done.content_hash,
-                item.size,
-                status,
-                done.error,
-                done.width,
-                done.height,
-                len(done.faces),
-                {"kind": "gallery", "gallery": item.gallery},
+                path, done.content_hash, size, status, done.error, done.width, done.height, len(done.faces), source
             )
-            self.writer.add(record, done.faces)
+            self.writer().add(record, done.faces)
             self.unflushed += 1
-        self.state.link(item.gallery_id, item.filename, done.content_hash or None, size)
+        self.link_rows.append((item.gallery_id, item.filename, done.content_hash or None, size))
         self._complete(item.gallery_id, self.galleries.finish_one(item.gallery_id))
-        if self.unflushed >= self.config.flush_every:
+        if self.unflushed >= self.config.flush_every or len(self.link_rows) >= 10 * self.config.flush_every:
             self.flush()
 
     def _complete(self, gallery_id: int, gallery: Gallery | None) -> None:
         """Store a gallery's count and bytes once all its reads are recorded (layer 1 for the next run)."""
         if gallery is not None:
-            self.state.set_gallery_stats(
-                gallery_id, gallery.file_count, gallery.total_bytes, gallery.metadata, time.time()
-            )
+            self.completed.append((gallery_id, gallery))
 
     def flush(self) -> None:
         """Cache first, then state: the state never claims images the cache has not stored."""
+        cache = self.config.caches / FACE_CACHE
         try:
-            self.writer.flush()
+            if self._writer is not None:
+                self._writer.flush()
         except OSError as exc:
             raise CacheError(
-                f"cannot write to the journal of {self.writer.path}: {exc.strerror or exc}. The index state and "
-                "everything flushed before are intact: free space and run the same command again."
+                f"cannot write to the journal of {cache}: {exc.strerror or exc}. The index state and everything "
+                "flushed before are intact: free space and run the same command again."
             ) from exc
+        self.state.add_images(self.image_rows)
+        self.state.link_many(self.link_rows)
+        for gallery_id, gallery in self.completed:
+            self.state.set_gallery_stats(
+                gallery_id, gallery.file_count, gallery.total_bytes, gallery.metadata, time.time()
+            )
         self.state.commit()
+        self.image_rows, self.link_rows, self.completed = [], [], []
         self.unflushed = 0
 
     # -- the run -------------------------------------------------------------------------------------
@@ -361,13 +402,13 @@ class _Run:
                 if bar:
                     bar.advance()
         self.flush()
+        if self._writer is not None:
+            try:
+                self._writer.close(compact=None)
+            except OSError as exc:
+                raise CacheError(f"cannot fold the journal of {self._writer.path}: {exc.strerror or exc}") from exc
         if bar:
             bar.close()
-
-
-def _same_size(known: KnownFile | None, size: int) -> bool:
-    """Layer 3: a known, successfully hashed file of the same size is not read again."""
-    return known is not None and known.image_hash is not None and known.file_size == size
 
 
 @dataclass
@@ -429,12 +470,12 @@ def _backfill_gallery(state: IndexState, gallery: Gallery, stats: BackfillStats)
         stats.galleries_not_indexed += 1
         return
     known = state.known_files(row.id)
-    for file in gallery.files:
-        entry = known.get(file.name)
+    for name, size in gallery.files.items():
+        entry = known.get(name)
         if entry is not None and entry.file_size is None:
-            state.set_file_size(row.id, file.name, file.size)
+            state.set_file_size(row.id, name, size)
             stats.file_sizes_filled += 1
-    complete = all(known.get(f.name) is not None and known[f.name].image_hash for f in gallery.files)
+    complete = all(known.get(name) is not None and known[name].image_hash for name in gallery.files)
     if not complete:
         stats.galleries_incomplete += 1
     elif row.file_count is None or row.total_bytes is None:

@@ -183,13 +183,14 @@ class IndexState:
             (file_count, total_bytes, None if metadata is None else orjson.dumps(metadata).decode(), when, gallery_id),
         )
 
-    def link(self, gallery_id: int, filename: str, image_hash: str | None, file_size: int) -> None:
+    def link_many(self, rows: list[tuple[int, str, str | None, int]]) -> None:
+        """``(gallery_id, filename, image_hash, file_size)`` rows, inserted or updated in one call."""
         self.begin()
-        self._db.execute(
+        self._db.executemany(
             "INSERT INTO gallery_images(gallery_id, filename, image_hash, file_size) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(gallery_id, filename) DO UPDATE SET image_hash=excluded.image_hash, "
             "file_size=excluded.file_size",
-            (gallery_id, filename, image_hash, file_size),
+            rows,
         )
 
     def set_file_size(self, gallery_id: int, filename: str, file_size: int) -> None:
@@ -219,12 +220,13 @@ class IndexState:
             row = self._reader.execute("SELECT 1 FROM images WHERE hash=?", (image_hash,)).fetchone()
         return row is not None
 
-    def add_image(self, image_hash: str, size: int, status: str, faces: int, reason: str = "") -> None:
+    def add_images(self, rows: list[tuple[str, int, str, int, str | None]]) -> None:
+        """``(hash, size, status, faces, reason)`` rows, inserted or updated in one call."""
         self.begin()
-        self._db.execute(
+        self._db.executemany(
             "INSERT INTO images(hash, size, status, faces, reason) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT(hash) DO UPDATE SET status=excluded.status, faces=excluded.faces, reason=excluded.reason",
-            (image_hash, size, status, faces, reason or None),
+            rows,
         )
 
     def purge(self, prefix: str) -> set[str]:

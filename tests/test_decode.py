@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from facesets.decode import decode
-from facesets.embed import read_image
 from facesets.errors import ImageLoadError
+from facesets.pipeline import read_image
 from tests import corpus
 
 

@@ -12,9 +12,10 @@ import pytest
 
 from facesets.cache import journal_segments, load_cache
 from facesets.cli import main
-from facesets.embed import EmbedConfig, Mode, run_embed
+from facesets.embed import EmbedConfig, run_embed
 from facesets.queue import QueueEntry, scan_folders, write_queue
 from facesets.records import ImageStatus
+from facesets.settings import Mode
 from tests import corpus
 from tests.conftest import REPO
 

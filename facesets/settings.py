@@ -1,0 +1,20 @@
+"""Defaults shared by the library and the command line (no heavy imports here)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+# Refuse images with more pixels than this, read from the header before decoding (decompression bombs).
+DEFAULT_MAX_PIXELS = 200_000_000
+# Detector input sizes for detectors with a dynamic input: InsightFace 2's FaceAnalysis default.
+DEFAULT_DET_SIZES = (128, 640)
+
+
+class Mode(StrEnum):
+    """How faithfully to follow InsightFace's reference pipeline."""
+
+    # Full decode, square detector input: the faces and embeddings of InsightFace's FaceAnalysis.
+    REFERENCE = "reference"
+    # Big JPEGs decoded at 1/2 (finer only for faces that need it), detector input padded to a multiple
+    # of 32: less work, keypoints and embeddings move slightly.
+    FAST = "fast"
