@@ -61,15 +61,18 @@ class CacheData:
     def face_count(self) -> int:
         return len(self.meta)
 
-    def extend(self, other: CacheData) -> None:
-        """Append ``other``'s records (indices shifted); no deduplication."""
-        offset = len(self.images)
-        self.images.extend(other.images)
-        shifted = other.meta.copy()
-        shifted["image"] += offset
-        self.meta = np.concatenate([self.meta, shifted])
-        self.embeddings = np.concatenate([self.embeddings, other.embeddings]).astype(np.float32, copy=False)
-        self.aliases.update(other.aliases)
+    def extend(self, others: Sequence[CacheData]) -> None:
+        """Append the records of ``others`` in order (indices shifted), copying the arrays once."""
+        metas, vectors = [self.meta], [self.embeddings]
+        for other in others:
+            shifted = other.meta.copy()
+            shifted["image"] += len(self.images)
+            self.images.extend(other.images)
+            metas.append(shifted)
+            vectors.append(other.embeddings)
+            self.aliases.update(other.aliases)
+        self.meta = np.concatenate(metas)
+        self.embeddings = np.concatenate(vectors).astype(np.float32, copy=False)
 
     def faces(self) -> Iterator[FaceRecord]:
         for row, vector in zip(self.meta, self.embeddings, strict=True):
@@ -208,17 +211,16 @@ def load_cache(path: Path, images_only: bool = False) -> CacheData:
 def fold_journal(path: Path, base: CacheData | None, images_only: bool = False) -> CacheData | None:
     """``base`` with the journal segments it has not folded in yet appended, in order."""
     seq = base.journal_seq if base else 0
-    data = base
-    for number, segment in journal_segments(path):
-        if number <= seq:
-            continue
-        part = read_npz(segment, images_only)
-        if data is None:
-            data = part
-        else:
-            _require_same_model(data.identity, part.identity, segment)
-            data.extend(part)
-        data.journal_seq = number
+    parts = [
+        (number, segment, read_npz(segment, images_only)) for number, segment in journal_segments(path) if number > seq
+    ]
+    if not parts:
+        return base
+    data = base if base is not None else CacheData(identity=parts[0][2].identity)
+    for _, segment, part in parts:
+        _require_same_model(data.identity, part.identity, segment)
+    data.extend([part for _, _, part in parts])
+    data.journal_seq = parts[-1][0]
     return data
 
 

@@ -22,6 +22,7 @@ from .errors import ConfigError
 from .queue import IMAGE_EXTENSIONS
 
 SkipHandler = Callable[[str, str], None]
+_SUFFIXES = {suffix.lstrip("."): True for suffix in IMAGE_EXTENSIONS}
 
 
 @dataclass(frozen=True)
@@ -98,16 +99,18 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
 
 
 def list_gallery(folder: Path, on_skip: SkipHandler, with_metadata: bool = True) -> Gallery:
-    """The gallery's image files with their sizes (one stat each, nothing read) and, if asked, its metadata."""
+    """The gallery's image files with their sizes (one stat each, nothing read) and, if asked, its metadata.
+
+    Files are in directory order: callers that need an order sort (the tree walk is the hot path)."""
     files: dict[str, int] = {}
     try:
         with os.scandir(folder) as entries:
-            candidates = [entry for entry in entries if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS]
+            candidates = [entry for entry in entries if _SUFFIXES.get(entry.name.rpartition(".")[2].lower(), False)]
     except OSError as exc:
         on_skip(str(folder), exc.strerror or str(exc))
         return Gallery(folder, {})
     for entry in candidates:
-        if not _valid_utf8(entry.name):
+        if not entry.name.isascii() and not _valid_utf8(entry.name):
             on_skip(os.fsencode(entry.path).decode("utf-8", "backslashreplace"), "file name is not valid UTF-8")
             continue
         try:
@@ -118,8 +121,27 @@ def list_gallery(folder: Path, on_skip: SkipHandler, with_metadata: bool = True)
             on_skip(entry.path, f"vanished or unreadable: {exc.strerror or exc}")
             continue
         files[entry.name] = info.st_size
-    ordered = dict(sorted(files.items()))
-    return Gallery(folder, ordered, read_metadata(folder, on_skip) if with_metadata else {})
+    return Gallery(folder, files, read_metadata(folder, on_skip) if with_metadata else {})
+
+
+def gallery_totals(folder: Path, on_skip: SkipHandler) -> tuple[int, int]:
+    """Image-file count and total bytes of a gallery: what the gallery skip compares (the hottest loop)."""
+    count = total = 0
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if _SUFFIXES.get(entry.name.rpartition(".")[2].lower(), False) and (
+                    entry.name.isascii() or _valid_utf8(entry.name)
+                ):
+                    try:
+                        if not entry.is_dir():
+                            total += entry.stat().st_size
+                            count += 1
+                    except OSError:
+                        continue  # vanished: the listing of a gallery that needs work reports it
+    except OSError as exc:
+        on_skip(str(folder), exc.strerror or str(exc))
+    return count, total
 
 
 def _valid_utf8(name: str) -> bool:

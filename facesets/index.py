@@ -36,7 +36,7 @@ import blake3
 import orjson
 
 from .errors import CacheError, ConfigError, ImageLoadError
-from .galleries import Gallery, check_targets, gallery_folders, list_gallery
+from .galleries import Gallery, check_targets, gallery_folders, gallery_totals, list_gallery
 from .indexstate import IndexState, KnownFile
 from .packs import DEFAULT_PACK, ModelPack, PackIdentity, resolve_pack
 from .pipeline import bounded_map, read_image
@@ -228,17 +228,14 @@ class _Run:
         """First pass: the galleries that need work and how many files they will read (for the ETA)."""
         todo, reads = [], 0
         for folder in gallery_folders(targets, self.skip):
-            gallery = list_gallery(folder, self.skip, with_metadata=False)
+            count, total = gallery_totals(folder, self.skip)
             self.stats.galleries_seen += 1
-            self.stats.files_stated += gallery.file_count
+            self.stats.files_stated += count
             row = self.state.gallery(str(folder))
-            unchanged = row is not None and (row.file_count, row.total_bytes) == (
-                gallery.file_count,
-                gallery.total_bytes,
-            )
-            if unchanged and not self.config.reindex:
+            if row is not None and (row.file_count, row.total_bytes) == (count, total) and not self.config.reindex:
                 self.stats.galleries_skipped += 1
                 continue
+            gallery = list_gallery(folder, self.skip, with_metadata=False)
             known = self.state.known_files(row.id) if row else {}
             reads += sum(1 for name, size in gallery.files.items() if self._must_read(known.get(name), size))
             todo.append(folder)
@@ -254,7 +251,9 @@ class _Run:
             removed = [name for name in known if name not in gallery.files]
             self.state.unlink(gallery_id, removed)
             self.stats.files_removed += len(removed)
-            reads = [(name, size) for name, size in gallery.files.items() if self._must_read(known.get(name), size)]
+            reads = sorted(
+                (name, size) for name, size in gallery.files.items() if self._must_read(known.get(name), size)
+            )
             self.stats.files_skipped_by_size += gallery.file_count - len(reads)
             self.galleries.open(gallery_id, gallery, len(reads))
             self._complete(gallery_id, self.galleries.close_if_done(gallery_id))
