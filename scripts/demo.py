@@ -1,4 +1,4 @@
-"""`make demo`: build a small photo library, queue it, embed its faces, and show where the outputs are.
+"""`make demo`: build a small gallery library, index it, embed it through a queue, and show the outputs.
 
 Uses ../shared/data/faces and the scrfd2.5g-mbf pack from ../shared/models when present; otherwise the
 photo that ships with insightface (when installed) and the buffalo_l pack from ~/.insightface/models.
@@ -7,6 +7,7 @@ photo that ships with insightface (when installed) and the buffalo_l pack from ~
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -17,21 +18,32 @@ sys.path.insert(0, str(REPO))
 from facesets.cli import main  # noqa: E402
 
 
-def build_library(shared: Path, library: Path) -> int:
+def sample_photos(shared: Path) -> tuple[Path, list[Path]]:
     faces = shared / "data" / "faces"
     sources = sorted(faces.rglob("*.jpg")) if faces.is_dir() else []
-    if not sources:
-        try:
-            import insightface
+    if sources:
+        return faces, sources
+    try:
+        import insightface
+    except ImportError:
+        raise SystemExit(f"no sample photos: neither {faces} nor insightface's t1.jpg is available") from None
+    t1 = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
+    return t1.parent, [t1]
 
-            sources = [Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"]
-        except ImportError:
-            raise SystemExit(f"no sample photos: neither {faces} nor insightface's t1.jpg is available") from None
+
+def build_library(shared: Path, library: Path) -> int:
+    """Galleries (index.json + tn/) of at most 12 photos each, named after the folders they come from."""
+    base, sources = sample_photos(shared)
+    groups: dict[str, list[Path]] = {}
     for source in sources:
-        relative = source.relative_to(faces) if faces in source.parents else Path(source.name)
-        target = library / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+        groups.setdefault(source.parent.relative_to(base).as_posix().replace("/", "-") or "photos", []).append(source)
+    for name, photos in groups.items():
+        for start in range(0, len(photos), 12):
+            gallery = library / name / f"gallery-{start // 12 + 1:02d}"
+            (gallery / "tn").mkdir(parents=True)
+            (gallery / "index.json").write_text(json.dumps({"title": f"{name} {start // 12 + 1}"}))
+            for photo in photos[start : start + 12]:
+                shutil.copyfile(photo, gallery / photo.name)
     return len(sources)
 
 
@@ -41,25 +53,31 @@ def main_demo() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "demo")
     args = parser.parse_args()
     out: Path = args.out
-    library, queue, cache = out / "photos", out / "queue.json", out / "caches" / "faces.npz"
+    library, caches = out / "library", out / "caches"
+    queue, embed_cache = out / "queue.json", out / "embed" / "faces.npz"
     if out.exists():
         shutil.rmtree(out)
-    cache.parent.mkdir(parents=True)
+    embed_cache.parent.mkdir(parents=True)
     count = build_library(args.shared, library)
-    print(f"demo: sample library of {count} photos in {library}")
+    print(f"demo: sample library of {count} photos in galleries under {library}")
     pack = args.shared / "models" / "scrfd2.5g-mbf"
     model = ["--model-dir", str(pack)] if pack.is_dir() else ["--model-pack", "buffalo_l"]
     steps = [
+        # the local path: index galleries in place; the second run reads no file (gallery skip)
+        ["index", "--target", str(library), "--caches", str(caches), *model],
+        ["index", "--target", str(library), "--caches", str(caches), *model],
+        # the queue path (what the Windows embed worker runs): queue the files, embed them
         ["queue", "add", "--queue", str(queue), str(library)],
-        ["embed", "--queue", str(queue), "--cache", str(cache), *model],
-        ["cache", "info", str(cache)],
+        ["embed", "--queue", str(queue), "--cache", str(embed_cache), *model],
+        ["cache", "info", str(caches / "faces.npz")],
     ]
     for step in steps:
         print(f"\n$ facesets {' '.join(step)}", flush=True)
         code = main(step)
         if code:
             return code
-    print(f"\ndemo: queue {queue}\ndemo: face cache {cache}")
+    print(f"\ndemo: index state {caches / 'index.sqlite'}\ndemo: face cache {caches / 'faces.npz'}")
+    print(f"demo: queue {queue}\ndemo: face cache from the queue {embed_cache}")
     return 0
 
 
