@@ -56,6 +56,39 @@ def _parse_sizes(value: str) -> tuple[int, ...]:
     return sizes
 
 
+def _target_options(function: Any) -> Any:
+    """--target (repeatable), --caches and --database, shared by index and backfill."""
+    function = click.option(
+        "--database",
+        default=None,
+        help="PostgreSQL URL to load results into at the end (not available yet: the store has not landed).",
+    )(function)
+    function = click.option(
+        "--caches",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=Path("caches"),
+        show_default=True,
+        help="Folder for the index state (index.sqlite) and the face cache (faces.npz).",
+    )(function)
+    return click.option(
+        "--target",
+        "targets",
+        multiple=True,
+        required=True,
+        type=click.Path(path_type=Path),
+        help="A gallery, a chunk of galleries, a root of chunks, or any folder; repeat for several.",
+    )(function)
+
+
+def _providers_option(function: Any) -> Any:
+    return click.option(
+        "--providers",
+        default="",
+        help="Execution providers in order, e.g. 'dml,cpu' or 'cuda,cpu' "
+        "(default: the best available of DirectML, CUDA, CoreML, CPU).",
+    )(function)
+
+
 def _model_options(function: Any) -> Any:
     function = click.option(
         "--model-pack",
@@ -82,12 +115,7 @@ def _model_options(function: Any) -> Any:
     help="Face cache (.npz) to create or resume.",
 )
 @_model_options
-@click.option(
-    "--providers",
-    default="",
-    help="Execution providers in order, e.g. 'dml,cpu' or 'cuda,cpu' "
-    "(default: the best available of DirectML, CUDA, CoreML, CPU).",
-)
+@_providers_option
 @click.option(
     "--concurrency",
     type=click.IntRange(min=0),
@@ -190,29 +218,9 @@ def embed(
 
 
 @cli.command()
-@click.option(
-    "--target",
-    "targets",
-    multiple=True,
-    required=True,
-    type=click.Path(path_type=Path),
-    help="A gallery, a chunk of galleries, a root of chunks, or any folder; repeat for several.",
-)
-@click.option(
-    "--caches",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("caches"),
-    show_default=True,
-    help="Folder for the index state (index.sqlite) and the face cache (faces.npz).",
-)
-@click.option(
-    "--database",
-    envvar="DATABASE_URL",
-    default=None,
-    help="PostgreSQL URL to load results into at the end (not available yet).",
-)
+@_target_options
 @_model_options
-@click.option("--providers", default="", help="Execution providers in order, e.g. 'dml,cpu'.")
+@_providers_option
 @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True, help="ML slots.")
 @click.option(
     "--io-concurrency",
@@ -280,22 +288,7 @@ def index(
 
 
 @cli.command()
-@click.option(
-    "--target",
-    "targets",
-    multiple=True,
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Folders to backfill (as for index); repeat for several.",
-)
-@click.option(
-    "--caches",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("caches"),
-    show_default=True,
-    help="Folder holding the index state.",
-)
-@click.option("--database", envvar="DATABASE_URL", default=None, help="PostgreSQL URL (not available yet).")
+@_target_options
 @click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True, help="stat() threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
 def backfill(targets: Sequence[Path], caches: Path, database: str | None, concurrency: int, as_json: bool) -> None:
