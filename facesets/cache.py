@@ -225,7 +225,7 @@ def fold_journal(path: Path, base: CacheData | None, images_only: bool = False) 
 
 
 def _require_same_model(expected: PackIdentity, found: PackIdentity, where: Path) -> None:
-    if not expected.same_vectors(found):
+    if not expected.same_models(found):
         raise CacheModelMismatchError(
             f"{where} was made with model pack {found.describe()}, but this cache uses {expected.describe()}: "
             "embedding spaces never mix. Use a separate cache for each model pack."

@@ -171,7 +171,7 @@ def _check_model(state: IndexState, identity: PackIdentity, config: IndexConfig)
         state.set_meta("face_model", orjson.dumps(identity.to_dict()).decode())
         return
     previous = PackIdentity.from_dict(orjson.loads(recorded))
-    if not previous.same_vectors(identity):
+    if not previous.same_models(identity):
         raise ConfigError(
             f"{config.caches} was indexed with model pack {previous.describe()}, not {identity.describe()}: "
             "embedding spaces never mix. Use another --caches folder for this model pack."

@@ -226,3 +226,27 @@ def test_worker_runs_with_only_the_windows_modules(tmp_path: Path, pack_dir: Pat
     assert result.returncode == 0, result.stderr
     assert "FORBIDDEN []" in result.stderr
     assert orjson.loads(result.stdout)["faces"] == 1
+
+
+def test_pack_with_the_same_recognizer_but_another_detector_is_refused(
+    tmp_path: Path, pack_dir: Path, sample_photos: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(sample_photos[0].read_bytes())
+    make_queue(photos, tmp_path / "queue.json")
+    run_embed(config(tmp_path, pack_dir))
+    other_pack = pack_dir.parent / "scrfd2.5g-mbf"
+    code = main(
+        [
+            "embed",
+            "--queue",
+            str(tmp_path / "queue.json"),
+            "--cache",
+            str(tmp_path / "faces.npz"),
+            "--model-dir",
+            str(other_pack),
+        ]
+    )
+    assert code == 1
+    assert "embedding spaces never mix" in capsys.readouterr().err
