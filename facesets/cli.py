@@ -12,6 +12,7 @@ import click
 import orjson
 
 from . import __version__
+from .clip import CLIP_ROOT_ENV, DEFAULT_CLIP_MODEL
 from .errors import FacesetsError
 from .packs import DEFAULT_PACK, MODEL_ROOT_ENV
 from .settings import DEFAULT_DET_SIZES, DEFAULT_MAX_PIXELS, Mode
@@ -237,6 +238,19 @@ def embed(
 )
 @click.option("--ml-purge", is_flag=True, help="Forget all ML results under the targets and index them from scratch.")
 @click.option(
+    "--clip-model",
+    default=DEFAULT_CLIP_MODEL,
+    show_default=True,
+    help=f"CLIP model (ONNX export in Immich's layout) for image embeddings, looked up under ${CLIP_ROOT_ENV}, "
+    "then ~/.cache/facesets/clip. Changing it re-embeds CLIP only.",
+)
+@click.option(
+    "--clip-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="A CLIP model folder holding visual/model.onnx (overrides --clip-model).",
+)
+@click.option("--no-clip", is_flag=True, help="Skip CLIP image embeddings (faces only).")
+@click.option(
     "--flush-every",
     type=click.IntRange(min=1),
     default=200,
@@ -257,6 +271,9 @@ def index(
     reindex: bool,
     ml_purge: bool,
     flush_every: int,
+    clip_model: str,
+    clip_dir: Path | None,
+    no_clip: bool,
     no_ml: bool,
     as_json: bool,
 ) -> None:
@@ -281,6 +298,9 @@ def index(
         reindex=reindex,
         ml_purge=ml_purge,
         flush_every=flush_every,
+        clip_model=clip_model,
+        clip_dir=clip_dir,
+        no_clip=no_clip,
         no_ml=no_ml,
     )
     stats = run_index(config, progress=False if as_json else None)

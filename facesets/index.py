@@ -35,9 +35,11 @@ from typing import TYPE_CHECKING
 import blake3
 import orjson
 
+from .clip import DEFAULT_CLIP_MODEL, ClipIdentity, clip_identity, resolve_clip
+from .clipstore import ClipStore
 from .errors import CacheError, ConfigError, ImageLoadError
 from .galleries import Gallery, check_targets, gallery_folders, gallery_totals, list_gallery
-from .indexstate import IndexState, KnownFile
+from .indexstate import GalleryRow, IndexState, KnownFile
 from .packs import DEFAULT_PACK, ModelPack, PackIdentity, resolve_pack
 from .pipeline import bounded_map, read_image
 from .progress import Progress
@@ -45,7 +47,11 @@ from .records import ImageRecord, ImageStatus
 from .settings import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
     from .cache import CacheWriter
+    from .clipvisual import ClipVisual
     from .decode import DecodedImage
     from .faces import Face, FaceEngine
 
@@ -53,6 +59,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "index.sqlite"
 FACE_CACHE = "faces.npz"
+CLIP_STORE = "clip.sqlite"
 NO_ML = PackIdentity("none", "none", "0" * 64, "none", "0" * 64)
 
 
@@ -70,7 +77,10 @@ class IndexConfig:
     ml_purge: bool = False
     flush_every: int = 200
     max_pixels: int = DEFAULT_MAX_PIXELS
-    no_ml: bool = False  # benchmarks: time the skip machinery alone (no decode, no model)
+    clip_model: str = DEFAULT_CLIP_MODEL
+    clip_dir: Path | None = None
+    no_clip: bool = False
+    no_ml: bool = False  # benchmarks: time the skip machinery alone (no decode, no model; implies no CLIP)
 
 
 @dataclass
@@ -85,6 +95,7 @@ class IndexStats:
     files_failed: int = 0
     files_removed: int = 0
     faces_found: int = 0
+    clip_embedded: int = 0
     walk_skips: int = 0
     elapsed: float = 0.0
     skip_reasons: dict[str, int] = field(default_factory=dict)
@@ -107,7 +118,9 @@ class Done:
     content_hash: str = ""
     faces: list[Face] = field(default_factory=list)
     error: str = ""
-    deduped: bool = False
+    deduped: bool = False  # content already has faces: no face ML
+    need_clip: bool = False
+    clip_vector: NDArray[np.float32] | None = None
     width: int = 0
     height: int = 0
     size: int = -1  # bytes actually read (a file replaced after its stat is recorded as read)
@@ -147,13 +160,14 @@ def run_index(config: IndexConfig, progress: bool | None = None) -> IndexStats:
     config.caches.mkdir(parents=True, exist_ok=True)
     pack = None if config.no_ml else resolve_pack(config.model_dir, config.model_pack)
     identity = pack.identity() if pack else NO_ML
+    clip = None if config.no_ml or config.no_clip else _ClipParts.open(config)
     state = IndexState(config.caches / STATE_FILE)
     stats = IndexStats()
     try:
         _check_model(state, identity, config)
         if config.ml_purge:
-            _purge(state, targets, config.caches / FACE_CACHE, identity)
-        run = _Run(config, state, pack, identity, stats)
+            _purge(state, targets, config.caches / FACE_CACHE, identity, clip)
+        run = _Run(config, state, pack, identity, clip, stats)
         try:
             run.run(targets, progress)
         except BaseException:
@@ -161,6 +175,8 @@ def run_index(config: IndexConfig, progress: bool | None = None) -> IndexStats:
             raise
     finally:
         state.close()
+        if clip is not None:
+            clip.store.close()
     stats.elapsed = round(time.monotonic() - started, 3)
     return stats
 
@@ -178,7 +194,9 @@ def _check_model(state: IndexState, identity: PackIdentity, config: IndexConfig)
         )
 
 
-def _purge(state: IndexState, targets: Sequence[Path], cache: Path, identity: PackIdentity) -> None:
+def _purge(
+    state: IndexState, targets: Sequence[Path], cache: Path, identity: PackIdentity, clip: _ClipParts | None
+) -> None:
     from .cache import purge_images
 
     state.begin()
@@ -186,18 +204,44 @@ def _purge(state: IndexState, targets: Sequence[Path], cache: Path, identity: Pa
     for target in targets:
         hashes |= state.purge(str(target))
     purge_images(cache, hashes, identity)
+    if clip is not None:
+        clip.store.delete(hashes)
     state.commit()
     log.info("--ml-purge: forgot %d images under %s", len(hashes), ", ".join(map(str, targets)))
 
 
+@dataclass
+class _ClipParts:
+    """The CLIP model folder, its identity and its vector store; the session is made on first use."""
+
+    folder: Path
+    identity: ClipIdentity
+    store: ClipStore
+    visual: ClipVisual | None = None
+
+    @classmethod
+    def open(cls, config: IndexConfig) -> _ClipParts:
+        folder = resolve_clip(config.clip_dir, config.clip_model)
+        identity = clip_identity(folder)
+        return cls(folder, identity, ClipStore(config.caches / CLIP_STORE, identity))
+
+
 class _Run:
     def __init__(
-        self, config: IndexConfig, state: IndexState, pack: ModelPack | None, identity: PackIdentity, stats: IndexStats
+        self,
+        config: IndexConfig,
+        state: IndexState,
+        pack: ModelPack | None,
+        identity: PackIdentity,
+        clip: _ClipParts | None,
+        stats: IndexStats,
     ) -> None:
         self.config = config
         self.state = state
         self.pack = pack
         self.identity = identity
+        self.clip = clip
+        self.clip_claimed: set[str] = set()
         self.stats = stats
         self._engine: FaceEngine | None = None
         self._engine_lock = threading.Lock()
@@ -232,7 +276,8 @@ class _Run:
             self.stats.galleries_seen += 1
             self.stats.files_stated += count
             row = self.state.gallery(str(folder))
-            if row is not None and (row.file_count, row.total_bytes) == (count, total) and not self.config.reindex:
+            unchanged = row is not None and (row.file_count, row.total_bytes) == (count, total)
+            if unchanged and self._clip_complete(row) and not self.config.reindex:
                 self.stats.galleries_skipped += 1
                 continue
             gallery = list_gallery(folder, self.skip, with_metadata=False)
@@ -261,10 +306,15 @@ class _Run:
                 yield WorkItem(gallery_id, str(folder), name, size)
 
     def _must_read(self, known: KnownFile | None, size: int) -> bool:
-        """Layer 3, unless --reindex: a known, successfully hashed file of the same size is not read again."""
-        if self.config.reindex or known is None or known.image_hash is None:
+        """Layer 3, unless --reindex: a known, successfully hashed file of the same size is not read again
+        (unless it still lacks a vector of the current CLIP model)."""
+        if self.config.reindex or known is None or known.image_hash is None or known.file_size != size:
             return True
-        return known.file_size != size
+        return self.clip is not None and not self.clip.store.has(known.image_hash)
+
+    def _clip_complete(self, row: GalleryRow | None) -> bool:
+        """Whether a gallery's last complete index gave every image a vector of the current CLIP model."""
+        return self.clip is None or (row is not None and row.clip_model == self.clip.identity.visual_blake3)
 
     # -- lazily created heavy parts ------------------------------------------------------------------
 
@@ -286,6 +336,17 @@ class _Run:
             self._writer = CacheWriter(self.config.caches / FACE_CACHE, self.identity)
         return self._writer
 
+    def clip_visual(self) -> ClipVisual:
+        assert self.clip is not None
+        with self._engine_lock:
+            if self.clip.visual is None:
+                from .clipvisual import ClipVisual
+                from .runtime import RuntimeOptions, available_providers, choose_providers
+
+                providers = choose_providers(available_providers(), self.config.providers)
+                self.clip.visual = ClipVisual(self.clip.folder, RuntimeOptions(tuple(providers), 1))
+            return self.clip.visual
+
     def abandon(self) -> None:
         if self._writer is not None:
             self._writer.abandon()
@@ -302,17 +363,20 @@ class _Run:
             return Done(item, error=exc.reason), b"", None
         digest = blake3.blake3(data).hexdigest()
         with self.claim_lock:
-            duplicate = digest in self.claimed or self.state.has_image(digest)
+            known = digest in self.claimed or self.state.has_image(digest)
             self.claimed.add(digest)
-        if duplicate:
-            return Done(item, digest, deduped=True, size=len(data)), b"", None
-        if self.pack is None:
-            return Done(item, digest, size=len(data)), b"", None
+            need_clip = self.clip is not None and digest not in self.clip_claimed and not self.clip.store.has(digest)
+            self.clip_claimed.add(digest)
+        done = Done(item, digest, deduped=known, need_clip=need_clip, size=len(data))
+        if (known and not need_clip) or self.pack is None:
+            return done, b"", None
         try:
             image = decode(data, max_pixels=self.config.max_pixels)
         except ImageLoadError as exc:
-            return Done(item, digest, error=exc.reason, size=len(data)), b"", None
-        return Done(item, digest, width=image.width, height=image.height, size=len(data)), data, image
+            done.error = exc.reason
+            return done, b"", None
+        done.width, done.height = image.width, image.height
+        return done, data, image
 
     def infer(self, loaded: tuple[Done, bytes, DecodedImage | None]) -> Done:
         from .decode import decode
@@ -322,7 +386,10 @@ class _Run:
             return done
         max_pixels = self.config.max_pixels
         try:
-            done.faces = self.engine().analyze(image, lambda scale: decode(data, scale, max_pixels))
+            if not done.deduped:
+                done.faces = self.engine().analyze(image, lambda scale: decode(data, scale, max_pixels))
+            if done.need_clip:
+                done.clip_vector = self.clip_visual().embed([image])[0]
         except ImageLoadError as exc:
             done.error = exc.reason
         except Exception as exc:  # one image's inference failure must not end a long run
@@ -336,14 +403,18 @@ class _Run:
         path = os.path.join(item.gallery, item.filename)
         size = done.size if done.size >= 0 else item.size
         stats.files_read += 1
-        if done.deduped:
-            stats.files_deduped += 1
-        elif done.error:
+        if done.error:
             stats.files_failed += 1
             log.warning("skipping %s: %s", path, done.error)
+        elif done.deduped:
+            stats.files_deduped += 1
         else:
             stats.files_embedded += 1
             stats.faces_found += len(done.faces)
+        if done.clip_vector is not None and self.clip is not None:
+            self.clip.store.add(done.content_hash, done.clip_vector)
+            stats.clip_embedded += 1
+            self.unflushed += 1
         if done.content_hash and not done.deduped:
             status = ImageStatus.ERROR if done.error else ImageStatus.OK if done.faces else ImageStatus.NO_FACE
             self.image_rows.append((done.content_hash, size, status.value, len(done.faces), done.error or None))
@@ -374,11 +445,14 @@ class _Run:
                 f"cannot write to the journal of {cache}: {exc.strerror or exc}. The index state and everything "
                 "flushed before are intact: free space and run the same command again."
             ) from exc
+        if self.clip is not None:
+            self.clip.store.commit()
         self.state.add_images(self.image_rows)
         self.state.link_many(self.link_rows)
+        clip_model = self.clip.identity.visual_blake3 if self.clip is not None else None
         for gallery_id, gallery in self.completed:
             self.state.set_gallery_stats(
-                gallery_id, gallery.file_count, gallery.total_bytes, gallery.metadata, time.time()
+                gallery_id, gallery.file_count, gallery.total_bytes, gallery.metadata, time.time(), clip_model
             )
         self.state.commit()
         self.image_rows, self.link_rows, self.completed = [], [], []

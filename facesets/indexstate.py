@@ -21,7 +21,7 @@ import orjson
 
 from .errors import FacesetsError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         """CREATE TABLE galleries (
@@ -48,6 +48,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "CREATE INDEX gallery_images_by_hash ON gallery_images(image_hash)",
     ),
+    # the CLIP model (BLAKE3 of its image tower) whose vectors the gallery had at its last complete index
+    2: ("ALTER TABLE galleries ADD COLUMN clip_model TEXT",),
 }
 
 
@@ -61,6 +63,7 @@ class GalleryRow:
     path: str
     file_count: int | None
     total_bytes: int | None
+    clip_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,7 @@ class IndexState:
 
     def gallery(self, path: str) -> GalleryRow | None:
         row = self._db.execute(
-            "SELECT id, path, file_count, total_bytes FROM galleries WHERE path=?", (path,)
+            "SELECT id, path, file_count, total_bytes, clip_model FROM galleries WHERE path=?", (path,)
         ).fetchone()
         return None if row is None else GalleryRow(*row)
 
@@ -175,12 +178,21 @@ class IndexState:
         return {name: KnownFile(digest, size) for name, digest, size in rows}
 
     def set_gallery_stats(
-        self, gallery_id: int, file_count: int, total_bytes: int, metadata: dict[str, Any] | None, when: float
+        self,
+        gallery_id: int,
+        file_count: int,
+        total_bytes: int,
+        metadata: dict[str, Any] | None,
+        when: float,
+        clip_model: str | None = None,
     ) -> None:
+        """Layer 1's record of a complete index, with the CLIP model whose vectors the gallery now has."""
         self.begin()
+        document = None if metadata is None else orjson.dumps(metadata).decode()
         self._db.execute(
-            "UPDATE galleries SET file_count=?, total_bytes=?, metadata=COALESCE(?, metadata), indexed_at=? WHERE id=?",
-            (file_count, total_bytes, None if metadata is None else orjson.dumps(metadata).decode(), when, gallery_id),
+            "UPDATE galleries SET file_count=?, total_bytes=?, metadata=COALESCE(?, metadata), indexed_at=?, "
+            "clip_model=? WHERE id=?",
+            (file_count, total_bytes, document, when, clip_model, gallery_id),
         )
 
     def link_many(self, rows: list[tuple[int, str, str | None, int]]) -> None:

@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from facesets.cli import main  # noqa: E402
+from facesets.clip import resolve_clip  # noqa: E402
+from facesets.errors import FacesetsError  # noqa: E402
 
 
 def sample_photos(shared: Path) -> tuple[Path, list[Path]]:
@@ -62,10 +64,16 @@ def main_demo() -> int:
     print(f"demo: sample library of {count} photos in galleries under {library}")
     pack = args.shared / "models" / "scrfd2.5g-mbf"
     model = ["--model-dir", str(pack)] if pack.is_dir() else ["--model-pack", "buffalo_l"]
+    clip: list[str] = []
+    try:
+        resolve_clip(None)
+    except FacesetsError:
+        print("demo: no CLIP model installed (see the README's CLIP section): indexing faces only (--no-clip)")
+        clip = ["--no-clip"]
     steps = [
         # the local path: index galleries in place; the second run reads no file (gallery skip)
-        ["index", "--target", str(library), "--caches", str(caches), *model],
-        ["index", "--target", str(library), "--caches", str(caches), *model],
+        ["index", "--target", str(library), "--caches", str(caches), *model, *clip],
+        ["index", "--target", str(library), "--caches", str(caches), *model, *clip],
         # the queue path (what the Windows embed worker runs): queue the files, embed them
         ["queue", "add", "--queue", str(queue), str(library)],
         ["embed", "--queue", str(queue), "--cache", str(embed_cache), *model],

@@ -46,6 +46,8 @@ def tree(tmp_path: Path, faces_dir: Path) -> Path:
 
 
 def index(tmp_path: Path, pack_dir: Path, *targets: Path, caches: str = "caches", **changes: object) -> dict:
+    """Faces only unless a CLIP model is given (``clip_dir=``)."""
+    changes.setdefault("no_clip", "clip_dir" not in changes)
     settings: dict[str, object] = {
         "targets": targets,
         "caches": tmp_path / caches,
@@ -268,6 +270,7 @@ def test_sigkill_then_resume(tmp_path: Path, pack_dir: Path, faces_dir: Path) ->
         str(pack_dir),
         "--flush-every",
         "3",
+        "--no-clip",
         "--concurrency",
         "2",
         "--json",
@@ -292,3 +295,65 @@ def test_sigkill_then_resume(tmp_path: Path, pack_dir: Path, faces_dir: Path) ->
         state = IndexState(tmp_path / caches / STATE_FILE)
         assert state.counts()["gallery_images"] == 40 and state.counts()["galleries_complete"] == 4
         state.close()
+
+
+def test_clip_vectors_and_a_model_change_reembed_clip_only(tmp_path: Path, pack_dir: Path, tree: Path) -> None:
+    from facesets.clip import clip_identity
+    from facesets.clipstore import ClipStore
+    from tests import clipmodel
+
+    model_a = clipmodel.build(tmp_path / "clip-a", seed=0)
+    first = index(tmp_path, pack_dir, tree, clip_dir=model_a)
+    assert (first["files_embedded"], first["files_deduped"], first["clip_embedded"]) == (5, 1, 5)
+    store = ClipStore(tmp_path / "caches" / "clip.sqlite", clip_identity(model_a))
+    vectors = dict(store.vectors())
+    store.close()
+    assert len(vectors) == 5 and all(abs(float(np.linalg.norm(v)) - 1.0) < 1e-5 for v in vectors.values())
+    again = index(tmp_path, pack_dir, tree, clip_dir=model_a)
+    assert (again["galleries_skipped"], again["files_read"], again["clip_embedded"]) == (3, 0, 0)
+    faces_before = (tmp_path / "caches" / FACE_CACHE).read_bytes()
+    model_b = clipmodel.build(tmp_path / "clip-b", seed=1)
+    changed = index(tmp_path, pack_dir, tree, clip_dir=model_b)
+    assert counters(changed) == {
+        "galleries_seen": 3,
+        "galleries_skipped": 0,
+        "files_stated": 6,
+        "files_skipped_by_size": 0,
+        "files_read": 6,
+        "files_deduped": 6,
+        "files_embedded": 0,
+        "files_failed": 0,
+        "files_removed": 0,
+    }
+    assert changed["clip_embedded"] == 5
+    assert (tmp_path / "caches" / FACE_CACHE).read_bytes() == faces_before  # faces untouched
+    store_b = ClipStore(tmp_path / "caches" / "clip.sqlite", clip_identity(model_b))
+    assert store_b.count() == 5 and not np.allclose(
+        dict(store_b.vectors())[next(iter(vectors))], vectors[next(iter(vectors))]
+    )
+    store_b.close()
+
+
+def test_clip_added_after_a_faces_only_index(tmp_path: Path, pack_dir: Path, tree: Path) -> None:
+    from tests import clipmodel
+
+    index(tmp_path, pack_dir, tree)
+    later = index(tmp_path, pack_dir, tree, clip_dir=clipmodel.build(tmp_path / "clip"))
+    assert (later["galleries_skipped"], later["files_embedded"], later["files_deduped"], later["clip_embedded"]) == (
+        0,
+        0,
+        6,
+        5,
+    )
+
+
+def test_missing_clip_model_is_a_clear_error(
+    tmp_path: Path, pack_dir: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from facesets.errors import ModelPackError
+
+    monkeypatch.setenv("FACESETS_CLIP_ROOT", str(tmp_path / "none"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(ModelPackError, match="--no-clip skips CLIP embeddings"):
+        index(tmp_path, pack_dir, tree, no_clip=False)
+    assert not (tmp_path / "caches" / STATE_FILE).exists()
