@@ -75,7 +75,12 @@ def gallery_folders(targets: Sequence[Path], on_skip: SkipHandler) -> Iterator[P
                 on_skip(str(folder), "folder already visited (symlink loop or repeated target)")
                 continue
             seen.add((info.st_dev, info.st_ino))
-            if is_gallery(folder):
+            try:
+                gallery = is_gallery(folder)
+            except OSError as exc:  # Path.is_file() raises on EACCES
+                on_skip(str(folder), exc.strerror or str(exc))
+                continue
+            if gallery:
                 yield folder
                 continue
             stack.extend(reversed(_subfolders(folder, on_skip)))

@@ -357,3 +357,68 @@ def test_missing_clip_model_is_a_clear_error(
     with pytest.raises(ModelPackError, match="--no-clip skips CLIP embeddings"):
         index(tmp_path, pack_dir, tree, no_clip=False)
     assert not (tmp_path / "caches" / STATE_FILE).exists()
+
+
+def test_permission_denied_folder_is_a_counted_skip(tmp_path: Path, faces_dir: Path) -> None:
+    """As root the walk runs with a dropped effective uid, so the folder really cannot be read."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="facesets-perm-"))
+    base.chmod(0o777)
+    try:
+        root = base / "root"
+        make_gallery(root / "open", {"1.jpg": faces_dir / "deepface" / "img1.jpg"})
+        make_gallery(root / "closed", {"2.jpg": faces_dir / "deepface" / "img2.jpg"})
+        for path in [root, *root.rglob("*")]:
+            path.chmod(0o777 if path.is_dir() else 0o666)
+        (root / "closed").chmod(0)
+        caches = base / "caches"
+        caches.mkdir(mode=0o777)
+        caches.chmod(0o777)
+        import codecs
+
+        codecs.lookup("cp437")  # zipfile's codec, imported lazily: uid 65534 cannot read the interpreter's files
+        if os.geteuid() == 0:
+            os.setegid(65534)
+            os.seteuid(65534)
+        try:
+            stats = run_index(IndexConfig(targets=(root,), caches=caches, no_ml=True), progress=False).as_dict()
+        finally:
+            if os.getuid() == 0:
+                os.seteuid(0)
+                os.setegid(0)
+        assert (stats["galleries_seen"], stats["files_read"], stats["walk_skips"]) == (1, 1, 1)
+        assert stats["skip_reasons"] == {"Permission denied": 1}
+    finally:
+        (base / "root" / "closed").chmod(0o755)
+        import shutil
+
+        shutil.rmtree(base)
+
+
+def test_file_replaced_while_being_read(
+    tmp_path: Path, pack_dir: Path, tree: Path, faces_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bytes actually read are what is recorded: their hash and their size, so the next run agrees."""
+    import blake3
+
+    from facesets.pipeline import read_image as real_read
+
+    target = tree / "chunk1" / "a" / "2.jpg"
+    replacement = (faces_dir / "deepface" / "img7.jpg").read_bytes()
+
+    def replaced_during_read(path: str) -> bytes:
+        if path == str(target):
+            target.write_bytes(replacement)
+        return real_read(path)
+
+    monkeypatch.setattr("facesets.index.read_image", replaced_during_read)
+    index(tmp_path, pack_dir, tree)
+    monkeypatch.undo()
+    state = IndexState(tmp_path / "caches" / STATE_FILE)
+    gallery = state.gallery(str(tree / "chunk1" / "a"))
+    assert gallery is not None
+    known = state.known_files(gallery.id)["2.jpg"]
+    state.close()
+    assert (known.image_hash, known.file_size) == (blake3.blake3(replacement).hexdigest(), len(replacement))
+    assert index(tmp_path, pack_dir, tree)["files_read"] == 0
