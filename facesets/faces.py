@@ -79,7 +79,6 @@ class Detector:
         height, width = inputs.shape[2], inputs.shape[3]
         self.fixed_size = (width, height) if isinstance(width, int) and isinstance(height, int) else None
         self.det_sizes = (max(self.fixed_size),) if self.fixed_size is not None else tuple(sorted(set(det_sizes)))
-        self.det_size = max(self.det_sizes)
         self.output_names = [output.name for output in session.get_outputs()]
         if len(self.output_names) != 9:
             raise ValueError(f"detector has {len(self.output_names)} outputs; SCRFD with keypoints has 9")
