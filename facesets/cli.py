@@ -375,9 +375,10 @@ def queue_add(queue_path: Path, folders: Sequence[Path], io_concurrency: int) ->
 
     Example: facesets queue add --queue queue.json /mnt/d/photos
     """
+    from .progress import Progress
     from .queue import append_entries, scan_folders
 
-    result = scan_folders(list(folders), io_concurrency)
+    result = scan_folders(list(folders), io_concurrency, progress=lambda total: Progress(total, "hash", "file"))
     for path, why in result.skipped:
         log.warning("skipping %s: %s", path, why)
     added = append_entries(queue_path, result.entries)

@@ -35,6 +35,7 @@ import orjson
 from .errors import QueueError
 from .fsio import atomic_write_json, exclusive_lock
 from .paths import to_windows
+from .progress import Progress
 
 FORMAT = "facesets.queue"
 VERSION = 1
@@ -168,7 +169,9 @@ class ScanResult:
     skipped: list[tuple[str, str]]
 
 
-def scan_folders(folders: Sequence[Path], workers: int = 4) -> ScanResult:
+def scan_folders(
+    folders: Sequence[Path], workers: int = 4, progress: Callable[[int], Progress] | None = None
+) -> ScanResult:
     """Queue entries for every image file under ``folders``: stat + BLAKE3, hashed in parallel."""
     skipped: list[tuple[str, str]] = []
     files: list[Path] = []
@@ -187,6 +190,14 @@ def scan_folders(folders: Sequence[Path], workers: int = 4) -> ScanResult:
             return None
         return QueueEntry(absolute, to_windows(absolute), digest, size, {"kind": "folder"})
 
+    bar = progress(len(files)) if progress else None
+    entries = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        entries = [entry for entry in pool.map(entry_for, files) if entry is not None]
+        for entry in pool.map(entry_for, files):
+            if entry is not None:
+                entries.append(entry)
+            if bar:
+                bar.advance()
+    if bar:
+        bar.close()
     return ScanResult(entries, skipped)

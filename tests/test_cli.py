@@ -92,3 +92,23 @@ def test_queue_commands(tmp_path: Path, sample_photos: list[Path], capsys: pytes
     assert "2 added, 0 already queued" in out and "0 added, 2 already queued" in out
     assert main(["queue", "info", str(queue)]) == 0
     assert "2 entries" in capsys.readouterr().out
+
+
+def test_progress_line_has_rate_and_eta() -> None:
+    import io
+
+    from facesets.progress import Progress
+
+    stream = io.StringIO()
+    bar = Progress(4, "hash", "file", stream=stream, enabled=True)
+    for _ in range(4):
+        bar.advance()
+    bar.close()
+    last = stream.getvalue().strip().split("\r")[-1]
+    assert last.startswith("hash [########################] 4/4 ")
+    assert " file/s ETA 0:00:00" in last
+    quiet = io.StringIO()
+    silent = Progress(4, "hash", stream=quiet, enabled=False)
+    silent.advance()
+    silent.close()
+    assert quiet.getvalue() == ""
