@@ -62,7 +62,7 @@ def _target_options(function: Any) -> Any:
     function = click.option(
         "--database",
         default=None,
-        help="PostgreSQL URL to load results into at the end (not available yet: the store has not landed).",
+        help="PostgreSQL URL to load results into at the end (not available yet: the loader has not landed).",
     )(function)
     function = click.option(
         "--caches",
@@ -319,6 +319,36 @@ def backfill(targets: Sequence[Path], caches: Path, database: str | None, concur
     from .index import run_backfill
 
     _emit(run_backfill(list(targets), caches, database, concurrency).as_dict(), as_json)
+
+
+@cli.command()
+@click.option(
+    "--database",
+    envvar="DATABASE_URL",
+    default=None,
+    help="PostgreSQL URL (also $DATABASE_URL); without one the embedded server under --data is used.",
+)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("caches") / "pg",
+    show_default=True,
+    help="Data folder of the embedded PostgreSQL.",
+)
+def migrate(database: str | None, data: Path) -> None:
+    """Create or update the database schema (numbered migrations; safe to run twice or concurrently).
+
+    Example: facesets migrate --database postgresql://faces@db.lan/faces?sslmode=require
+    """
+    from .database import DatabaseConfig, connect, database_url, describe
+    from .migrations import LATEST
+    from .migrations import migrate as run_migrations
+
+    with database_url(DatabaseConfig(database, data)) as url, connect(url) as conn:
+        applied = run_migrations(conn)
+        for migration in applied:
+            click.echo(f"applied migration {migration.version}: {migration.name}")
+        click.echo(f"{describe(url)}: schema at version {LATEST}" + ("" if applied else " (already up to date)"))
 
 
 @cli.group()

@@ -152,8 +152,9 @@ def run_index(config: IndexConfig, progress: bool | None = None) -> IndexStats:
     """Index every gallery under the targets; return the counters."""
     if config.database:
         raise ConfigError(
-            "--database is not available yet: the PostgreSQL store has not landed. Index without it; the index "
-            "state and caches under --caches are what the loader will read."
+            "--database is not available yet: loading results into PostgreSQL has not landed (facesets migrate "
+            "already creates the schema). Index without it; the state and caches under --caches are what the "
+            "loader will read."
         )
     started = time.monotonic()
     targets = check_targets(list(config.targets))
@@ -508,7 +509,7 @@ def run_backfill(
     skip of the next ``index`` never hides a file that was never read.
     """
     if database:
-        raise ConfigError("--database is not available yet: the PostgreSQL store has not landed.")
+        raise ConfigError("--database is not available yet: loading results into PostgreSQL has not landed.")
     started = time.monotonic()
     folders_targets = check_targets(list(targets))
     stats = BackfillStats()

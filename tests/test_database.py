@@ -1,0 +1,157 @@
+"""The PostgreSQL store against a real embedded PostgreSQL with pgvector."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from facesets.cli import main
+from facesets.database import DatabaseError, Pool, SchemaError, connect, embedded_server, pool_size
+from facesets.migrations import LATEST, check_schema, ensure_extension, migrate
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[tuple[str, Path]]:
+    """An embedded server in a folder its system user can traverse (pytest's tmp root is mode 0700)."""
+    base = Path(tempfile.mkdtemp(prefix="facesets-pg-"))
+    base.chmod(0o777)
+    try:
+        with embedded_server(base / "pg") as url:
+            yield url, base / "pg"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+counter = iter(range(1_000_000))
+
+
+@pytest.fixture
+def database(server: tuple[str, Path]) -> str:
+    """A fresh, empty database on the embedded server; its URL."""
+    url, _ = server
+    name = f"t{os.getpid()}_{next(counter)}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return psycopg.conninfo.make_conninfo(url, dbname=name)
+
+
+def tables(conn: psycopg.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname='public'")}
+
+
+def test_migrate_from_empty_creates_the_schema(database: str) -> None:
+    with connect(database) as conn:
+        with pytest.raises(SchemaError, match="run `facesets migrate` first"):
+            check_schema(conn)
+        applied = migrate(conn)
+        assert [m.version for m in applied] == [1] and check_schema(conn) == LATEST
+        assert tables(conn) >= {
+            "galleries",
+            "images",
+            "gallery_images",
+            "immich_assets",
+            "face_detections",
+            "clip_embeddings",
+            "persons",
+            "person_names",
+            "face_sets",
+            "face_not_person",
+            "models",
+            "schema_migrations",
+        }
+        indexes = dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname='public'"))
+        assert "USING hnsw (embedding vector_cosine_ops)" in indexes["face_detections_embedding"]
+        assert "USING hnsw (embedding vector_cosine_ops)" in indexes["clip_embeddings_embedding"]
+        assert migrate(conn) == []  # safe to run twice
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == 1
+
+
+def test_person_names_go_with_their_person(database: str) -> None:
+    with connect(database) as conn:
+        migrate(conn)
+        person = conn.execute("INSERT INTO persons DEFAULT VALUES RETURNING id").fetchone()[0]
+        conn.execute("INSERT INTO person_names(person_id, name) VALUES (%s, 'Ann')", (person,))
+        conn.execute("DELETE FROM persons WHERE id = %s", (person,))
+        assert conn.execute("SELECT count(*) FROM person_names").fetchone()[0] == 0
+
+
+def test_concurrent_migrate_from_two_processes(database: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "facesets", "migrate", "--database", database]
+    runs = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert sum("applied migration 1" in out for out, _ in outputs) == 1
+    with connect(database) as conn:
+        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+
+
+def test_newer_schema_is_refused(database: str) -> None:
+    with connect(database) as conn:
+        migrate(conn)
+        conn.execute("INSERT INTO schema_migrations(version, name) VALUES (99, 'from the future')")
+        conn.commit()
+        with pytest.raises(SchemaError, match=r"version 99, newer than this facesets knows .* upgrade facesets"):
+            check_schema(conn)
+        with pytest.raises(SchemaError, match="upgrade facesets"):
+            migrate(conn)
+
+
+def test_missing_extension_gives_the_create_extension_hint(database: str) -> None:
+    with connect(database) as conn, pytest.raises(DatabaseError, match="CREATE EXTENSION vector_not_installed;"):
+        ensure_extension(conn, "vector_not_installed")
+
+
+def test_unreachable_server(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["migrate", "--database", "postgresql://faces:s3cret@127.0.0.1:1/faces"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach the database server at faces@127.0.0.1:1/faces" in err
+    assert "s3cret" not in err
+
+
+def test_database_missing(server: tuple[str, Path]) -> None:
+    url = psycopg.conninfo.make_conninfo(server[0], dbname="no_such_db")
+    with pytest.raises(DatabaseError, match="/no_such_db does not exist: create it"):
+        connect(url)
+
+
+def test_bad_password(server: tuple[str, Path]) -> None:
+    url, data = server
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("DROP ROLE IF EXISTS pwuser")
+        admin.execute("CREATE ROLE pwuser LOGIN PASSWORD 'right-password'")
+        hba = data / "pg_hba.conf"
+        hba.write_text("local all pwuser scram-sha-256\n" + hba.read_text())
+        admin.execute("SELECT pg_reload_conf()")
+    wrong = psycopg.conninfo.make_conninfo(url, user="pwuser", password="wrong-password")
+    with pytest.raises(DatabaseError, match="rejected the password") as info:
+        connect(wrong)
+    assert "wrong-password" not in str(info.value)
+    right = psycopg.conninfo.make_conninfo(url, user="pwuser", password="right-password")
+    connect(right).close()
+
+
+def test_pool_is_fixed_size_and_exhaustion_is_an_error(database: str) -> None:
+    size = pool_size(io_concurrency=2, ml_concurrency=4)
+    assert size == 8
+    pool = Pool(database, size)
+    try:
+        assert pool.settings == {"min_size": 8, "max_size": 8, "max_idle": 300.0, "timeout": 10.0}
+    finally:
+        pool.close()
+    small = Pool(database, 2, timeout=0.5)
+    try:
+        busy = pytest.raises(DatabaseError, match="all 2 database connections stayed busy")
+        with small.connection(), small.connection(), busy, small.connection():
+            pass
+    finally:
+        small.close()
