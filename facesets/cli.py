@@ -316,7 +316,7 @@ def backfill(targets: Sequence[Path], caches: Path, database: str | None, concur
 
     Example: facesets backfill --target /mnt/d/galleries --caches caches
     """
-    from .index import run_backfill
+    from .backfill import run_backfill
 
     _emit(run_backfill(list(targets), caches, database, concurrency).as_dict(), as_json)
 
@@ -364,7 +364,7 @@ def cache_info(cache_path: Path, as_json: bool) -> None:
 
     Example: facesets cache info caches/faces.npz
     """
-    from .cache import cache_summary
+    from .cacheops import cache_summary
 
     _emit(cache_summary(cache_path), as_json)
 
@@ -380,7 +380,7 @@ def cache_extend(master: Path, parts: Sequence[Path], as_json: bool) -> None:
 
     Example: facesets cache extend caches/master.npz caches/peter.npz caches/nic.npz
     """
-    from .cache import extend_cache
+    from .cacheops import extend_cache
 
     _emit({"master": str(master), **extend_cache(master, list(parts)).as_dict()}, as_json)
 

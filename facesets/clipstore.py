@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .clip import ClipIdentity
-from .indexstate import StateError
+from .errors import StateError
 
 if TYPE_CHECKING:
     import numpy as np

@@ -21,19 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import FacesetsError
+from .errors import DatabaseError
 
 DEFAULT_DATA = Path("caches") / "pg"
 IDLE_TIMEOUT_S = 300.0
 ACQUIRE_TIMEOUT_S = 10.0
-
-
-class DatabaseError(FacesetsError):
-    """The database cannot be reached or used."""
-
-
-class SchemaError(DatabaseError):
-    """The database schema is older or newer than this code."""
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,17 @@
 
     FacesetsError                  base: a fatal problem the user can act on (exit code 1)
     ├── ConfigError                bad option values or environment
-    ├── ModelPackError             a model pack is missing, unreadable or of an unknown layout
+    ├── ModelPackError             a model pack (faces or CLIP) is missing, unreadable or of an unknown layout
     ├── ProviderError              no usable onnxruntime execution provider
     ├── PathMappingError           a path cannot be mapped between Linux and Windows forms
     ├── QueueError                 queue.json is missing, malformed or of an unknown version
+    ├── StateError                 the index state or the CLIP store cannot be used
+    ├── DatabaseError              the database cannot be reached or used
+    │   └── SchemaError            the database schema is older or newer than this code
     └── CacheError                 a face cache cannot be used
         ├── CacheCorruptError      the file is not a readable facesets cache (never overwritten)
         ├── CacheVersionError      the cache's schema is newer or older than this code reads
-        └── CacheModelMismatchError     the cache was made by another model pack
+        └── CacheModelMismatchError  the cache was made by another model pack
 
     ImageLoadError                 one image could not be decoded: recorded and counted, never fatal
 
@@ -43,6 +46,18 @@ class PathMappingError(FacesetsError):
 
 class QueueError(FacesetsError):
     """queue.json cannot be read or written."""
+
+
+class StateError(FacesetsError):
+    """The index state or the CLIP store cannot be used."""
+
+
+class DatabaseError(FacesetsError):
+    """The database cannot be reached or used."""
+
+
+class SchemaError(DatabaseError):
+    """The database schema is older or newer than this code."""
 
 
 class CacheError(FacesetsError):

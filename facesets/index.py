@@ -198,7 +198,7 @@ def _check_model(state: IndexState, identity: PackIdentity, config: IndexConfig)
 def _purge(
     state: IndexState, targets: Sequence[Path], cache: Path, identity: PackIdentity, clip: _ClipParts | None
 ) -> None:
-    from .cache import purge_images
+    from .cacheops import purge_images
 
     state.begin()
     hashes: set[str] = set()
@@ -483,75 +483,3 @@ class _Run:
                 raise CacheError(f"cannot fold the journal of {self._writer.path}: {exc.strerror or exc}") from exc
         if bar:
             bar.close()
-
-
-@dataclass
-class BackfillStats:
-    galleries_seen: int = 0
-    galleries_not_indexed: int = 0
-    galleries_filled: int = 0
-    galleries_incomplete: int = 0
-    files_stated: int = 0
-    file_sizes_filled: int = 0
-    walk_skips: int = 0
-    elapsed: float = 0.0
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-
-def run_backfill(
-    targets: Sequence[Path], caches: Path, database: str | None = None, concurrency: int = 16
-) -> BackfillStats:
-    """Stat only (no reads, no models): fill missing file sizes and gallery count/bytes of indexed galleries.
-
-    A gallery gets its count and bytes only when every listed file is already indexed, so the gallery
-    skip of the next ``index`` never hides a file that was never read.
-    """
-    if database:
-        raise ConfigError("--database is not available yet: loading results into PostgreSQL has not landed.")
-    started = time.monotonic()
-    folders_targets = check_targets(list(targets))
-    stats = BackfillStats()
-
-    def skip(path: str, reason: str) -> None:
-        stats.walk_skips += 1
-        log.warning("skipping %s: %s", path, reason)
-
-    state_path = caches / STATE_FILE
-    if not state_path.exists():
-        raise ConfigError(f"no index state at {state_path}: run `facesets index` first (or pass --caches)")
-    state = IndexState(state_path)
-    try:
-        folders = list(gallery_folders(folders_targets, skip))
-        with ThreadPoolExecutor(max(1, concurrency)) as pool:
-            listings = pool.map(lambda folder: list_gallery(folder, skip), folders)
-            state.begin()
-            for gallery in listings:
-                _backfill_gallery(state, gallery, stats)
-            state.commit()
-    finally:
-        state.close()
-    stats.elapsed = round(time.monotonic() - started, 3)
-    return stats
-
-
-def _backfill_gallery(state: IndexState, gallery: Gallery, stats: BackfillStats) -> None:
-    stats.galleries_seen += 1
-    stats.files_stated += gallery.file_count
-    row = state.gallery(str(gallery.path))
-    if row is None:
-        stats.galleries_not_indexed += 1
-        return
-    known = state.known_files(row.id)
-    for name, size in gallery.files.items():
-        entry = known.get(name)
-        if entry is not None and entry.file_size is None:
-            state.set_file_size(row.id, name, size)
-            stats.file_sizes_filled += 1
-    complete = all(known.get(name) is not None and known[name].image_hash for name in gallery.files)
-    if not complete:
-        stats.galleries_incomplete += 1
-    elif row.file_count is None or row.total_bytes is None:
-        state.set_gallery_stats(row.id, gallery.file_count, gallery.total_bytes, gallery.metadata, time.time())
-        stats.galleries_filled += 1

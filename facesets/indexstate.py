@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from .errors import FacesetsError
+from .errors import StateError
 
 SCHEMA_VERSION = 2
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -51,10 +51,6 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # the CLIP model (BLAKE3 of its image tower) whose vectors the gallery had at its last complete index
     2: ("ALTER TABLE galleries ADD COLUMN clip_model TEXT",),
 }
-
-
-class StateError(FacesetsError):
-    """The index state file cannot be used."""
 
 
 @dataclass(frozen=True)

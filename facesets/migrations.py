@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .database import DatabaseError, SchemaError
+from .errors import DatabaseError, SchemaError
 
 LOCK_KEY = 0x66616365  # "face": the advisory lock every migrate takes
 

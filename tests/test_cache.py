@@ -3,16 +3,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesets.cache import (
-    CacheData,
-    CacheWriter,
-    cache_summary,
-    extend_cache,
-    journal_dir,
-    journal_segments,
-    load_cache,
-    write_npz,
-)
+from facesets.cache import CacheData, CacheWriter, journal_dir, journal_segments, load_cache, write_npz
+from facesets.cacheops import cache_summary, extend_cache
 from facesets.errors import CacheCorruptError, CacheModelMismatchError, CacheVersionError, FacesetsError
 from facesets.faces import Face
 from facesets.packs import PackIdentity

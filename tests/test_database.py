@@ -12,7 +12,8 @@ import psycopg
 import pytest
 
 from facesets.cli import main
-from facesets.database import DatabaseError, Pool, SchemaError, connect, embedded_server, pool_size
+from facesets.database import Pool, connect, embedded_server, pool_size
+from facesets.errors import DatabaseError, SchemaError
 from facesets.migrations import LATEST, check_schema, ensure_extension, migrate
 from tests.conftest import REPO
 

@@ -9,9 +9,10 @@ import numpy as np
 import orjson
 import pytest
 
+from facesets.backfill import run_backfill
 from facesets.cache import journal_segments, load_cache
 from facesets.errors import CacheError, ConfigError
-from facesets.index import FACE_CACHE, STATE_FILE, IndexConfig, run_backfill, run_index
+from facesets.index import FACE_CACHE, STATE_FILE, IndexConfig, run_index
 from facesets.indexstate import IndexState
 from tests.conftest import REPO
 
