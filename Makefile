@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 SHARED ?= ../shared
 
-.PHONY: test demo lint bench-embed bench-index clean
+.PHONY: test demo lint bench-embed bench-index bench-db clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ bench-embed: $(VENV)/.installed
 
 bench-index: $(VENV)/.installed
 	$(BIN)/python scripts/bench_index.py
+
+bench-db: $(VENV)/.installed
+	$(BIN)/python scripts/bench_db.py
 
 clean:
 	rm -rf demo bench .pytest_cache .mypy_cache .ruff_cache

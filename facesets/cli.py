@@ -351,6 +351,63 @@ def migrate(database: str | None, data: Path) -> None:
         click.echo(f"{describe(url)}: schema at version {LATEST}" + ("" if applied else " (already up to date)"))
 
 
+@cli.command()
+@click.option(
+    "--database",
+    envvar="DATABASE_URL",
+    default=None,
+    help="PostgreSQL URL (also $DATABASE_URL); without one the embedded server under --data is used.",
+)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("caches") / "pg",
+    show_default=True,
+    help="Data folder of the embedded PostgreSQL.",
+)
+@click.option(
+    "--caches",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("caches"),
+    show_default=True,
+    help="Folder with faces.npz, index.sqlite and clip.sqlite (each loaded if present).",
+)
+@click.option(
+    "--cache",
+    "extra_caches",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Another face cache to load (for example one made by the embed worker); repeat for several.",
+)
+@click.option("--clip-model", default=None, help="Which CLIP model's vectors to load when clip.sqlite holds several.")
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=5000,
+    show_default=True,
+    help="Images per transaction: a killed load loses at most the batch in flight.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
+def load(
+    database: str | None,
+    data: Path,
+    caches: Path,
+    extra_caches: Sequence[Path],
+    clip_model: str | None,
+    batch: int,
+    as_json: bool,
+) -> None:
+    """Load caches, the gallery index state and CLIP vectors into PostgreSQL (idempotent, batched).
+
+    Example: facesets load --caches caches --cache caches/peter.npz
+    """
+    from .database import DatabaseConfig
+    from .load import LoadConfig, run_load
+
+    config = LoadConfig(DatabaseConfig(database, data), caches, tuple(extra_caches), clip_model, batch)
+    _emit(run_load(config).as_dict(), as_json)
+
+
 @cli.group()
 def cache() -> None:
     """Inspect and combine face caches."""

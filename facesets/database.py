@@ -91,9 +91,13 @@ def database_url(config: DatabaseConfig) -> Iterator[str]:
 
 
 def connect(url: str, **options: Any) -> Any:
-    """A psycopg connection (autocommit off), or :class:`DatabaseError` naming the problem."""
+    """A psycopg connection, or :class:`DatabaseError` naming the problem.
+
+    Autocommit is on: every unit of work is an explicit ``conn.transaction()``, which then really commits
+    (without autocommit, psycopg nests it as a savepoint in one long implicit transaction)."""
     import psycopg
 
+    options.setdefault("autocommit", True)
     try:
         return psycopg.connect(url, connect_timeout=10, **options)
     except psycopg.OperationalError as exc:

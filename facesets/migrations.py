@@ -100,6 +100,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX clip_embeddings_embedding ON clip_embeddings USING hnsw (embedding vector_cosine_ops)",
         ),
     ),
+    Migration(
+        2,
+        "image paths",
+        (
+            """CREATE TABLE image_paths (
+            path TEXT PRIMARY KEY,                   -- a file's name on the Linux side (queue and cache paths)
+            image_id TEXT NOT NULL REFERENCES images(id)
+        )""",
+            "CREATE INDEX image_paths_by_image ON image_paths(image_id)",
+        ),
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 from PIL import Image
 
-SIZE, CHANNELS, DIM = 32, 8, 16
+SIZE, CHANNELS, DIM = 32, 8, 512
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.2613026, 0.2757771)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,3 +89,32 @@ def chdir_tmp(tmp_path: Path) -> Iterator[Path]:
         yield tmp_path
     finally:
         os.chdir(old)
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[tuple[str, Path]]:
+    """An embedded server in a folder its system user can traverse (pytest's tmp root is mode 0700)."""
+    base = Path(tempfile.mkdtemp(prefix="facesets-pg-"))
+    base.chmod(0o777)
+    from facesets.database import embedded_server
+
+    try:
+        with embedded_server(base / "pg") as url:
+            yield url, base / "pg"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+counter = iter(range(1_000_000))
+
+
+@pytest.fixture
+def database(server: tuple[str, Path]) -> str:
+    """A fresh, empty database on the embedded server; its URL."""
+    url, _ = server
+    name = f"t{os.getpid()}_{next(counter)}"
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return str(psycopg.conninfo.make_conninfo(url, dbname=name))

@@ -1,46 +1,18 @@
 """The PostgreSQL store against a real embedded PostgreSQL with pgvector."""
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from facesets.cli import main
-from facesets.database import Pool, connect, embedded_server, pool_size
+from facesets.database import Pool, connect, pool_size
 from facesets.errors import DatabaseError, SchemaError
 from facesets.migrations import LATEST, check_schema, ensure_extension, migrate
 from tests.conftest import REPO
-
-
-@pytest.fixture(scope="session")
-def server() -> Iterator[tuple[str, Path]]:
-    """An embedded server in a folder its system user can traverse (pytest's tmp root is mode 0700)."""
-    base = Path(tempfile.mkdtemp(prefix="facesets-pg-"))
-    base.chmod(0o777)
-    try:
-        with embedded_server(base / "pg") as url:
-            yield url, base / "pg"
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-
-
-counter = iter(range(1_000_000))
-
-
-@pytest.fixture
-def database(server: tuple[str, Path]) -> str:
-    """A fresh, empty database on the embedded server; its URL."""
-    url, _ = server
-    name = f"t{os.getpid()}_{next(counter)}"
-    with psycopg.connect(url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    return psycopg.conninfo.make_conninfo(url, dbname=name)
 
 
 def tables(conn: psycopg.Connection) -> set[str]:
@@ -52,7 +24,7 @@ def test_migrate_from_empty_creates_the_schema(database: str) -> None:
         with pytest.raises(SchemaError, match="run `facesets migrate` first"):
             check_schema(conn)
         applied = migrate(conn)
-        assert [m.version for m in applied] == [1] and check_schema(conn) == LATEST
+        assert [m.version for m in applied] == [1, 2] and check_schema(conn) == LATEST == 2
         assert tables(conn) >= {
             "galleries",
             "images",
@@ -71,7 +43,7 @@ def test_migrate_from_empty_creates_the_schema(database: str) -> None:
         assert "USING hnsw (embedding vector_cosine_ops)" in indexes["face_detections_embedding"]
         assert "USING hnsw (embedding vector_cosine_ops)" in indexes["clip_embeddings_embedding"]
         assert migrate(conn) == []  # safe to run twice
-        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == 2
 
 
 def test_person_names_go_with_their_person(database: str) -> None:
@@ -93,7 +65,7 @@ def test_concurrent_migrate_from_two_processes(database: str) -> None:
     assert [run.returncode for run in runs] == [0, 0], outputs
     assert sum("applied migration 1" in out for out, _ in outputs) == 1
     with connect(database) as conn:
-        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall() == [(1,), (2,)]
 
 
 def test_newer_schema_is_refused(database: str) -> None:

@@ -1,0 +1,302 @@
+"""``facesets load``: the file-based results into PostgreSQL, at the end of the pipeline.
+
+What is loaded: face caches (images, image paths, face detections with their embeddings), the gallery index
+state (galleries with their count and bytes, gallery images), and the CLIP store (one model's vectors).
+
+Each batch goes through temporary tables filled by binary COPY and is inserted with ``ON CONFLICT`` in one
+transaction, so loading the same files twice changes nothing, a newer cache adds only what is new, and a killed
+load leaves no partial batch. Loads take an advisory lock, so two at once run one after the other. Every
+embedding space is recorded in the ``models`` table per purpose (``face``, ``clip``); vectors of another model
+are refused with a message.
+
+HNSW indexes make each inserted vector cost about 3 ms here, so a load into an empty table drops the index and
+builds it once at the end (about 20 times faster in all). Every load ends by creating any missing index, so a
+load killed in between leaves the next load (or search) to rebuild it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .cache import CacheData, load_cache
+from .database import DatabaseConfig, connect, database_url
+from .errors import DatabaseError
+from .index import CLIP_STORE, FACE_CACHE, STATE_FILE
+from .migrations import check_schema
+
+CLIP_DIM = 512
+LOAD_LOCK = 0x6C6F6164  # "load"
+VECTOR_INDEXES = {
+    "face_detections": "CREATE INDEX IF NOT EXISTS face_detections_embedding ON face_detections "
+    "USING hnsw (embedding vector_cosine_ops)",
+    "clip_embeddings": "CREATE INDEX IF NOT EXISTS clip_embeddings_embedding ON clip_embeddings "
+    "USING hnsw (embedding vector_cosine_ops)",
+}
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    database: DatabaseConfig
+    caches: Path = Path("caches")
+    extra_caches: tuple[Path, ...] = ()
+    clip_model: str | None = None
+    batch: int = 5_000
+
+
+@dataclass
+class LoadStats:
+    images_added: int = 0
+    paths_added: int = 0
+    faces_added: int = 0
+    faces_seen: int = 0
+    galleries_loaded: int = 0
+    gallery_images_loaded: int = 0
+    clip_added: int = 0
+    indexes_rebuilt: int = 0
+    index_seconds: float = 0.0
+    elapsed: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def run_load(config: LoadConfig) -> LoadStats:
+    started = time.monotonic()
+    stats = LoadStats()
+    caches = [path for path in [config.caches / FACE_CACHE] if path.exists()] + list(config.extra_caches)
+    state, clip = config.caches / STATE_FILE, config.caches / CLIP_STORE
+    if not caches and not state.exists() and not clip.exists():
+        raise DatabaseError(f"nothing to load: no {FACE_CACHE}, {STATE_FILE} or {CLIP_STORE} in {config.caches}")
+    with database_url(config.database) as url, connect(url) as conn:
+        from pgvector.psycopg import register_vector
+
+        check_schema(conn)
+        register_vector(conn)
+        conn.execute("SELECT pg_advisory_lock(%s)", (LOAD_LOCK,))
+        try:
+            _drop_indexes_of_empty_tables(conn)
+            for path in caches:
+                _load_face_cache(conn, load_cache(path), config.batch, stats)
+            if state.exists():
+                _load_galleries(conn, state, config.batch, stats)
+            if clip.exists():
+                _load_clip(conn, clip, config.clip_model, config.batch, stats)
+            _create_missing_indexes(conn, stats)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (LOAD_LOCK,))
+    stats.elapsed = round(time.monotonic() - started, 3)
+    return stats
+
+
+def _drop_indexes_of_empty_tables(conn: Any) -> None:
+    for table in VECTOR_INDEXES:
+        empty = conn.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {table})").fetchone()[0]
+        if empty:
+            conn.execute(f"DROP INDEX IF EXISTS {table}_embedding")
+
+
+def _create_missing_indexes(conn: Any, stats: LoadStats) -> None:
+    started = time.monotonic()
+    present = {row[0] for row in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")}
+    conn.execute("SET maintenance_work_mem = '512MB'")
+    for table, statement in VECTOR_INDEXES.items():
+        if f"{table}_embedding" not in present:
+            conn.execute(statement)
+            stats.indexes_rebuilt += 1
+    stats.index_seconds = round(time.monotonic() - started, 3)
+
+
+def claim_model(conn: Any, purpose: str, identity: dict[str, Any], key: tuple[str, ...], where: str) -> None:
+    """Record the model of a purpose, or refuse vectors of a different one (compared on ``key`` fields)."""
+    with conn.transaction():
+        conn.execute("LOCK TABLE models IN SHARE ROW EXCLUSIVE MODE")
+        row = conn.execute("SELECT identity FROM models WHERE purpose = %s", (purpose,)).fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO models(purpose, identity) VALUES (%s, %s)", (purpose, orjson.dumps(identity).decode())
+            )
+            return
+        held = row[0]
+        if tuple(held.get(k) for k in key) != tuple(identity.get(k) for k in key):
+            raise DatabaseError(
+                f"{where} holds {purpose} vectors of {identity.get('name')}, but the database holds those of "
+                f"{held.get('name')}: embedding spaces never mix. Load into another database, or re-embed with "
+                f"{held.get('name')}."
+            )
+
+
+def _batches(count: int, size: int) -> Iterator[range]:
+    for start in range(0, count, size):
+        yield range(start, min(count, start + size))
+
+
+def _load_face_cache(conn: Any, data: CacheData, batch: int, stats: LoadStats) -> None:
+    identity = data.identity.to_dict()
+    claim_model(conn, "face", identity, ("detector_blake3", "recognizer_blake3"), "this cache")
+    model = data.identity.name
+    image_rows = np.asarray(data.meta["image"]) if len(data.meta) else np.zeros(0, np.int64)
+    order = np.argsort(image_rows, kind="stable")
+    for chunk in _batches(len(data.images), batch):
+        face_rows = (
+            order[np.searchsorted(image_rows[order], chunk.start) : np.searchsorted(image_rows[order], chunk.stop)]
+            if len(order)
+            else order
+        )
+        with conn.transaction():
+            stats.images_added += _insert_images(conn, [data.images[i] for i in chunk])
+            stats.paths_added += _insert_paths(conn, [data.images[i] for i in chunk])
+            stats.faces_added += _insert_faces(conn, data, face_rows, model)
+            stats.faces_seen += len(face_rows)
+
+
+def _insert_images(conn: Any, records: Sequence[Any]) -> int:
+    conn.execute("CREATE TEMP TABLE tmp_images (id TEXT, size BIGINT, width INTEGER, height INTEGER) ON COMMIT DROP")
+    with conn.cursor().copy("COPY tmp_images FROM STDIN") as copy:
+        for record in records:
+            if record.content_hash:
+                copy.write_row((record.content_hash, record.size, record.width or None, record.height or None))
+    return int(
+        conn.execute(
+            "INSERT INTO images SELECT DISTINCT ON (id) * FROM tmp_images ORDER BY id ON CONFLICT (id) DO NOTHING"
+        ).rowcount
+    )
+
+
+def _insert_paths(conn: Any, records: Sequence[Any]) -> int:
+    conn.execute("CREATE TEMP TABLE tmp_paths (path TEXT, image_id TEXT) ON COMMIT DROP")
+    with conn.cursor().copy("COPY tmp_paths FROM STDIN") as copy:
+        for record in records:
+            if record.content_hash:
+                copy.write_row((record.path, record.content_hash))
+    return int(
+        conn.execute(
+            "INSERT INTO image_paths SELECT DISTINCT ON (path) * FROM tmp_paths ORDER BY path "
+            "ON CONFLICT (path) DO UPDATE SET image_id = excluded.image_id "
+            "WHERE image_paths.image_id IS DISTINCT FROM excluded.image_id"
+        ).rowcount
+    )
+
+
+def _insert_faces(conn: Any, data: CacheData, rows: np.ndarray, model: str) -> int:
+    if len(rows) == 0:
+        return 0
+    conn.execute(
+        "CREATE TEMP TABLE tmp_faces (image_id TEXT, box REAL[], keypoints REAL[], score REAL, face_short REAL, "
+        "model TEXT, embedding vector(512)) ON COMMIT DROP"
+    )
+    copy_sql = "COPY tmp_faces FROM STDIN WITH (FORMAT BINARY)"
+    with conn.cursor().copy(copy_sql) as copy:
+        copy.set_types(["text", "float4[]", "float4[]", "float4", "float4", "text", "vector"])
+        for row in rows:
+            meta = data.meta[row]
+            copy.write_row(
+                (
+                    data.images[int(meta["image"])].content_hash,
+                    meta["bbox"].tolist(),
+                    meta["kps"].reshape(-1).tolist(),
+                    float(meta["score"]),
+                    float(meta["face_short"]),
+                    model,
+                    data.embeddings[row],
+                )
+            )
+    return int(
+        conn.execute(
+            "INSERT INTO face_detections(image_id, box, keypoints, score, face_short, model, embedding) "
+            "SELECT * FROM tmp_faces ON CONFLICT (image_id, model, box) DO NOTHING"
+        ).rowcount
+    )
+
+
+def _load_galleries(conn: Any, state_path: Path, batch: int, stats: LoadStats) -> None:
+    source = sqlite3.connect(f"file:{state_path}?mode=ro", uri=True)
+    try:
+        galleries = source.execute("SELECT id, path, file_count, total_bytes, metadata FROM galleries").fetchall()
+        for chunk in _batches(len(galleries), batch):
+            with conn.transaction():
+                for local_id, path, count, total, metadata in (galleries[i] for i in chunk):
+                    gallery_id = conn.execute(
+                        "INSERT INTO galleries(path, file_count, total_bytes, metadata) VALUES (%s, %s, %s, %s) "
+                        "ON CONFLICT (path) DO UPDATE SET file_count = excluded.file_count, "
+                        "total_bytes = excluded.total_bytes, metadata = excluded.metadata RETURNING id",
+                        (path, count, total, metadata),
+                    ).fetchone()[0]
+                    stats.galleries_loaded += 1
+                    files = source.execute(
+                        "SELECT filename, image_hash, file_size FROM gallery_images WHERE gallery_id = ? "
+                        "AND image_hash IS NOT NULL",
+                        (local_id,),
+                    ).fetchall()
+                    stats.gallery_images_loaded += _insert_gallery_images(conn, gallery_id, files)
+    finally:
+        source.close()
+
+
+def _insert_gallery_images(conn: Any, gallery_id: int, files: list[tuple[str, str, int]]) -> int:
+    if not files:
+        return 0
+    conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS tmp_gallery_images (filename TEXT, image_id TEXT, "
+        "file_size BIGINT) ON COMMIT DELETE ROWS"
+    )
+    with conn.cursor().copy("COPY tmp_gallery_images FROM STDIN") as copy:
+        for row in files:
+            copy.write_row(row)
+    result = conn.execute(
+        "INSERT INTO gallery_images(gallery_id, filename, image_id, file_size) "
+        "SELECT %s, t.filename, t.image_id, t.file_size FROM tmp_gallery_images t "
+        "JOIN images i ON i.id = t.image_id "
+        "ON CONFLICT (gallery_id, filename) DO UPDATE SET image_id = excluded.image_id, file_size = excluded.file_size "
+        "WHERE (gallery_images.image_id, gallery_images.file_size) IS DISTINCT FROM (excluded.image_id, "
+        "excluded.file_size)",
+        (gallery_id,),
+    )
+    conn.execute("TRUNCATE tmp_gallery_images")
+    return int(result.rowcount)
+
+
+def _load_clip(conn: Any, store_path: Path, name: str | None, batch: int, stats: LoadStats) -> None:
+    source = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)
+    try:
+        models = source.execute("SELECT id, name, visual_blake3 FROM models ORDER BY id").fetchall()
+        chosen = [m for m in models if name is None or m[1] == name]
+        if not chosen:
+            return
+        if len(chosen) > 1:
+            names = ", ".join(m[1] for m in chosen)
+            raise DatabaseError(f"{store_path} holds vectors of several CLIP models ({names}): pass --clip-model NAME")
+        model_id, model_name, visual = chosen[0]
+        claim_model(conn, "clip", {"name": model_name, "visual_blake3": visual}, ("visual_blake3",), str(store_path))
+        rows = source.execute("SELECT hash, vector FROM vectors WHERE model_id = ? ORDER BY hash", (model_id,))
+        while block := rows.fetchmany(batch):
+            with conn.transaction():
+                stats.clip_added += _insert_clip(conn, model_name, block)
+    finally:
+        source.close()
+
+
+def _insert_clip(conn: Any, model: str, block: list[tuple[str, bytes]]) -> int:
+    conn.execute("CREATE TEMP TABLE tmp_clip (image_id TEXT, model TEXT, embedding vector(512)) ON COMMIT DROP")
+    with conn.cursor().copy("COPY tmp_clip FROM STDIN WITH (FORMAT BINARY)") as copy:
+        copy.set_types(["text", "text", "vector"])
+        for content_hash, blob in block:
+            vector = np.frombuffer(blob, dtype="<f4")
+            if vector.shape[0] != CLIP_DIM:
+                raise DatabaseError(
+                    f"CLIP vectors of {model} have {vector.shape[0]} dimensions; the schema holds {CLIP_DIM}"
+                )
+            copy.write_row((content_hash, model, vector.astype(np.float32)))
+    return int(
+        conn.execute(
+            "INSERT INTO clip_embeddings SELECT t.* FROM tmp_clip t JOIN images i ON i.id = t.image_id "
+            "ON CONFLICT (image_id, model) DO NOTHING"
+        ).rowcount
+    )

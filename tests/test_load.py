@@ -1,0 +1,155 @@
+"""facesets load against a real embedded PostgreSQL, from caches made by a real index run."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+
+from facesets.cache import CacheWriter
+from facesets.database import DatabaseConfig, connect
+from facesets.errors import DatabaseError
+from facesets.index import IndexConfig, run_index
+from facesets.load import LoadConfig, run_load
+from facesets.migrations import migrate
+from facesets.packs import PackIdentity
+from facesets.records import ImageRecord, ImageStatus
+from tests import clipmodel
+from tests.conftest import REPO
+from tests.test_index import make_gallery
+
+
+@pytest.fixture
+def indexed(tmp_path: Path, pack_dir: Path, faces_dir: Path) -> tuple[Path, Path]:
+    """Caches of a real index run (faces + tiny CLIP) over 2 galleries, 4 files, 3 distinct contents."""
+    deepface = faces_dir / "deepface"
+    root = tmp_path / "root"
+    make_gallery(root / "a", {"1.jpg": deepface / "img1.jpg", "2.jpg": deepface / "img2.jpg"})
+    make_gallery(root / "b", {"3.jpg": deepface / "img3.jpg", "copy.jpg": deepface / "img1.jpg"})
+    clip = clipmodel.build(tmp_path / "clip")
+    caches = tmp_path / "caches"
+    run_index(IndexConfig(targets=(root,), caches=caches, model_dir=pack_dir, clip_dir=clip), progress=False)
+    return root, caches
+
+
+def migrated(database: str) -> DatabaseConfig:
+    with connect(database) as conn:
+        migrate(conn)
+    return DatabaseConfig(database)
+
+
+def counts(database: str) -> dict[str, int]:
+    with psycopg.connect(database) as conn:
+        return {
+            table: int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # type: ignore[index]
+            for table in ("images", "image_paths", "face_detections", "galleries", "gallery_images", "clip_embeddings")
+        }
+
+
+def test_load_then_load_again_changes_nothing(database: str, indexed: tuple[Path, Path]) -> None:
+    _, caches = indexed
+    config = LoadConfig(migrated(database), caches)
+    first = run_load(config)
+    loaded = counts(database)
+    assert loaded["images"] == 3 and loaded["image_paths"] == 3 and loaded["galleries"] == 2
+    assert loaded["gallery_images"] == 4 and loaded["clip_embeddings"] == 3
+    assert loaded["face_detections"] == first.faces_added == first.faces_seen >= 3
+    second = run_load(config).as_dict()
+    assert {
+        k: second[k] for k in ("images_added", "paths_added", "faces_added", "gallery_images_loaded", "clip_added")
+    } == dict.fromkeys(("images_added", "paths_added", "faces_added", "gallery_images_loaded", "clip_added"), 0)
+    assert counts(database) == loaded
+    assert first.indexes_rebuilt == 2 and second["indexes_rebuilt"] == 0
+    with psycopg.connect(database) as conn:
+        names = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")}
+    assert {"face_detections_embedding", "clip_embeddings_embedding"} <= names
+    with psycopg.connect(database) as conn:
+        row = conn.execute("SELECT embedding::text FROM face_detections LIMIT 1").fetchone()
+        assert row is not None
+        vector = row[0]
+        assert abs(float(np.linalg.norm(np.array(vector.strip("[]").split(","), float))) - 1.0) < 1e-5
+
+
+def test_a_newer_cache_adds_only_what_is_new(
+    database: str, indexed: tuple[Path, Path], pack_dir: Path, faces_dir: Path, tmp_path: Path
+) -> None:
+    root, caches = indexed
+    config = LoadConfig(migrated(database), caches)
+    run_load(config)
+    before = counts(database)
+    (root / "a" / "new.jpg").write_bytes((faces_dir / "deepface" / "img5.jpg").read_bytes())
+    run_index(
+        IndexConfig(targets=(root,), caches=caches, model_dir=pack_dir, clip_dir=tmp_path / "clip"), progress=False
+    )
+    added = run_load(config).as_dict()
+    assert (added["images_added"], added["paths_added"], added["gallery_images_loaded"], added["clip_added"]) == (
+        1,
+        1,
+        1,
+        1,
+    )
+    after = counts(database)
+    assert after["images"] == before["images"] + 1 and after["face_detections"] > before["face_detections"]
+
+
+def test_vectors_of_another_model_are_refused(database: str, indexed: tuple[Path, Path], tmp_path: Path) -> None:
+    _, caches = indexed
+    config = migrated(database)
+    run_load(LoadConfig(config, caches))
+    other = PackIdentity("other", "det.onnx", "d" * 64, "rec.onnx", "r" * 64)
+    writer = CacheWriter(tmp_path / "other.npz", other)
+    writer.add(ImageRecord("/x.jpg", "f" * 64, 10, ImageStatus.NO_FACE), [])
+    writer.close()
+    before = counts(database)
+    with pytest.raises(DatabaseError, match="embedding spaces never mix"):
+        run_load(LoadConfig(config, tmp_path / "empty", (tmp_path / "other.npz",)))
+    assert counts(database) == before
+
+
+def test_a_failed_batch_leaves_no_partial_batch(
+    database: str, indexed: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import facesets.load
+
+    _, caches = indexed
+    config = LoadConfig(migrated(database), caches, batch=1)
+    real = facesets.load._insert_faces
+    calls = []
+
+    def fails_on_the_second_batch(*args: object) -> int:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(facesets.load, "_insert_faces", fails_on_the_second_batch)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_load(config)
+    partial = counts(database)
+    assert partial["images"] == 1 and partial["image_paths"] == 1  # the first batch only, whole
+    monkeypatch.undo()
+    run_load(config)
+    assert counts(database)["images"] == 3
+
+
+def test_two_loads_at_once(database: str, indexed: tuple[Path, Path]) -> None:
+    _, caches = indexed
+    migrated(database)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "facesets", "load", "--database", database, "--caches", str(caches), "--json"]
+    runs = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    loaded = counts(database)
+    assert (loaded["images"], loaded["gallery_images"], loaded["clip_embeddings"]) == (3, 4, 3)
+
+
+def test_load_needs_a_migrated_database(database: str, indexed: tuple[Path, Path]) -> None:
+    _, caches = indexed
+    with pytest.raises(DatabaseError, match="run `facesets migrate` first"):
+        run_load(LoadConfig(DatabaseConfig(database), caches))
