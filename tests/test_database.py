@@ -128,3 +128,12 @@ def test_pool_is_fixed_size_and_exhaustion_is_an_error(database: str) -> None:
             pass
     finally:
         small.close()
+
+
+def test_database_url_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://env:s3cret@127.0.0.1:1/fromenv")
+    assert main(["migrate"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach the database server at env@127.0.0.1:1/fromenv" in err and "s3cret" not in err
