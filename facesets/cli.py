@@ -22,6 +22,7 @@ from .settings import DEFAULT_DET_SIZES, DEFAULT_MAX_PIXELS, Mode
 # so that `--help` and runs with nothing to do start fast.
 
 log = logging.getLogger("facesets")
+ALGORITHMS = ("graph", "average", "components", "dbscan")  # clustering.Algorithm, without importing numpy
 
 
 def _emit(data: dict[str, Any], as_json: bool) -> None:
@@ -400,6 +401,141 @@ def load(
 
     config = LoadConfig(DatabaseConfig(database, data), caches, tuple(extra_caches), clip_model, batch)
     _emit(run_load(config).as_dict(), as_json)
+
+
+@cli.command("cluster")
+@click.option(
+    "--cache",
+    "caches",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Face cache(s) to cluster (repeatable; all made by one model).",
+)
+@click.option(
+    "--sets",
+    "sets_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("facesets_swap_ready"),
+    show_default=True,
+    help="The face-set folder: its canonical faceset_NNN sets are the known identities.",
+)
+@click.option(
+    "--plan",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("clusters.json"),
+    show_default=True,
+    help="Where to write the cluster plan that `facesets export` applies.",
+)
+@click.option(
+    "--algorithm",
+    type=click.Choice(ALGORITHMS),
+    default="graph",
+    show_default=True,
+    help="graph: average linkage with cannot-link and relative closeness (best measured); average: the "
+    "original face-sets; components: the original rbv cluster; dbscan: Immich-style.",
+)
+@click.option("--match-distance", type=float, help="Join an existing set within this cosine distance of its centre.")
+@click.option("--cluster-distance", type=float, help="Never join faces or clusters farther apart than this.")
+@click.option("--export-distance", type=float, help="Leave out members farther than this from their set's centre.")
+@click.option("--closeness", type=float, help="graph: merge only at this fraction of the looser cluster's cohesion.")
+@click.option("--min-faces", type=click.IntRange(min=1), default=5, show_default=True, help="Smallest new set.")
+@click.option("--min-points", type=click.IntRange(min=1), default=3, show_default=True, help="dbscan: core size.")
+@click.option("--reconsider", is_flag=True, help="Also cluster faces of photos earlier runs considered and left out.")
+@_model_options
+@_providers_option
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def cluster_command(
+    caches: Sequence[Path],
+    sets_dir: Path,
+    plan: Path,
+    algorithm: str,
+    match_distance: float | None,
+    cluster_distance: float | None,
+    export_distance: float | None,
+    closeness: float | None,
+    min_faces: int,
+    min_points: int,
+    reconsider: bool,
+    model_dir: Path | None,
+    model_pack: str,
+    providers: str,
+    as_json: bool,
+) -> None:
+    """Match new faces to the existing face sets and cluster the rest into new identities: writes a plan.
+
+    Thresholds default per model (see the README); nothing under --sets changes until `facesets export`.
+
+    Example: facesets cluster --cache caches/peter.npz --sets facesets_swap_ready --plan clusters.json
+    """
+    from .clustering import Algorithm
+    from .identify import ClusterConfig, PackEmbedder, run_cluster
+    from .packs import resolve_pack
+
+    embedder = None
+    if model_dir is not None or model_pack != DEFAULT_PACK:
+        pack = resolve_pack(model_dir, model_pack)
+        embedder = PackEmbedder(pack, tuple(p for p in providers.split(",") if p.strip()))
+    config = ClusterConfig(
+        caches=tuple(caches),
+        sets_dir=sets_dir,
+        plan=plan,
+        algorithm=Algorithm(algorithm),
+        match=match_distance,
+        cluster=cluster_distance,
+        export=export_distance,
+        closeness=closeness,
+        min_faces=min_faces,
+        min_points=min_points,
+        reconsider=reconsider,
+        embedder=embedder,
+    )
+    _emit(run_cluster(config).as_dict(), as_json)
+
+
+@cli.command("export")
+@click.option(
+    "--plan",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=Path("clusters.json"),
+    show_default=True,
+    help="The cluster plan written by `facesets cluster`.",
+)
+@click.option(
+    "--sets",
+    "sets_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="The face-set folder (default: the one the plan was made for).",
+)
+@click.option("--split-eras", is_flag=True, help="Also split each set by capture date into era folders.")
+@click.option("--era-years", type=click.IntRange(min=1), default=5, show_default=True, help="Years per era.")
+@click.option(
+    "--min-era-faces", type=click.IntRange(min=1), help="Eras smaller than this go under _thin/ (default: --min-faces)."
+)
+@click.option("--no-report", is_flag=True, help="Skip the contact sheets and report.html.")
+@click.option("--io-concurrency", type=click.IntRange(min=1), default=4, show_default=True, help="Decode threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def export_command(
+    plan: Path,
+    sets_dir: Path | None,
+    split_eras: bool,
+    era_years: int,
+    min_era_faces: int | None,
+    no_report: bool,
+    io_concurrency: int,
+    as_json: bool,
+) -> None:
+    """Apply a cluster plan: aligned 512x512 crops, manifests, era folders and the visual report.
+
+    Safe to interrupt and re-run; applying the same plan twice changes nothing.
+
+    Example: facesets export --plan clusters.json
+    """
+    from .export import ExportConfig, run_export
+
+    config = ExportConfig(plan, sets_dir, split_eras, era_years, min_era_faces, not no_report, io_concurrency)
+    _emit(run_export(config).as_dict(), as_json)
 
 
 @cli.group()

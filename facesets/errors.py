@@ -9,10 +9,11 @@
     ├── StateError                 the index state or the CLIP store cannot be used
     ├── DatabaseError              the database cannot be reached or used
     │   └── SchemaError            the database schema is older or newer than this code
-    └── CacheError                 a face cache cannot be used
-        ├── CacheCorruptError      the file is not a readable facesets cache (never overwritten)
-        ├── CacheVersionError      the cache's schema is newer or older than this code reads
-        └── CacheModelMismatchError  the cache was made by another model pack
+    ├── CacheError                 a face cache cannot be used
+    │   ├── CacheCorruptError      the file is not a readable facesets cache (never overwritten)
+    │   ├── CacheVersionError      the cache's schema is newer or older than this code reads
+    │   └── CacheModelMismatchError  the cache was made by another model pack
+    └── FaceSetError               facesets_swap_ready/ or a cluster plan cannot be used (bad manifest, ...)
 
     ImageLoadError                 one image could not be decoded: recorded and counted, never fatal
 
@@ -74,6 +75,10 @@ class CacheVersionError(CacheError):
 
 class CacheModelMismatchError(CacheError):
     """The cache was made by a different model pack than the one in use."""
+
+
+class FaceSetError(FacesetsError):
+    """The face-set folder, one of its manifests, or a cluster plan cannot be used."""
 
 
 class ImageLoadError(Exception):

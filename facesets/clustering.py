@@ -1,0 +1,259 @@
+"""Clustering faces into identities, on the sparse neighbour graph of :mod:`facesets.neighbors`.
+
+Algorithms (``--algorithm``):
+
+``graph`` (default)
+    Average linkage with two constraints, merged in rounds of reciprocal best pairs:
+
+    - *cannot-link*: two clusters that hold faces of the same photo never merge (one photo shows a person once);
+    - *relative closeness* (Karypis et al., Chameleon, 1999): two clusters merge only if their average
+      similarity is at least ``closeness`` times the cohesion (average inner similarity) of the less cohesive
+      of the two. Two tight groups that are only loosely alike, such as look-alike relatives, stay apart, while
+      a loose group of web photos of one person still grows. A single face is gated by the other cluster's
+      cohesion alone; two single faces only by the distance.
+
+    The average similarity of two clusters is computed exactly from their sum vectors
+    (``mean(A @ B.T) == sum(A) @ sum(B) / (|A| |B|)``); the graph only proposes which pairs to compare.
+    Average linkage is reducible, so merging every reciprocal best pair at once gives the classic result.
+``average``
+    Plain average linkage at the cluster distance (the original face-sets).
+``components``
+    Connected components of the faces closer than the cluster distance (the original ``rbv cluster``).
+``dbscan``
+    DBSCAN with ``eps`` = the cluster distance and ``min_points`` (Immich's face clustering, without its
+    dependence on the order faces arrive).
+
+Every algorithm returns, per face, the index of the smallest face in its cluster. Callers put faces in a
+canonical order first (:func:`canonical_order`), which makes the result independent of the input order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .neighbors import DEFAULT_K, Graph, knn_graph
+
+IntArray = NDArray[np.int64]
+CHUNK = 65_536
+
+
+class Algorithm(StrEnum):
+    GRAPH = "graph"
+    AVERAGE = "average"
+    COMPONENTS = "components"
+    DBSCAN = "dbscan"
+
+
+@dataclass(frozen=True)
+class ClusterParams:
+    """``distance`` is a cosine distance (1 - similarity): faces or clusters farther apart never join."""
+
+    algorithm: Algorithm = Algorithm.GRAPH
+    distance: float = 0.8
+    closeness: float = 0.5
+    min_points: int = 3
+    k: int = DEFAULT_K
+
+
+def canonical_order(keys: Sequence[tuple[Any, ...]]) -> IntArray:
+    """Indices that sort faces by a content key (e.g. image hash, box), so any input order gives one order."""
+    return np.asarray(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
+
+
+def cluster(vectors: NDArray[np.float32], photos: IntArray, params: ClusterParams) -> IntArray:
+    """Cluster label of each face (the smallest face index in its cluster).
+
+    ``photos[i]`` identifies the photo face ``i`` comes from (used by ``graph`` for cannot-link)."""
+    count = len(vectors)
+    if count == 0:
+        return np.zeros(0, np.int64)
+    similarity = 1.0 - params.distance
+    graph = knn_graph(vectors, params.k, min_sim=similarity)
+    if params.algorithm is Algorithm.COMPONENTS:
+        return components(count, graph.src, graph.dst)
+    if params.algorithm is Algorithm.DBSCAN:
+        return _dbscan(count, graph, params.min_points)
+    constrained = params.algorithm is Algorithm.GRAPH
+    return _average_linkage(
+        vectors,
+        graph,
+        similarity,
+        closeness=params.closeness if constrained else 0.0,
+        conflicts=_same_photo_pairs(photos) if constrained else None,
+    )
+
+
+def components(count: int, src: IntArray, dst: IntArray) -> IntArray:
+    """Union-find over the edges, vectorised: repeat 'take the smaller label across each edge' to a fixpoint."""
+    labels = np.arange(count, dtype=np.int64)
+    while True:
+        low = np.minimum(labels[src], labels[dst])
+        before = labels.copy()
+        np.minimum.at(labels, src, low)
+        np.minimum.at(labels, dst, low)
+        labels = labels[labels]  # pointer jumping
+        if np.array_equal(labels, before):
+            return labels
+
+
+def _dbscan(count: int, graph: Graph, min_points: int) -> IntArray:
+    degree = np.bincount(graph.src, minlength=count) + np.bincount(graph.dst, minlength=count) + 1
+    core = degree >= min_points
+    both = core[graph.src] & core[graph.dst]
+    labels = components(count, graph.src[both], graph.dst[both])
+    labels[~core] = np.arange(count)[~core]
+    # border points join the cluster of their most similar core neighbour
+    src = np.concatenate([graph.src, graph.dst])
+    dst = np.concatenate([graph.dst, graph.src])
+    sim = np.concatenate([graph.sim, graph.sim])
+    border = ~core[src] & core[dst]
+    src, dst, sim = src[border], dst[border], sim[border]
+    order = np.lexsort((dst, -sim, src))
+    src, dst = src[order], dst[order]
+    first = np.ones(len(src), dtype=bool)
+    first[1:] = src[1:] != src[:-1]
+    labels[src[first]] = labels[dst[first]]
+    return labels
+
+
+def _same_photo_pairs(photos: IntArray) -> tuple[IntArray, IntArray]:
+    """Every pair of faces that share a photo (faces per photo are few, so this stays small)."""
+    order = np.argsort(photos, kind="stable")
+    sorted_photos = photos[order]
+    starts = np.flatnonzero(np.r_[True, sorted_photos[1:] != sorted_photos[:-1]])
+    sizes = np.diff(np.r_[starts, len(photos)])
+    left: list[IntArray] = []
+    right: list[IntArray] = []
+    for start, size in zip(starts[sizes > 1], sizes[sizes > 1], strict=True):
+        members = order[start : start + size]
+        i, j = np.triu_indices(size, 1)
+        left.append(members[i])
+        right.append(members[j])
+    if not left:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    a, b = np.concatenate(left), np.concatenate(right)
+    return np.minimum(a, b), np.maximum(a, b)
+
+
+class _Clusters:
+    """Sum vector, size and cohesion per cluster, indexed by the cluster's smallest face index."""
+
+    def __init__(self, vectors: NDArray[np.float32]) -> None:
+        self.sums = np.array(vectors, dtype=np.float32, copy=True)
+        self.size = np.ones(len(vectors), dtype=np.int64)
+        self.cohesion = np.full(len(vectors), np.nan)
+
+    def similarity(self, a: IntArray, b: IntArray) -> NDArray[np.float64]:
+        out = np.empty(len(a))
+        for start in range(0, len(a), CHUNK):
+            part_a, part_b = a[start : start + CHUNK], b[start : start + CHUNK]
+            dots = np.einsum("ij,ij->i", self.sums[part_a], self.sums[part_b], dtype=np.float64)
+            out[start : start + CHUNK] = dots / (self.size[part_a] * self.size[part_b])
+        return out
+
+    def merge(self, keep: IntArray, gone: IntArray) -> None:
+        self.sums[keep] += self.sums[gone]
+        self.size[keep] += self.size[gone]
+        norm2 = np.einsum("ij,ij->i", self.sums[keep], self.sums[keep], dtype=np.float64)
+        size = self.size[keep]
+        self.cohesion[keep] = (norm2 - size) / (size * (size - 1))
+
+
+def _average_linkage(
+    vectors: NDArray[np.float32],
+    graph: Graph,
+    similarity: float,
+    closeness: float,
+    conflicts: tuple[IntArray, IntArray] | None,
+) -> IntArray:
+    count = len(vectors)
+    clusters = _Clusters(vectors)
+    labels = np.arange(count, dtype=np.int64)
+    a, b, s = graph.src, graph.dst, graph.sim.astype(np.float64)
+    while len(a):
+        allowed = _allowed(a, b, s, clusters, closeness, _conflict_keys(conflicts, labels, count), count)
+        keep, gone = _reciprocal_best(a[allowed], b[allowed], s[allowed])
+        if not len(keep):
+            break
+        clusters.merge(keep, gone)
+        remap = np.arange(count, dtype=np.int64)
+        remap[gone] = keep
+        labels = remap[labels]
+        a, b, s = _update_pairs(remap[a], remap[b], s, clusters, keep, similarity, count)
+    return labels
+
+
+def _allowed(
+    a: IntArray,
+    b: IntArray,
+    s: NDArray[np.float64],
+    clusters: _Clusters,
+    closeness: float,
+    conflict_keys: IntArray | None,
+    count: int,
+) -> NDArray[np.bool_]:
+    with np.errstate(invalid="ignore"):
+        # a singleton has no cohesion (NaN): fmin takes the other cluster's; two singletons are never gated
+        limit = closeness * np.fmin(clusters.cohesion[a], clusters.cohesion[b])
+        allowed: NDArray[np.bool_] = ~(s < limit)
+    if conflict_keys is not None and len(conflict_keys):
+        allowed &= ~np.isin(a * count + b, conflict_keys)
+    return allowed
+
+
+def _conflict_keys(conflicts: tuple[IntArray, IntArray] | None, labels: IntArray, count: int) -> IntArray | None:
+    if conflicts is None:
+        return None
+    x, y = labels[conflicts[0]], labels[conflicts[1]]
+    return np.unique(np.minimum(x, y) * count + np.maximum(x, y))
+
+
+def _reciprocal_best(a: IntArray, b: IntArray, s: NDArray[np.float64]) -> tuple[IntArray, IntArray]:
+    """Pairs that are each other's most similar allowed partner (ties: the smaller index)."""
+    if not len(a):
+        return a, b
+    x, y, score = np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([s, s])
+    order = np.lexsort((y, -score, x))
+    x, y = x[order], y[order]
+    first = np.ones(len(x), dtype=bool)
+    first[1:] = x[1:] != x[:-1]
+    best = np.full(int(max(a.max(), b.max())) + 1, -1, dtype=np.int64)
+    best[x[first]] = y[first]
+    keep = x[first]
+    partner = best[keep]
+    mutual = (keep < partner) & (best[partner] == keep)
+    return keep[mutual], partner[mutual]
+
+
+def _update_pairs(
+    a: IntArray,
+    b: IntArray,
+    s: NDArray[np.float64],
+    clusters: _Clusters,
+    merged: IntArray,
+    similarity: float,
+    count: int,
+) -> tuple[IntArray, IntArray, NDArray[np.float64]]:
+    """Re-point pairs at the merged clusters, recompute their similarity, drop inner and too-far pairs."""
+    a, b = np.minimum(a, b), np.maximum(a, b)
+    outside = a != b
+    a, b, s = a[outside], b[outside], s[outside]
+    is_merged = np.zeros(count, dtype=bool)
+    is_merged[merged] = True
+    changed = is_merged[a] | is_merged[b]
+    ca, cb = a[changed], b[changed]
+    _, first = np.unique(ca * count + cb, return_index=True)
+    ca, cb = ca[first], cb[first]
+    cs = clusters.similarity(ca, cb)
+    near = cs >= similarity
+    return (
+        np.concatenate([a[~changed], ca[near]]),
+        np.concatenate([b[~changed], cb[near]]),
+        np.concatenate([s[~changed], cs[near]]),
+    )

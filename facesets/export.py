@@ -1,0 +1,356 @@
+"""The export stage: a cluster plan -> ``facesets_swap_ready/`` (crops, manifests, eras, report).
+
+Order of writes, so that a kill at any instant leaves the folder consistent:
+
+1. a new set is built in ``.partial-faceset_NNN/`` and renamed into place when complete;
+2. faces added to an existing set: each crop is written atomically, then the set's manifest (atomically);
+   a crop the manifest does not list yet is simply rewritten by the next run;
+3. era folders are rebuilt beside the sets (derived data, never canonical);
+4. the report, then the top-level ``manifest.json`` last: it records the plan as applied. Until then a re-run
+   applies the same plan again, skipping every crop already written; after it, a re-run changes nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .decode import decode
+from .errors import FaceSetError, ImageLoadError
+from .facesetdir import (
+    FaceSet,
+    Member,
+    TopManifest,
+    highest_number,
+    read_json,
+    read_set,
+    read_top,
+    set_name,
+    write_set_manifest,
+    write_top,
+)
+from .fsio import atomic_write_bytes, exclusive_lock
+from .identify import PLAN_FORMAT
+from .paths import to_linux
+from .report import write_report
+
+log = logging.getLogger(__name__)
+
+CROP_SIZE = 512
+JPEG_QUALITY = 95
+PARTIAL = ".partial-"
+EXIF_IFD, DATE_ORIGINAL, DATE_TIME = 0x8769, 36867, 306
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    plan: Path
+    sets_dir: Path | None = None
+    split_eras: bool = False
+    era_years: int = 5
+    min_era_faces: int | None = None
+    report: bool = True
+    io_concurrency: int = 4
+
+
+@dataclass
+class ExportSummary:
+    plan: str = ""
+    already_applied: bool = False
+    new_sets: list[str] = field(default_factory=list)
+    extended_sets: list[str] = field(default_factory=list)
+    faces_written: int = 0
+    faces_skipped: int = 0
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    report: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def read_plan(path: Path) -> dict[str, Any]:
+    plan = read_json(path, PLAN_FORMAT)
+    for name in ("id", "identities", "thresholds", "processed", "sets_dir"):
+        if name not in plan:
+            raise FaceSetError(f"{path} has no {name!r}: it is not a complete cluster plan; run facesets cluster again")
+    return plan
+
+
+def run_export(config: ExportConfig, progress: Callable[[int], None] | None = None) -> ExportSummary:
+    plan = read_plan(config.plan)
+    root = Path(config.sets_dir or plan["sets_dir"])
+    _create(root)
+    summary = ExportSummary(plan=plan["id"])
+    with exclusive_lock(root / ".facesets.lock"):
+        top = read_top(root)
+        if plan["id"] in top.applied_plans or _changes_nothing(plan, top):
+            summary.already_applied = True
+            return summary
+        _remove_partials(root)
+        _check_numbers(root, top, plan)
+        params = {"plan": plan["id"], "algorithm": plan["algorithm"], "thresholds": plan["thresholds"]}
+        touched = [
+            _apply_identity(root, identity, params, summary, config, progress) for identity in plan["identities"]
+        ]
+        if config.split_eras:
+            for faceset in touched:
+                _rebuild_eras(root, faceset, config.era_years, config.min_era_faces or int(plan["min_faces"]))
+        if config.report:
+            summary.report = str(write_report(root, plan, summary.as_dict()))
+        _commit(root, top, plan, summary)
+    return summary
+
+
+def _changes_nothing(plan: dict[str, Any], top: TopManifest) -> bool:
+    return not plan["identities"] and set(plan["processed"]) <= top.processed
+
+
+def _create(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FaceSetError(f"cannot create {root}: {exc.strerror}") from exc
+
+
+def _remove_partials(root: Path) -> None:
+    for entry in root.iterdir():
+        if entry.name.startswith(PARTIAL) and entry.is_dir():
+            log.info("removing %s left by an interrupted export", entry)
+            shutil.rmtree(entry)
+
+
+def _check_numbers(root: Path, top: TopManifest, plan: dict[str, Any]) -> None:
+    used = highest_number(root, top)
+    for identity in plan["identities"]:
+        number = int(identity["set"])
+        exists = (root / set_name(number)).is_dir()
+        if identity["new"] and number <= used and not exists:
+            raise FaceSetError(
+                f"the plan {plan['id']} creates {set_name(number)}, but numbers up to {used} are taken since it was "
+                "made: run facesets cluster again, then export"
+            )
+        if not identity["new"] and not exists:
+            raise FaceSetError(f"{root / set_name(number)} is gone since the plan was made: run facesets cluster again")
+
+
+def _apply_identity(
+    root: Path,
+    identity: dict[str, Any],
+    params: dict[str, Any],
+    summary: ExportSummary,
+    config: ExportConfig,
+    progress: Callable[[int], None] | None,
+) -> FaceSet:
+    number = int(identity["set"])
+    final = root / set_name(number)
+    new = not final.exists()
+    folder = root / f"{PARTIAL}{set_name(number)}" if new else final
+    _create(folder)
+    faceset = read_set(number, folder)
+    known = {member.key for member in faceset.members}
+    todo = [face for face in identity["members"] if face["key"] not in known]
+    added = _write_crops(folder, todo, summary, config.io_concurrency, progress)
+    faceset.members.extend(added)
+    write_set_manifest(faceset, params)
+    if new:
+        _rename(folder, final)
+        faceset.folder = final
+        summary.new_sets.append(final.name)
+    elif added:
+        summary.extended_sets.append(final.name)
+    return faceset
+
+
+def _write_crops(
+    folder: Path,
+    faces: list[dict[str, Any]],
+    summary: ExportSummary,
+    workers: int,
+    progress: Callable[[int], None] | None,
+) -> list[Member]:
+    by_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for face in faces:
+        by_source[face["source"]].append(face)
+    added: list[Member] = []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for result in pool.map(lambda item: _crops_of(folder, *item), sorted(by_source.items())):
+            members, reason = result
+            if reason:
+                summary.faces_skipped += 1
+                summary.skip_reasons[reason] = summary.skip_reasons.get(reason, 0) + 1
+                continue
+            added.extend(members)
+            summary.faces_written += len(members)
+            if progress:
+                progress(len(members))
+    return added
+
+
+def _crops_of(folder: Path, source: str, faces: list[dict[str, Any]]) -> tuple[list[Member], str]:
+    """Decode one photo, write the aligned crop of each of its faces; or the reason it could not be read."""
+    path = _local_path(source)
+    try:
+        data = path.read_bytes()
+        image = decode(data)
+    except OSError as exc:
+        log.warning("skipping %s: %s", source, exc.strerror or exc)
+        return [], f"unreadable: {exc.strerror or type(exc).__name__}"
+    except ImageLoadError as exc:
+        log.warning("skipping %s: %s", source, exc.reason)
+        return [], exc.reason
+    taken = _capture_date(path)
+    members = []
+    for face in faces:
+        name = _crop_name(face)
+        crop = _align(image.pixels, np.asarray(face["kps"], np.float32))
+        ok, encoded = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            return [], "cannot encode the crop"
+        _write(folder / name, encoded.tobytes())
+        members.append(_member(name, face, taken))
+    return members, ""
+
+
+def _align(pixels: Any, kps: Any) -> Any:
+    from .faces import align
+
+    return align(pixels, kps, CROP_SIZE)
+
+
+def _local_path(source: str) -> Path:
+    """The photo as this machine sees it: a cache written on Windows holds ``X:\\...`` paths."""
+    if Path(source).exists():
+        return Path(source)
+    mapped = to_linux(source)
+    return Path(mapped) if mapped else Path(source)
+
+
+def _crop_name(face: dict[str, Any]) -> str:
+    x1, y1 = (round(value) for value in face["bbox"][:2])
+    return f"{face['hash'][:16]}_{x1}_{y1}.jpg"
+
+
+def _member(name: str, face: dict[str, Any], taken: str) -> Member:
+    return Member(
+        file=name,
+        key=face["key"],
+        source=face["source"],
+        content_hash=face["hash"],
+        bbox=tuple(face["bbox"]),
+        score=float(face["score"]),
+        face_short=float(face["face_short"]),
+        distance=float(face["distance"]),
+        cache=face["cache"],
+        row=int(face["row"]),
+        asset_id=face.get("asset_id", ""),
+        taken=taken,
+    )
+
+
+def _capture_date(path: Path) -> str:
+    """``YYYY-MM-DD`` from EXIF DateTimeOriginal (else DateTime), or ``""``."""
+    try:
+        with Image.open(path) as image:
+            exif = image.getexif()
+            raw = exif.get_ifd(EXIF_IFD).get(DATE_ORIGINAL) or exif.get(DATE_TIME)
+    except (OSError, ValueError, SyntaxError):
+        return ""
+    if not isinstance(raw, str) or len(raw) < 10 or not raw[:4].isdigit():
+        return ""
+    return raw[:10].replace(":", "-")
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise FaceSetError(
+                f"the disk is full while writing {path}: free some space and run facesets export again "
+                "(what was written is kept; nothing is duplicated)"
+            ) from exc
+        raise FaceSetError(f"cannot write {path}: {exc.strerror}") from exc
+
+
+def _rename(source: Path, target: Path) -> None:
+    try:
+        source.replace(target)
+    except OSError as exc:
+        raise FaceSetError(f"cannot rename {source} to {target}: {exc.strerror}") from exc
+
+
+def _era_of(member: Member, years: int) -> str:
+    if not member.taken:
+        return "undated"
+    start = int(member.taken[:4]) // years * years
+    return f"{start}-{start + years - 1}"
+
+
+def _rebuild_eras(root: Path, faceset: FaceSet, years: int, min_faces: int) -> None:
+    """Derived folders ``faceset_NNN_<era>`` (or ``_thin/...`` when small), rebuilt from the set's members."""
+    eras: dict[str, list[Member]] = defaultdict(list)
+    for member in faceset.members:
+        eras[_era_of(member, years)].append(member)
+    staging = root / f"{PARTIAL}eras-{faceset.name}"
+    _create(staging)
+    for era, members in sorted(eras.items()):
+        target = staging / ("_thin" if len(members) < min_faces else "") / f"{faceset.name}_{era}"
+        _create(target)
+        for member in members:
+            _link(faceset.folder / member.file, target / member.file)
+    for old in _derived_folders(root, faceset.name):
+        shutil.rmtree(old)
+    for folder in (staging, staging / "_thin"):
+        for entry in sorted(folder.glob(f"{faceset.name}_*")):
+            _create(root / folder.relative_to(staging))
+            _rename(entry, root / folder.relative_to(staging) / entry.name)
+    shutil.rmtree(staging)
+
+
+def _derived_folders(root: Path, name: str) -> Iterator[Path]:
+    for folder in (root, root / "_thin"):
+        if folder.is_dir():
+            yield from (entry for entry in sorted(folder.glob(f"{name}_*")) if entry.is_dir())
+
+
+def _link(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _commit(root: Path, top: TopManifest, plan: dict[str, Any], summary: ExportSummary) -> None:
+    top.highest_number = max([highest_number(root, top)] + [int(i["set"]) for i in plan["identities"]])
+    top.processed.update(plan["processed"])
+    top.applied_plans.append(plan["id"])
+    for identity in plan["identities"]:
+        name = set_name(int(identity["set"]))
+        entry = top.sets.setdefault(name, {"created_by": plan["id"] if identity["new"] else "existing", "added": 0})
+        entry["added"] = int(entry.get("added", 0)) + len(identity["members"])
+    top.runs.append(
+        {
+            "plan": plan["id"],
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "algorithm": plan["algorithm"],
+            "thresholds": plan["thresholds"],
+            "new_sets": summary.new_sets,
+            "extended_sets": summary.extended_sets,
+            "faces_written": summary.faces_written,
+            "faces_skipped": summary.faces_skipped,
+        }
+    )
+    write_top(root, top)

@@ -1,0 +1,394 @@
+"""The cluster stage: face caches + existing face sets -> a cluster plan (``clusters.json``).
+
+    caches ──> FaceTable (deduplicated, canonical order) ──┐
+    facesets_swap_ready/ ──> identities (member vectors) ──┴─> match ──> cluster the rest ──> refine ──> plan
+
+1. Every face of the caches, deduplicated by face key (photo hash + box) and sorted by it: the canonical
+   order that makes the result independent of the input order.
+2. The canonical sets' members are found in the caches by key; crops and hand-made images the caches do not
+   hold are embedded with the model pack (``--model-dir``).
+3. New faces (of photos no earlier run considered; all non-members with ``--reconsider``) join the nearest
+   identity within the match distance: at most one face of a photo per identity.
+4. The rest are clustered (:mod:`facesets.clustering`); refine gates drop outliers beyond the export distance,
+   then clusters with fewer than ``min_faces`` faces, or fewer than ``min_faces`` distinct shots (near-identical
+   copies of one photo), or an average inner similarity below the cluster threshold.
+5. The plan lists each identity's new members, the new set numbers and what was dropped and why. ``facesets
+   export`` applies it. Nothing under ``facesets_swap_ready/`` is written by this stage.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import blake3
+import numpy as np
+import orjson
+from numpy.typing import NDArray
+
+from .cache import load_cache
+from .clustering import Algorithm, ClusterParams, cluster, components
+from .errors import CacheModelMismatchError, ConfigError, FaceSetError
+from .facesetdir import FaceSet, face_key, highest_number, read_sets, read_top
+from .fsio import atomic_write_bytes
+from .neighbors import knn_graph
+from .packs import PackIdentity
+from .thresholds import Thresholds, resolve_thresholds
+
+log = logging.getLogger(__name__)
+
+PLAN_FORMAT = "facesets.clusters"
+PLAN_VERSION = 1
+NEAR_DUPLICATE = 0.92  # cosine similarity above which two faces are copies of one shot
+MATCH_CHUNK = 65_536
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    caches: tuple[Path, ...]
+    sets_dir: Path
+    plan: Path
+    algorithm: Algorithm = Algorithm.GRAPH
+    match: float | None = None
+    cluster: float | None = None
+    export: float | None = None
+    closeness: float | None = None
+    min_faces: int = 5
+    min_points: int = 3
+    reconsider: bool = False
+    embedder: Any = None  # a callable: list of image paths -> (vectors, paths embedded); for hand-made sets
+
+
+@dataclass
+class FaceTable:
+    """Every face of the caches once, in canonical (key) order."""
+
+    vectors: NDArray[np.float32]
+    keys: list[str]
+    photos: NDArray[np.int64]  # index into ``hashes``
+    hashes: list[str]
+    faces: list[dict[str, Any]]  # what the plan records about each face
+
+    def index(self) -> dict[str, int]:
+        return {key: i for i, key in enumerate(self.keys)}
+
+
+@dataclass
+class ClusterSummary:
+    faces: int = 0
+    candidates: int = 0
+    matched: int = 0
+    clustered: int = 0
+    new_sets: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    plan: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "faces": self.faces,
+            "candidates": self.candidates,
+            "matched": self.matched,
+            "clustered": self.clustered,
+            "new_sets": self.new_sets,
+            "dropped": dict(sorted(self.dropped.items())),
+            "plan": self.plan,
+        }
+
+
+def run_cluster(config: ClusterConfig) -> ClusterSummary:
+    identity, table = load_faces(config.caches)
+    check_embedder_model(config.embedder, identity)
+    thresholds = resolve_thresholds(
+        identity,
+        {"match": config.match, "cluster": config.cluster, "export": config.export, "closeness": config.closeness},
+    )
+    top = read_top(config.sets_dir)
+    sets = read_sets(config.sets_dir)
+    centres, set_photos = identity_centres(sets, table, config.embedder)
+    members = {member.key for faceset in sets for member in faceset.members}
+    candidates = [
+        i
+        for i, key in enumerate(table.keys)
+        if key not in members and (config.reconsider or table.hashes[table.photos[i]] not in top.processed)
+    ]
+    summary = ClusterSummary(faces=len(table.keys), candidates=len(candidates))
+    matched = match_faces(table, np.asarray(candidates, np.int64), centres, set_photos, thresholds.match)
+    summary.matched = sum(len(rows) for rows in matched.values())
+    taken = {row for rows in matched.values() for row, _ in rows}
+    rest = np.asarray([i for i in candidates if i not in taken], np.int64)
+    summary.clustered = len(rest)
+    params = ClusterParams(config.algorithm, thresholds.cluster, thresholds.closeness, config.min_points)
+    groups, dropped = refine(table, rest, cluster(table.vectors[rest], table.photos[rest], params), thresholds, config)
+    summary.dropped = Counter(entry["reason"] for entry in dropped for _ in range(entry["faces"]))
+    first_new = highest_number(config.sets_dir, top) + 1
+    summary.new_sets = len(groups)
+    plan = build_plan(config, identity, thresholds, table, matched, groups, dropped, first_new, candidates)
+    body = orjson.dumps(plan, option=orjson.OPT_INDENT_2)
+    atomic_write_bytes(config.plan, body)
+    summary.plan = plan["id"]
+    return summary
+
+
+def load_faces(paths: Iterable[Path]) -> tuple[PackIdentity, FaceTable]:
+    identity: PackIdentity | None = None
+    vectors: list[NDArray[np.float32]] = []
+    faces: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        data = load_cache(path)
+        if identity is None:
+            identity = data.identity
+        elif not identity.same_models(data.identity):
+            raise CacheModelMismatchError(
+                f"{path} was made by {data.identity.describe()}, the first cache by {identity.describe()}: "
+                "embeddings of different models cannot be clustered together; cluster each model's caches apart"
+            )
+        for row, meta in enumerate(data.meta):
+            record = data.images[int(meta["image"])]
+            key = face_key(record.content_hash, meta["bbox"])
+            if key in faces:
+                continue
+            faces[key] = _face_entry(path, row, record, meta, len(vectors))
+            vectors.append(data.embeddings[row])
+    if identity is None:
+        raise ConfigError("no face cache given: pass --cache FILE (one or more)")
+    keys = sorted(faces)
+    hashes = sorted({faces[key]["hash"] for key in keys})
+    photo_of = {value: i for i, value in enumerate(hashes)}
+    order = [faces[key].pop("_vector") for key in keys]
+    stacked = np.stack([vectors[i] for i in order]) if order else np.zeros((0, 512), np.float32)
+    table = FaceTable(
+        vectors=np.ascontiguousarray(stacked, dtype=np.float32),
+        keys=keys,
+        photos=np.asarray([photo_of[faces[key]["hash"]] for key in keys], np.int64),
+        hashes=hashes,
+        faces=[faces[key] for key in keys],
+    )
+    return identity, table
+
+
+def _face_entry(path: Path, row: int, record: Any, meta: Any, vector: int) -> dict[str, Any]:
+    return {
+        "key": face_key(record.content_hash, meta["bbox"]),
+        "cache": str(path),
+        "row": row,
+        "source": record.path,
+        "hash": record.content_hash,
+        "asset_id": record.source.get("asset_id", ""),
+        "bbox": [round(float(v), 2) for v in meta["bbox"]],
+        "kps": [[round(float(v), 3) for v in point] for point in meta["kps"]],
+        "score": round(float(meta["score"]), 4),
+        "face_short": round(float(meta["face_short"]), 1),
+        "_vector": vector,
+    }
+
+
+def identity_centres(
+    sets: list[FaceSet], table: FaceTable, embedder: Any
+) -> tuple[dict[int, NDArray[np.float32]], dict[int, set[int]]]:
+    """Each canonical set's centre (unit mean of its members' vectors) and the photos it already holds."""
+    where = table.index()
+    photo_of = {value: i for i, value in enumerate(table.hashes)}
+    centres: dict[int, NDArray[np.float32]] = {}
+    photos: dict[int, set[int]] = {}
+    for faceset in sets:
+        rows = [where[m.key] for m in faceset.members if m.key in where]
+        vectors = [table.vectors[rows]] if rows else []
+        outside = [faceset.folder / m.file for m in faceset.members if m.key not in where] + faceset.hand_files
+        if outside:
+            vectors.append(_embed_outside(faceset, outside, embedder))
+        photos[faceset.number] = {photo_of[m.content_hash] for m in faceset.members if m.content_hash in photo_of}
+        stacked = np.concatenate(vectors) if vectors else np.zeros((0, 512), np.float32)
+        if len(stacked):
+            centre = stacked.mean(axis=0)
+            centres[faceset.number] = (centre / np.linalg.norm(centre)).astype(np.float32)
+        else:
+            log.warning("%s: no face found in its images; it takes no new faces", faceset.folder)
+    return centres, photos
+
+
+def _embed_outside(faceset: FaceSet, files: list[Path], embedder: Any) -> NDArray[np.float32]:
+    if embedder is None:
+        raise FaceSetError(
+            f"{faceset.folder} holds {len(files)} image(s) no face cache describes (hand-made or edited set): "
+            "pass --model-dir (or --model-pack) so they can be embedded, or add the caches they came from"
+        )
+    vectors: NDArray[np.float32] = embedder(files)
+    return vectors
+
+
+def match_faces(
+    table: FaceTable,
+    candidates: NDArray[np.int64],
+    centres: dict[int, NDArray[np.float32]],
+    set_photos: dict[int, set[int]],
+    distance: float,
+) -> dict[int, list[tuple[int, float]]]:
+    """Faces that join an existing set: nearest centre within ``distance``, one face per photo and set."""
+    if not centres or not len(candidates):
+        return {}
+    numbers = sorted(centres)
+    matrix = np.stack([centres[n] for n in numbers])
+    best: dict[tuple[int, int], tuple[float, int]] = {}
+    for start in range(0, len(candidates), MATCH_CHUNK):
+        rows = candidates[start : start + MATCH_CHUNK]
+        dist = 1.0 - table.vectors[rows] @ matrix.T
+        nearest = dist.argmin(axis=1)
+        near = dist[np.arange(len(rows)), nearest]
+        for row, column, value in zip(rows.tolist(), nearest.tolist(), near.tolist(), strict=True):
+            number, photo = numbers[column], int(table.photos[row])
+            if value > distance or photo in set_photos.get(number, set()):
+                continue
+            if (number, photo) not in best or (value, row) < best[(number, photo)]:
+                best[(number, photo)] = (value, row)
+    matched: dict[int, list[tuple[int, float]]] = {}
+    for (number, _), (value, row) in sorted(best.items()):
+        matched.setdefault(number, []).append((row, value))
+    return matched
+
+
+def refine(
+    table: FaceTable,
+    rows: NDArray[np.int64],
+    labels: NDArray[np.int64],
+    thresholds: Thresholds,
+    config: ClusterConfig,
+) -> tuple[list[list[tuple[int, float]]], list[dict[str, Any]]]:
+    """Apply the gates to each cluster: the kept groups (rows with distances) and what was dropped, why."""
+    kept: list[list[tuple[int, float]]] = []
+    dropped: list[dict[str, Any]] = []
+    if not len(rows):
+        return kept, dropped
+    order = np.argsort(labels, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, labels[order][1:] != labels[order][:-1], True])
+    singletons = 0
+    for start, stop in itertools.pairwise(bounds):
+        group = rows[order[start:stop]]
+        verdict, members = _gate(table.vectors[group], group, thresholds, config.min_faces)
+        if verdict == "singleton":
+            singletons += 1
+            continue
+        if verdict:
+            dropped.append({"reason": verdict, "faces": len(group), "keys": [table.keys[i] for i in group[:5]]})
+            continue
+        outliers = len(group) - len(members)
+        if outliers:
+            dropped.append({"reason": "outlier", "faces": outliers, "keys": []})
+        kept.append(members)
+    if singletons:
+        dropped.append({"reason": "singleton", "faces": singletons, "keys": []})
+    kept.sort(key=lambda members: (-len(members), table.keys[members[0][0]]))
+    return kept, dropped
+
+
+def _gate(
+    vectors: NDArray[np.float32], group: NDArray[np.int64], thresholds: Thresholds, min_faces: int
+) -> tuple[str, list[tuple[int, float]]]:
+    if len(group) == 1:
+        return "singleton", []
+    centre = vectors.mean(axis=0)
+    distances = 1.0 - vectors @ (centre / np.linalg.norm(centre))
+    inside = distances <= thresholds.export
+    members = sorted((int(row), round(float(d), 4)) for row, d, ok in zip(group, distances, inside, strict=True) if ok)
+    if len(members) < min_faces:
+        return "too_small", []
+    size = len(vectors)
+    cohesion = (float(np.square(vectors.sum(axis=0, dtype=np.float64)).sum()) - size) / (size * (size - 1))
+    if cohesion < 1.0 - thresholds.cluster:
+        return "not_cohesive", []
+    if _distinct_shots(vectors[inside]) < min_faces:
+        return "one_photo", []
+    return "", members
+
+
+def _distinct_shots(vectors: NDArray[np.float32]) -> int:
+    """How many different shots: faces closer than :data:`NEAR_DUPLICATE` count as one."""
+    graph = knn_graph(vectors, k=16, min_sim=NEAR_DUPLICATE)
+    return len(np.unique(components(len(vectors), graph.src, graph.dst)))
+
+
+def build_plan(
+    config: ClusterConfig,
+    identity: PackIdentity,
+    thresholds: Thresholds,
+    table: FaceTable,
+    matched: dict[int, list[tuple[int, float]]],
+    groups: list[list[tuple[int, float]]],
+    dropped: list[dict[str, Any]],
+    first_new: int,
+    candidates: list[int],
+) -> dict[str, Any]:
+    def members(rows: list[tuple[int, float]]) -> list[dict[str, Any]]:
+        return [{**table.faces[row], "distance": value} for row, value in rows]
+
+    identities = [{"set": number, "new": False, "members": members(rows)} for number, rows in sorted(matched.items())]
+    identities += [{"set": first_new + i, "new": True, "members": members(rows)} for i, rows in enumerate(groups)]
+    plan: dict[str, Any] = {
+        "format": PLAN_FORMAT,
+        "version": PLAN_VERSION,
+        "model": identity.to_dict(),
+        "algorithm": config.algorithm.value,
+        "thresholds": thresholds.to_dict(),
+        "min_faces": config.min_faces,
+        "caches": [str(path) for path in config.caches],
+        "sets_dir": str(config.sets_dir),
+        "identities": identities,
+        "dropped": dropped,
+        "processed": sorted({table.hashes[table.photos[i]] for i in candidates}),
+    }
+    plan["id"] = blake3.blake3(orjson.dumps(plan, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    return plan
+
+
+class PackEmbedder:
+    """Embeds the images of hand-made sets with the caches' model pack, loaded on first use.
+
+    A file's largest detected face is used; a square image with no detectable face is taken to be an
+    aligned crop already (as our own exports are) and embedded whole."""
+
+    def __init__(self, pack: Any, providers: tuple[str, ...]) -> None:
+        self.pack = pack
+        self.providers = providers
+        self._engine: Any = None
+
+    def __call__(self, files: list[Path]) -> NDArray[np.float32]:
+        from .decode import decode
+        from .errors import ImageLoadError
+
+        engine = self._load()
+        vectors = []
+        for path in files:
+            try:
+                image = decode(path.read_bytes())
+            except (OSError, ImageLoadError) as exc:
+                log.warning("skipping %s: %s", path, getattr(exc, "reason", None) or exc)
+                continue
+            faces = engine.analyze(image)
+            if faces:
+                vectors.append(max(faces, key=lambda face: face.area).embedding)
+            elif abs(image.width - image.height) <= 2:
+                vectors.append(engine.recognizer.embed([image.pixels])[0])
+            else:
+                log.warning("skipping %s: no face found", path)
+        return np.stack(vectors) if vectors else np.zeros((0, 512), np.float32)
+
+    def _load(self) -> Any:
+        if self._engine is None:
+            from .faces import build_engine
+            from .runtime import RuntimeOptions, available_providers, choose_providers
+
+            providers = choose_providers(available_providers(), self.providers)
+            self._engine = build_engine(self.pack, RuntimeOptions(tuple(providers), 1))
+        return self._engine
+
+
+def check_embedder_model(embedder: PackEmbedder | None, identity: PackIdentity) -> None:
+    if embedder is not None and not embedder.pack.identity().same_models(identity):
+        raise CacheModelMismatchError(
+            f"--model-dir/--model-pack gives {embedder.pack.identity().describe()}, but the caches were made by "
+            f"{identity.describe()}: pass the pack that made the caches"
+        )

@@ -1,0 +1,99 @@
+"""Nearest-neighbour graphs over unit vectors: the only place clustering looks at pairs of faces.
+
+Clustering never builds an n x n matrix. It asks this module for each face's ``k`` most similar faces
+(cosine similarity, at least ``min_sim``) and works on that sparse graph:
+
+- up to :data:`EXACT_LIMIT` faces, exact search by blocked matrix products (memory: one block of
+  ``BLOCK`` x n similarities);
+- above it, a faiss inverted-file index (``IndexIVFFlat``, inner product): about 4 x sqrt(n) lists, trained on
+  an evenly spaced sample, searched with :data:`NPROBE` lists per query. Vectors are added and searched in
+  blocks, so memory is the vectors (held once by the index) plus one block of results.
+
+Both are deterministic for a given input order; callers sort faces into a canonical order first so that the
+graph, and everything built on it, does not depend on the order the faces arrived in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+EXACT_LIMIT = 30_000
+BLOCK = 4096
+NPROBE = 24
+TRAIN_PER_LIST = 40
+DEFAULT_K = 24
+
+
+@dataclass(frozen=True)
+class Graph:
+    """Undirected edges ``src < dst`` with their cosine similarity, each pair once."""
+
+    src: NDArray[np.int64]
+    dst: NDArray[np.int64]
+    sim: NDArray[np.float32]
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+
+def knn_graph(vectors: NDArray[np.float32], k: int = DEFAULT_K, min_sim: float = -1.0) -> Graph:
+    """The symmetrised k-nearest-neighbour graph of L2-normalised ``vectors``, edges below ``min_sim`` dropped."""
+    count = len(vectors)
+    k = min(k, count - 1)
+    if k <= 0:
+        return _empty_graph()
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    search = _exact_search if count <= EXACT_LIMIT else _ivf_search
+    parts = [_edges(block_start, ids, sims, min_sim) for block_start, ids, sims in search(vectors, k)]
+    src = np.concatenate([part[0] for part in parts])
+    dst = np.concatenate([part[1] for part in parts])
+    sim = np.concatenate([part[2] for part in parts])
+    return _unique_edges(src, dst, sim)
+
+
+def _edges(start: int, ids: NDArray[np.int64], sims: NDArray[np.float32], min_sim: float) -> tuple[Any, Any, Any]:
+    rows = np.repeat(np.arange(start, start + len(ids), dtype=np.int64), ids.shape[1])
+    cols, values = ids.ravel(), sims.ravel()
+    keep = (cols >= 0) & (cols != rows) & (values >= min_sim)
+    rows, cols, values = rows[keep], cols[keep], values[keep]
+    return np.minimum(rows, cols), np.maximum(rows, cols), values
+
+
+def _unique_edges(src: NDArray[np.int64], dst: NDArray[np.int64], sim: NDArray[np.float32]) -> Graph:
+    order = np.lexsort((dst, src))
+    src, dst, sim = src[order], dst[order], sim[order]
+    first = np.ones(len(src), dtype=bool)
+    first[1:] = (src[1:] != src[:-1]) | (dst[1:] != dst[:-1])
+    return Graph(src[first], dst[first], sim[first].astype(np.float32, copy=False))
+
+
+def _empty_graph() -> Graph:
+    return Graph(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+
+
+def _exact_search(vectors: NDArray[np.float32], k: int) -> Any:
+    for start in range(0, len(vectors), BLOCK):
+        block = vectors[start : start + BLOCK] @ vectors.T
+        ids = np.argpartition(-block, k, axis=1)[:, : k + 1].astype(np.int64)
+        yield start, ids, np.take_along_axis(block, ids, axis=1)
+
+
+def _ivf_search(vectors: NDArray[np.float32], k: int) -> Any:
+    import faiss  # imported here: only large libraries need it
+
+    count, dim = vectors.shape
+    lists = int(min(max(16, 4 * np.sqrt(count)), count // TRAIN_PER_LIST))
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
+    step = max(1, count // (lists * TRAIN_PER_LIST))
+    index.train(vectors[::step])
+    for start in range(0, count, BLOCK * 16):
+        index.add(vectors[start : start + BLOCK * 16])
+    index.nprobe = NPROBE
+    for start in range(0, count, BLOCK * 4):
+        sims, ids = index.search(vectors[start : start + BLOCK * 4], k + 1)
+        yield start, ids.astype(np.int64), sims.astype(np.float32)
