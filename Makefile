@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 SHARED ?= ../shared
 
-.PHONY: test demo lint bench-embed bench-index bench-db clean
+.PHONY: test demo lint bench-embed bench-index bench-db bench-cluster eval-clusters clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ bench-index: $(VENV)/.installed
 
 bench-db: $(VENV)/.installed
 	$(BIN)/python scripts/bench_db.py
+
+bench-cluster: $(VENV)/.installed
+	$(BIN)/python scripts/bench_cluster.py
+
+eval-clusters: $(VENV)/.installed
+	$(BIN)/python scripts/eval_clusters.py --shared $(SHARED)
 
 clean:
 	rm -rf demo bench .pytest_cache .mypy_cache .ruff_cache

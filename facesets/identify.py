@@ -129,6 +129,7 @@ def run_cluster(config: ClusterConfig) -> ClusterSummary:
     summary.new_sets = len(groups)
     plan = build_plan(config, identity, thresholds, table, matched, groups, dropped, first_new, candidates)
     body = orjson.dumps(plan, option=orjson.OPT_INDENT_2)
+    config.plan.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(config.plan, body)
     summary.plan = plan["id"]
     return summary

@@ -1,0 +1,229 @@
+"""facesets cluster + export on real photos: sets, manifests, numbering, matching, eras, report, crashes."""
+
+from __future__ import annotations
+
+import errno
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import cv2
+import orjson
+import pytest
+from PIL import Image
+
+from facesets import export as export_module
+from facesets.embed import EmbedConfig, run_embed
+from facesets.errors import ConfigError, FaceSetError
+from facesets.export import ExportConfig, run_export
+from facesets.identify import ClusterConfig, PackEmbedder, run_cluster
+from facesets.packs import ModelPack
+from facesets.queue import append_entries, scan_folders
+
+PEOPLE = {"madonna": 2012, "elton_john": 2016, "jerry_seinfeld": 2021}
+PHOTOS = 6
+
+
+def _library(faces_dir: Path, root: Path, people: dict[str, int], first: int = 1) -> Path:
+    """Photos of each person, re-saved with an EXIF capture date (one year per person)."""
+    for person, year in people.items():
+        folder = root / person
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(first, first + PHOTOS):
+            with Image.open(faces_dir / "celeb5" / person / f"train_{i:02d}.jpg") as image:
+                exif = Image.Exif()
+                exif.get_ifd(0x8769)[36867] = f"{year}:06:01 12:00:00"
+                image.convert("RGB").save(folder / f"{i:02d}.jpg", exif=exif, quality=95)
+    return root
+
+
+def _cache(root: Path, pack_dir: Path, name: str) -> Path:
+    queue = root.parent / f"{name}.queue.json"
+    append_entries(queue, scan_folders([root]).entries)
+    cache = root.parent / f"{name}.npz"
+    run_embed(EmbedConfig(queue=queue, cache=cache, model_dir=pack_dir))
+    return cache
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory, faces_dir: Path, pack_dir: Path) -> Path:
+    root = _library(faces_dir, tmp_path_factory.mktemp("lib") / "photos", PEOPLE)
+    return _cache(root, pack_dir, "faces")
+
+
+def _run(cache: Path | tuple[Path, ...], sets: Path, **options: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    plan = sets.parent / "clusters.json"
+    caches = cache if isinstance(cache, tuple) else (cache,)
+    summary = run_cluster(ClusterConfig(caches=caches, sets_dir=sets, plan=plan, min_faces=3, **options))
+    exported = run_export(ExportConfig(plan))
+    return summary.as_dict(), exported.as_dict()
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _members(folder: Path) -> list[dict[str, object]]:
+    return list(orjson.loads((folder / "manifest.json").read_bytes())["members"])
+
+
+def test_new_sets_have_crops_and_manifests(library: Path, tmp_path: Path) -> None:
+    sets = tmp_path / "facesets_swap_ready"
+    _summary, exported = _run(library, sets)
+    assert exported["new_sets"] == ["faceset_001", "faceset_002", "faceset_003"]
+    people = set()
+    for number in (1, 2, 3):
+        folder = sets / f"faceset_{number:03d}"
+        members = _members(folder)
+        assert len(members) >= 3
+        people |= {Path(str(m["source"])).parent.name for m in members}
+        assert len({Path(str(m["source"])).parent.name for m in members}) == 1  # one person per set
+        for member in members:
+            assert set(member) >= {"file", "source", "content_hash", "bbox", "score", "face_short", "distance"}
+            assert {"cache", "row", "asset_id", "taken"} <= set(member)
+            crop = cv2.imread(str(folder / str(member["file"])))
+            assert crop is not None and crop.shape == (512, 512, 3)
+        assert sorted(p.name for p in folder.iterdir()) == sorted([*(str(m["file"]) for m in members), "manifest.json"])
+    assert people == set(PEOPLE)
+    top = orjson.loads((sets / "manifest.json").read_bytes())
+    assert top["format"] == "facesets.sets" and top["highest_number"] == 3 and len(top["applied_plans"]) == 1
+
+
+def test_running_twice_changes_nothing(library: Path, tmp_path: Path) -> None:
+    sets = tmp_path / "facesets_swap_ready"
+    _run(library, sets)
+    before = _snapshot(sets)
+    summary, exported = _run(library, sets)
+    assert summary["candidates"] == 0 and exported["already_applied"] is True
+    assert _snapshot(sets) == before
+
+
+def test_order_of_caches_and_faces_does_not_matter(
+    library: Path, tmp_path: Path, faces_dir: Path, pack_dir: Path
+) -> None:
+    other = _library(faces_dir, tmp_path / "again", dict(reversed(PEOPLE.items())))
+    reordered = _cache(other, pack_dir, "reordered")  # same bytes, other paths and order
+    a, b = tmp_path / "a" / "sets", tmp_path / "b" / "sets"
+    _run(library, a)
+    _run(reordered, b)
+    keys_a = {f.name: sorted(str(m["key"]) for m in _members(f)) for f in a.glob("faceset_???")}
+    keys_b = {f.name: sorted(str(m["key"]) for m in _members(f)) for f in b.glob("faceset_???")}
+    assert keys_a == keys_b
+
+
+def test_numbers_are_never_reused_and_new_faces_join_existing_sets(
+    library: Path, tmp_path: Path, faces_dir: Path, pack_dir: Path
+) -> None:
+    sets = tmp_path / "facesets_swap_ready"
+    _run(library, sets)
+    shutil.rmtree(sets / "faceset_003")  # a set removed by hand: its number stays used
+    more = _library(faces_dir, tmp_path / "more", {"madonna": 2013, "ben_afflek": 2019}, first=8)
+    summary, exported = _run((library, _cache(more, pack_dir, "more")), sets)
+    assert exported["new_sets"] == ["faceset_004"]
+    assert {Path(str(m["source"])).parent.name for m in _members(sets / "faceset_004")} == {"ben_afflek"}
+    madonna = next(f for f in sets.glob("faceset_00?") if "madonna" in str(_members(f)[0]["source"]))
+    assert madonna.name in exported["extended_sets"]
+    assert summary["matched"] >= 4
+
+
+def test_hand_made_set_is_matched_and_only_added_to(
+    library: Path, tmp_path: Path, faces_dir: Path, pack: ModelPack
+) -> None:
+    sets = tmp_path / "facesets_swap_ready"
+    hand = sets / "faceset_010"
+    hand.mkdir(parents=True)
+    for i in (15, 16, 17):
+        shutil.copy(faces_dir / "celeb5" / "madonna" / f"train_{i:02d}.jpg", hand / f"mine_{i}.jpg")
+    originals = _snapshot(hand)
+    with pytest.raises(FaceSetError, match="--model-dir"):
+        _run(library, sets)
+    _summary, exported = _run(library, sets, embedder=PackEmbedder(pack, ("cpu",)))
+    assert "faceset_010" in exported["extended_sets"]
+    assert all("madonna" not in str(_members(f)[0]["source"]) for f in sets.glob("faceset_01[1-9]"))
+    assert all(_snapshot(hand)[name] == data for name, data in originals.items())  # untouched, only added to
+    assert exported["new_sets"] == ["faceset_011", "faceset_012"]
+
+
+def test_eras_split_by_capture_date_and_thin_eras(library: Path, tmp_path: Path) -> None:
+    sets = tmp_path / "facesets_swap_ready"
+    plan = tmp_path / "clusters.json"
+    run_cluster(ClusterConfig(caches=(library,), sets_dir=sets, plan=plan, min_faces=3))
+    run_export(ExportConfig(plan, split_eras=True, era_years=5, min_era_faces=50))
+    thin = sorted(p.name for p in (sets / "_thin").iterdir())
+    assert len(thin) == 3 and all(name.split("_", 2)[2] in {"2010-2014", "2015-2019", "2020-2024"} for name in thin)
+    for folder in (sets / "_thin").iterdir():
+        number = folder.name[:11]
+        assert sorted(p.name for p in folder.iterdir()) == sorted(str(m["file"]) for m in _members(sets / number))
+    member = _members(sets / "faceset_001")[0]
+    assert str(member["taken"]).endswith("-06-01")
+
+
+def test_report_is_valid_html_with_every_set(library: Path, tmp_path: Path) -> None:
+    sets = tmp_path / "facesets_swap_ready"
+    _run(library, sets)
+    page = (sets / "report.html").read_text()
+    parser = HTMLParser()
+    parser.feed(page)
+    parser.close()
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    for number in (1, 2, 3):
+        assert f"faceset_{number:03d}" in page
+        assert cv2.imread(str(sets / "_report" / f"faceset_{number:03d}.jpg")) is not None
+
+
+def test_a_crash_during_export_leaves_a_consistent_folder_and_a_rerun_finishes(
+    library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clean = tmp_path / "clean" / "sets"
+    _run(library, clean)
+    sets = tmp_path / "crash" / "sets"
+    plan = sets.parent / "clusters.json"
+    run_cluster(ClusterConfig(caches=(library,), sets_dir=sets, plan=plan, min_faces=3))
+    real = export_module.atomic_write_bytes  # type: ignore[attr-defined]
+    calls = {"n": 0}
+
+    def full_disk(path: Path, data: bytes) -> None:
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(export_module, "atomic_write_bytes", full_disk)
+    with pytest.raises(FaceSetError, match="disk is full"):
+        run_export(ExportConfig(plan))
+    assert not (sets / "manifest.json").exists()
+    for folder in sets.glob("faceset_*"):  # a set that exists is complete: crops and manifest agree
+        assert sorted(p.name for p in folder.iterdir() if p.suffix == ".jpg") == sorted(
+            str(m["file"]) for m in _members(folder)
+        )
+    monkeypatch.setattr(export_module, "atomic_write_bytes", real)
+    run_export(ExportConfig(plan))
+    assert not list(sets.glob(".partial-*"))
+    strip = {"manifest.json", "report.html"}
+    assert {k: v for k, v in _snapshot(sets).items() if Path(k).name not in strip} == {
+        k: v for k, v in _snapshot(clean).items() if Path(k).name not in strip
+    }
+
+
+def test_bad_manifests_and_models_are_clear_errors(library: Path, tmp_path: Path) -> None:
+    sets = tmp_path / "facesets_swap_ready"
+    _run(library, sets)
+    (sets / "faceset_002" / "manifest.json").write_text("{not json")
+    with pytest.raises(FaceSetError, match=r"faceset_002/manifest.json is not valid JSON"):
+        _run(library, sets)
+    (sets / "faceset_002" / "manifest.json").unlink()
+    (sets / "manifest.json").write_text('{"format": "facesets.sets", "version": 99}')
+    with pytest.raises(FaceSetError, match="version 99, newer"):
+        _run(library, sets)
+
+
+def test_a_model_without_thresholds_needs_them_on_the_command_line() -> None:
+    from facesets.packs import PackIdentity
+    from facesets.thresholds import resolve_thresholds
+
+    unknown = PackIdentity("custom", "det.onnx", "0" * 64, "rec.onnx", "1" * 64)
+    with pytest.raises(ConfigError, match="--match-distance, --cluster-distance, --export-distance"):
+        resolve_thresholds(unknown, {"match": None, "cluster": None, "export": None, "closeness": None})
+    given = resolve_thresholds(unknown, {"match": 0.4, "cluster": 0.5, "export": 0.45, "closeness": None})
+    assert (given.match, given.cluster, given.export, given.closeness) == (0.4, 0.5, 0.45, 0.5)
