@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .neighbors import DEFAULT_K, Graph, knn_graph
+from .neighbors import DEFAULT_K, Graph, first_of_runs, knn_graph
 
 IntArray = NDArray[np.int64]
 CHUNK = 65_536
@@ -116,8 +116,7 @@ def _dbscan(count: int, graph: Graph, min_points: int) -> IntArray:
     src, dst, sim = src[border], dst[border], sim[border]
     order = np.lexsort((dst, -sim, src))
     src, dst = src[order], dst[order]
-    first = np.ones(len(src), dtype=bool)
-    first[1:] = src[1:] != src[:-1]
+    first = first_of_runs(src)
     labels[src[first]] = labels[dst[first]]
     return labels
 
@@ -126,7 +125,7 @@ def _same_photo_pairs(photos: IntArray) -> tuple[IntArray, IntArray]:
     """Every pair of faces that share a photo (faces per photo are few, so this stays small)."""
     order = np.argsort(photos, kind="stable")
     sorted_photos = photos[order]
-    starts = np.flatnonzero(np.r_[True, sorted_photos[1:] != sorted_photos[:-1]])
+    starts = np.flatnonzero(first_of_runs(sorted_photos))
     sizes = np.diff(np.r_[starts, len(photos)])
     left: list[IntArray] = []
     right: list[IntArray] = []
@@ -139,6 +138,13 @@ def _same_photo_pairs(photos: IntArray) -> tuple[IntArray, IntArray]:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     a, b = np.concatenate(left), np.concatenate(right)
     return np.minimum(a, b), np.maximum(a, b)
+
+
+def cohesion(sums: NDArray[np.float32], sizes: NDArray[np.int64]) -> NDArray[np.float64]:
+    """Average similarity of the distinct pairs in each cluster, from its sum vector and size (sizes >= 2)."""
+    norm2 = np.einsum("ij,ij->i", sums, sums, dtype=np.float64)
+    result: NDArray[np.float64] = (norm2 - sizes) / (sizes * (sizes - 1))
+    return result
 
 
 class _Clusters:
@@ -160,9 +166,7 @@ class _Clusters:
     def merge(self, keep: IntArray, gone: IntArray) -> None:
         self.sums[keep] += self.sums[gone]
         self.size[keep] += self.size[gone]
-        norm2 = np.einsum("ij,ij->i", self.sums[keep], self.sums[keep], dtype=np.float64)
-        size = self.size[keep]
-        self.cohesion[keep] = (norm2 - size) / (size * (size - 1))
+        self.cohesion[keep] = cohesion(self.sums[keep], self.size[keep])
 
 
 def _average_linkage(
@@ -221,8 +225,7 @@ def _reciprocal_best(a: IntArray, b: IntArray, s: NDArray[np.float64]) -> tuple[
     x, y, score = np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([s, s])
     order = np.lexsort((y, -score, x))
     x, y = x[order], y[order]
-    first = np.ones(len(x), dtype=bool)
-    first[1:] = x[1:] != x[:-1]
+    first = first_of_runs(x)
     best = np.full(int(max(a.max(), b.max())) + 1, -1, dtype=np.int64)
     best[x[first]] = y[first]
     keep = x[first]

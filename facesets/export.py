@@ -13,6 +13,7 @@ Order of writes, so that a kill at any instant leaves the folder consistent:
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import shutil
@@ -30,6 +31,7 @@ from PIL import Image
 
 from .decode import decode
 from .errors import FaceSetError, ImageLoadError
+from .faces import align
 from .facesetdir import (
     FaceSet,
     Member,
@@ -211,23 +213,17 @@ def _crops_of(folder: Path, source: str, faces: list[dict[str, Any]]) -> tuple[l
     except ImageLoadError as exc:
         log.warning("skipping %s: %s", source, exc.reason)
         return [], exc.reason
-    taken = _capture_date(path)
+    taken = _capture_date(data)
     members = []
     for face in faces:
         name = _crop_name(face)
-        crop = _align(image.pixels, np.asarray(face["kps"], np.float32))
+        crop = align(image.pixels, np.asarray(face["kps"], np.float32), CROP_SIZE)
         ok, encoded = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             return [], "cannot encode the crop"
         _write(folder / name, encoded.tobytes())
         members.append(_member(name, face, taken))
     return members, ""
-
-
-def _align(pixels: Any, kps: Any) -> Any:
-    from .faces import align
-
-    return align(pixels, kps, CROP_SIZE)
 
 
 def _local_path(source: str) -> Path:
@@ -260,10 +256,10 @@ def _member(name: str, face: dict[str, Any], taken: str) -> Member:
     )
 
 
-def _capture_date(path: Path) -> str:
+def _capture_date(data: bytes) -> str:
     """``YYYY-MM-DD`` from EXIF DateTimeOriginal (else DateTime), or ``""``."""
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             exif = image.getexif()
             raw = exif.get_ifd(EXIF_IFD).get(DATE_ORIGINAL) or exif.get(DATE_TIME)
     except (OSError, ValueError, SyntaxError):

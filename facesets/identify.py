@@ -32,11 +32,11 @@ import orjson
 from numpy.typing import NDArray
 
 from .cache import load_cache
-from .clustering import Algorithm, ClusterParams, cluster, components
+from .clustering import Algorithm, ClusterParams, cluster, cohesion, components
 from .errors import CacheModelMismatchError, ConfigError, FaceSetError
 from .facesetdir import FaceSet, face_key, highest_number, read_sets, read_top
 from .fsio import atomic_write_bytes
-from .neighbors import knn_graph
+from .neighbors import first_of_runs, knn_graph
 from .packs import PackIdentity
 from .thresholds import Thresholds, resolve_thresholds
 
@@ -71,8 +71,11 @@ class FaceTable:
     vectors: NDArray[np.float32]
     keys: list[str]
     photos: NDArray[np.int64]  # index into ``hashes``
-    hashes: list[str]
+    hashes: list[str]  # sorted
     faces: list[dict[str, Any]]  # what the plan records about each face
+
+    def photo_index(self) -> dict[str, int]:
+        return {value: i for i, value in enumerate(self.hashes)}
 
     def index(self) -> dict[str, int]:
         return {key: i for i, key in enumerate(self.keys)}
@@ -124,7 +127,8 @@ def run_cluster(config: ClusterConfig) -> ClusterSummary:
     summary.clustered = len(rest)
     params = ClusterParams(config.algorithm, thresholds.cluster, thresholds.closeness, config.min_points)
     groups, dropped = refine(table, rest, cluster(table.vectors[rest], table.photos[rest], params), thresholds, config)
-    summary.dropped = Counter(entry["reason"] for entry in dropped for _ in range(entry["faces"]))
+    for entry in dropped:
+        summary.dropped[entry["reason"]] += entry["faces"]
     first_new = highest_number(config.sets_dir, top) + 1
     summary.new_sets = len(groups)
     plan = build_plan(config, identity, thresholds, table, matched, groups, dropped, first_new, candidates)
@@ -137,7 +141,7 @@ def run_cluster(config: ClusterConfig) -> ClusterSummary:
 
 def load_faces(paths: Iterable[Path]) -> tuple[PackIdentity, FaceTable]:
     identity: PackIdentity | None = None
-    vectors: list[NDArray[np.float32]] = []
+    vectors: dict[str, NDArray[np.float32]] = {}
     faces: dict[str, dict[str, Any]] = {}
     for path in paths:
         data = load_cache(path)
@@ -153,26 +157,25 @@ def load_faces(paths: Iterable[Path]) -> tuple[PackIdentity, FaceTable]:
             key = face_key(record.content_hash, meta["bbox"])
             if key in faces:
                 continue
-            faces[key] = _face_entry(path, row, record, meta, len(vectors))
-            vectors.append(data.embeddings[row])
+            faces[key] = _face_entry(path, row, record, meta)
+            vectors[key] = data.embeddings[row]
     if identity is None:
         raise ConfigError("no face cache given: pass --cache FILE (one or more)")
     keys = sorted(faces)
-    hashes = sorted({faces[key]["hash"] for key in keys})
-    photo_of = {value: i for i, value in enumerate(hashes)}
-    order = [faces[key].pop("_vector") for key in keys]
-    stacked = np.stack([vectors[i] for i in order]) if order else np.zeros((0, 512), np.float32)
+    stacked = np.stack([vectors[key] for key in keys]) if keys else np.zeros((0, 512), np.float32)
     table = FaceTable(
         vectors=np.ascontiguousarray(stacked, dtype=np.float32),
         keys=keys,
-        photos=np.asarray([photo_of[faces[key]["hash"]] for key in keys], np.int64),
-        hashes=hashes,
+        photos=np.zeros(len(keys), np.int64),
+        hashes=sorted({faces[key]["hash"] for key in keys}),
         faces=[faces[key] for key in keys],
     )
+    photo_of = table.photo_index()
+    table.photos = np.asarray([photo_of[face["hash"]] for face in table.faces], np.int64)
     return identity, table
 
 
-def _face_entry(path: Path, row: int, record: Any, meta: Any, vector: int) -> dict[str, Any]:
+def _face_entry(path: Path, row: int, record: Any, meta: Any) -> dict[str, Any]:
     return {
         "key": face_key(record.content_hash, meta["bbox"]),
         "cache": str(path),
@@ -184,7 +187,6 @@ def _face_entry(path: Path, row: int, record: Any, meta: Any, vector: int) -> di
         "kps": [[round(float(v), 3) for v in point] for point in meta["kps"]],
         "score": round(float(meta["score"]), 4),
         "face_short": round(float(meta["face_short"]), 1),
-        "_vector": vector,
     }
 
 
@@ -193,7 +195,7 @@ def identity_centres(
 ) -> tuple[dict[int, NDArray[np.float32]], dict[int, set[int]]]:
     """Each canonical set's centre (unit mean of its members' vectors) and the photos it already holds."""
     where = table.index()
-    photo_of = {value: i for i, value in enumerate(table.hashes)}
+    photo_of = table.photo_index()
     centres: dict[int, NDArray[np.float32]] = {}
     photos: dict[int, set[int]] = {}
     for faceset in sets:
@@ -265,7 +267,7 @@ def refine(
     if not len(rows):
         return kept, dropped
     order = np.argsort(labels, kind="stable")
-    bounds = np.flatnonzero(np.r_[True, labels[order][1:] != labels[order][:-1], True])
+    bounds = np.r_[np.flatnonzero(first_of_runs(labels[order])), len(labels)]
     singletons = 0
     for start, stop in itertools.pairwise(bounds):
         group = rows[order[start:stop]]
@@ -297,9 +299,8 @@ def _gate(
     members = sorted((int(row), round(float(d), 4)) for row, d, ok in zip(group, distances, inside, strict=True) if ok)
     if len(members) < min_faces:
         return "too_small", []
-    size = len(vectors)
-    cohesion = (float(np.square(vectors.sum(axis=0, dtype=np.float64)).sum()) - size) / (size * (size - 1))
-    if cohesion < 1.0 - thresholds.cluster:
+    inner = cohesion(vectors.sum(axis=0, keepdims=True), np.array([len(vectors)]))[0]
+    if inner < 1.0 - thresholds.cluster:
         return "not_cohesive", []
     if _distinct_shots(vectors[inside]) < min_faces:
         return "one_photo", []

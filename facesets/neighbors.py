@@ -63,11 +63,18 @@ def _edges(start: int, ids: NDArray[np.int64], sims: NDArray[np.float32], min_si
     return np.minimum(rows, cols), np.maximum(rows, cols), values
 
 
+def first_of_runs(*keys: NDArray[Any]) -> NDArray[np.bool_]:
+    """For arrays sorted together: True where a row starts a run of equal keys (in every array)."""
+    first = np.ones(len(keys[0]), dtype=bool)
+    if len(first):
+        first[1:] = np.logical_or.reduce([key[1:] != key[:-1] for key in keys])
+    return first
+
+
 def _unique_edges(src: NDArray[np.int64], dst: NDArray[np.int64], sim: NDArray[np.float32]) -> Graph:
     order = np.lexsort((dst, src))
     src, dst, sim = src[order], dst[order], sim[order]
-    first = np.ones(len(src), dtype=bool)
-    first[1:] = (src[1:] != src[:-1]) | (dst[1:] != dst[:-1])
+    first = first_of_runs(src, dst)
     return Graph(src[first], dst[first], sim[first].astype(np.float32, copy=False))
 
 

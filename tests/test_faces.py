@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from facesets.decode import decode
+from facesets.evaluation import subject_face
 from facesets.faces import ARCFACE_TEMPLATE, FaceEngine, align, nms, similarity_transform
 
 
@@ -30,12 +31,7 @@ def test_t1_has_six_faces(engine: FaceEngine, engine_25g: FaceEngine, t1_jpg: Pa
 def subject(faces: list, image_shape: tuple[int, int]) -> np.ndarray:
     """InsightFace's max_num rule: the largest face, with a penalty for distance from the centre."""
     height, width = image_shape
-
-    def value(face) -> float:
-        cx, cy = (face.bbox[0] + face.bbox[2]) / 2 - width / 2, (face.bbox[1] + face.bbox[3]) / 2 - height / 2
-        return face.area - 2.0 * (cx * cx + cy * cy)
-
-    return max(faces, key=value).embedding
+    return faces[subject_face(np.stack([face.bbox for face in faces]), width, height)].embedding
 
 
 def test_same_person_pairs_score_higher(engine: FaceEngine, faces_dir: Path, labels: dict[str, str]) -> None:
