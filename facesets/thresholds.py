@@ -70,5 +70,6 @@ def resolve_thresholds(identity: PackIdentity, overrides: Mapping[str, float | N
 
 def _check_range(name: str, value: float) -> None:
     upper = 1.0 if name == "closeness" else 2.0
+    option = "--closeness" if name == "closeness" else f"--{name}-distance"
     if not 0.0 <= value <= upper:
-        raise ConfigError(f"--{name} must be between 0 and {upper:g}, got {value:g}")
+        raise ConfigError(f"{option} must be between 0 and {upper:g}, got {value:g}")

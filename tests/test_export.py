@@ -227,3 +227,5 @@ def test_a_model_without_thresholds_needs_them_on_the_command_line() -> None:
         resolve_thresholds(unknown, {"match": None, "cluster": None, "export": None, "closeness": None})
     given = resolve_thresholds(unknown, {"match": 0.4, "cluster": 0.5, "export": 0.45, "closeness": None})
     assert (given.match, given.cluster, given.export, given.closeness) == (0.4, 0.5, 0.45, 0.5)
+    with pytest.raises(ConfigError, match="--cluster-distance must be between 0 and 2, got 5"):
+        resolve_thresholds(unknown, {"match": 0.4, "cluster": 5.0, "export": 0.45, "closeness": None})
