@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 SHARED ?= ../shared
 
-.PHONY: test demo lint bench-embed bench-index bench-db bench-cluster eval-clusters clean
+.PHONY: test demo lint bench-embed bench-index bench-db bench-cluster bench-stage eval-clusters clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench-db: $(VENV)/.installed
 
 bench-cluster: $(VENV)/.installed
 	$(BIN)/python scripts/bench_cluster.py
+
+bench-stage: $(VENV)/.installed
+	$(BIN)/python scripts/bench_stage.py --shared $(SHARED)
 
 eval-clusters: $(VENV)/.installed
 	$(BIN)/python scripts/eval_clusters.py --shared $(SHARED)

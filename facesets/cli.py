@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-import orjson
 
 from . import __version__
+from .clicommon import emit as _emit
+from .clicommon import immich
 from .clip import CLIP_ROOT_ENV, DEFAULT_CLIP_MODEL
 from .database import DEFAULT_DATA
 from .errors import FacesetsError
@@ -23,17 +24,6 @@ from .settings import DEFAULT_DET_SIZES, DEFAULT_MAX_PIXELS, Mode
 
 log = logging.getLogger("facesets")
 ALGORITHMS = ("graph", "average", "components", "dbscan")  # clustering.Algorithm, without importing numpy
-
-
-def _emit(data: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
-        return
-    width = max(len(key) for key in data)
-    for key, value in data.items():
-        if isinstance(value, dict):
-            value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
-        click.echo(f"{key:<{width}}  {value}")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -617,6 +607,9 @@ def queue_info(queue_path: Path) -> None:
     windows = sum(1 for entry in entries if entry.windows_path)
     total = sum(entry.size for entry in entries)
     click.echo(f"{queue_path}: {len(entries)} entries, {total / 1e6:.1f} MB, {windows} with a Windows path")
+
+
+cli.add_command(immich)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

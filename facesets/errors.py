@@ -13,7 +13,10 @@
     │   ├── CacheCorruptError      the file is not a readable facesets cache (never overwritten)
     │   ├── CacheVersionError      the cache's schema is newer or older than this code reads
     │   └── CacheModelMismatchError  the cache was made by another model pack
-    └── FaceSetError               facesets_swap_ready/ or a cluster plan cannot be used (bad manifest, ...)
+    ├── FaceSetError               facesets_swap_ready/ or a cluster plan cannot be used (bad manifest, ...)
+    └── ImmichError                the Immich server cannot be used (wrong URL, bad answer)
+        ├── ImmichAuthError        the API key was rejected, or belongs to another user than expected
+        └── ImmichUnavailableError the server stopped answering mid-run (exit code 2: run the same command again)
 
     ImageLoadError                 one image could not be decoded: recorded and counted, never fatal
 
@@ -79,6 +82,20 @@ class CacheModelMismatchError(CacheError):
 
 class FaceSetError(FacesetsError):
     """The face-set folder, one of its manifests, or a cluster plan cannot be used."""
+
+
+class ImmichError(FacesetsError):
+    """The Immich server cannot be used: unreachable at the start, not an Immich API, or a malformed answer."""
+
+
+class ImmichAuthError(ImmichError):
+    """The API key was rejected (401/403), or it belongs to another user than the one named."""
+
+
+class ImmichUnavailableError(ImmichError):
+    """The server stopped answering mid-run; progress is saved and the same command resumes."""
+
+    exit_code = 2
 
 
 class ImageLoadError(Exception):

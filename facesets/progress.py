@@ -20,6 +20,10 @@ class Progress:
         self.started = time.monotonic()
         self._last_draw = 0.0
 
+    def grow(self, count: int) -> None:
+        """Raise the total (work whose size is learnt as it goes, like a paged listing)."""
+        self.total += count
+
     def advance(self, count: int = 1) -> None:
         self.done += count
         now = time.monotonic()
