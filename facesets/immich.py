@@ -252,8 +252,8 @@ class ImmichClient:
             raise ImmichError(
                 f"cannot reach Immich at {self.base} ({exc}): check IMMICH_URL and that the server is up"
             ) from None
-        except NotFoundError as exc:
-            data = str(exc)
+        except NotFoundError:
+            data = None
         if not isinstance(data, dict) or "id" not in data:
             raise ImmichError(
                 f"{self.base}/users/me did not answer a user: IMMICH_URL does not point at an Immich server "

@@ -23,12 +23,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, ImmichAuthError, ImmichUnavailableError, StateError
+from .errors import CacheError, ConfigError, ImmichAuthError, ImmichUnavailableError, StateError
 from .immich import (
     Asset,
     AssetType,
@@ -111,9 +111,7 @@ class StageStats:
     complete: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        data = {item.name: getattr(self, item.name) for item in fields(self)}
-        data["elapsed"] = round(self.elapsed, 2)
-        return data
+        return {**asdict(self), "elapsed": round(self.elapsed, 2)}
 
 
 class Fetch(StrEnum):
@@ -175,8 +173,7 @@ def run_stage(config: StageConfig, progress: Callable[[], Progress] | None = Non
 
 
 def _client_options(config: StageConfig) -> ClientOptions:
-    options = config.client
-    return ClientOptions(options.timeout, options.retries, options.backoff, options.breaker_limit, config.workers)
+    return replace(config.client, connections=config.workers)
 
 
 def _check_owner(config: StageConfig, client: ImmichClient, state: StageState) -> None:
@@ -458,8 +455,7 @@ def _known(state: StageState, caches: Path | None) -> Known:
 
 
 def _read_caches(caches: Path, known: Known) -> None:
-    from .cache import load_cache
-    from .errors import CacheError
+    from .cache import load_cache  # numpy: only when there are caches to read
 
     paths = {*caches.glob("*.npz"), *(folder.with_suffix("") for folder in caches.glob("*.npz.journal"))}
     for path in sorted(paths):
