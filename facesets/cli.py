@@ -11,10 +11,10 @@ from typing import Any
 import click
 
 from . import __version__
+from .clicommon import database_options, immich, providers_option
 from .clicommon import emit as _emit
-from .clicommon import immich
+from .clidb import persons, search_command, similar_command
 from .clip import CLIP_ROOT_ENV, DEFAULT_CLIP_MODEL
-from .database import DEFAULT_DATA
 from .errors import FacesetsError
 from .packs import DEFAULT_PACK, MODEL_ROOT_ENV
 from .settings import DEFAULT_DET_SIZES, DEFAULT_MAX_PIXELS, Mode
@@ -73,32 +73,6 @@ def _target_options(function: Any) -> Any:
     )(function)
 
 
-def _database_options(function: Any) -> Any:
-    """--database (or $DATABASE_URL) and --data, shared by the commands that use the PostgreSQL store."""
-    function = click.option(
-        "--data",
-        type=click.Path(path_type=Path, file_okay=False),
-        default=DEFAULT_DATA,
-        show_default=True,
-        help="Data folder of the embedded PostgreSQL.",
-    )(function)
-    return click.option(
-        "--database",
-        envvar="DATABASE_URL",
-        default=None,
-        help="PostgreSQL URL (also $DATABASE_URL); without one the embedded server under --data is used.",
-    )(function)
-
-
-def _providers_option(function: Any) -> Any:
-    return click.option(
-        "--providers",
-        default="",
-        help="Execution providers in order, e.g. 'dml,cpu' or 'cuda,cpu' "
-        "(default: the best available of DirectML, CUDA, CoreML, CPU).",
-    )(function)
-
-
 def _model_options(function: Any) -> Any:
     function = click.option(
         "--model-pack",
@@ -125,7 +99,7 @@ def _model_options(function: Any) -> Any:
     help="Face cache (.npz) to create or resume.",
 )
 @_model_options
-@_providers_option
+@providers_option
 @click.option(
     "--concurrency",
     type=click.IntRange(min=0),
@@ -230,7 +204,7 @@ def embed(
 @cli.command()
 @_target_options
 @_model_options
-@_providers_option
+@providers_option
 @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True, help="ML slots.")
 @click.option(
     "--io-concurrency",
@@ -331,7 +305,7 @@ def backfill(targets: Sequence[Path], caches: Path, database: str | None, concur
 
 
 @cli.command()
-@_database_options
+@database_options
 def migrate(database: str | None, data: Path) -> None:
     """Create or update the database schema (numbered migrations; safe to run twice or concurrently).
 
@@ -349,7 +323,7 @@ def migrate(database: str | None, data: Path) -> None:
 
 
 @cli.command()
-@_database_options
+@database_options
 @click.option(
     "--caches",
     type=click.Path(path_type=Path, file_okay=False),
@@ -366,6 +340,14 @@ def migrate(database: str | None, data: Path) -> None:
 )
 @click.option("--clip-model", default=None, help="Which CLIP model's vectors to load when clip.sqlite holds several.")
 @click.option(
+    "--sets",
+    "sets_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("facesets_swap_ready"),
+    show_default=True,
+    help="Face-set folder whose canonical sets become persons (loaded if it exists).",
+)
+@click.option(
     "--batch",
     type=click.IntRange(min=1),
     default=5000,
@@ -379,17 +361,18 @@ def load(
     caches: Path,
     extra_caches: Sequence[Path],
     clip_model: str | None,
+    sets_dir: Path,
     batch: int,
     as_json: bool,
 ) -> None:
-    """Load caches, the gallery index state and CLIP vectors into PostgreSQL (idempotent, batched).
+    """Load caches, the gallery index state, CLIP vectors and face sets into PostgreSQL (idempotent, batched).
 
     Example: facesets load --caches caches --cache caches/peter.npz
     """
     from .database import DatabaseConfig
     from .load import LoadConfig, run_load
 
-    config = LoadConfig(DatabaseConfig(database, data), caches, tuple(extra_caches), clip_model, batch)
+    config = LoadConfig(DatabaseConfig(database, data), caches, tuple(extra_caches), clip_model, batch, sets_dir)
     _emit(run_load(config).as_dict(), as_json)
 
 
@@ -398,9 +381,16 @@ def load(
     "--cache",
     "caches",
     multiple=True,
-    required=True,
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    help="Face cache(s) to cluster (repeatable; all made by one model).",
+    help="Face cache(s) to cluster into a plan (repeatable; all made by one model). Without --cache, the "
+    "faces of the database are clustered into persons.",
+)
+@database_options
+@click.option(
+    "--threshold",
+    type=float,
+    help="Database mode: the cosine similarity two faces need to share a cluster, as the original rbv "
+    "(default: 1 - the model's cluster distance).",
 )
 @click.option(
     "--sets",
@@ -429,14 +419,21 @@ def load(
 @click.option("--cluster-distance", type=float, help="Never join faces or clusters farther apart than this.")
 @click.option("--export-distance", type=float, help="Leave out members farther than this from their set's centre.")
 @click.option("--closeness", type=float, help="graph: merge only at this fraction of the looser cluster's cohesion.")
-@click.option("--min-faces", type=click.IntRange(min=1), default=5, show_default=True, help="Smallest new set.")
+@click.option(
+    "--min-faces",
+    type=click.IntRange(min=1),
+    help="Smallest new set (default 5), or new person in database mode (default 3).",
+)
 @click.option("--min-points", type=click.IntRange(min=1), default=3, show_default=True, help="dbscan: core size.")
 @click.option("--reconsider", is_flag=True, help="Also cluster faces of photos earlier runs considered and left out.")
 @_model_options
-@_providers_option
+@providers_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def cluster_command(
     caches: Sequence[Path],
+    database: str | None,
+    data: Path,
+    threshold: float | None,
     sets_dir: Path,
     plan: Path,
     algorithm: str,
@@ -444,7 +441,7 @@ def cluster_command(
     cluster_distance: float | None,
     export_distance: float | None,
     closeness: float | None,
-    min_faces: int,
+    min_faces: int | None,
     min_points: int,
     reconsider: bool,
     model_dir: Path | None,
@@ -452,20 +449,47 @@ def cluster_command(
     providers: str,
     as_json: bool,
 ) -> None:
-    """Match new faces to the existing face sets and cluster the rest into new identities: writes a plan.
+    """Cluster faces into identities: face caches into a plan for `facesets export`, or (without --cache)
+    the faces of the database into persons.
 
-    Thresholds default per model (see the README); nothing under --sets changes until `facesets export`.
+    With --cache: new faces join the existing face sets or form new ones; nothing under --sets changes
+    until `facesets export`. Without: faces with no person join a person or form new persons; existing
+    assignments and recorded "not this person" are kept. Thresholds default per model (see the README).
 
-    Example: facesets cluster --cache caches/peter.npz --sets facesets_swap_ready --plan clusters.json
+    Examples: facesets cluster --cache caches/peter.npz --sets facesets_swap_ready --plan clusters.json;
+    facesets cluster --database postgresql://faces@db.lan/faces --threshold 0.65
     """
     from .clustering import Algorithm
+    from .database import DatabaseConfig
     from .identify import ClusterConfig, PackEmbedder, run_cluster
     from .packs import resolve_pack
+    from .persons import PersonClusterConfig, run_person_cluster
 
-    embedder = None
-    if model_dir is not None or model_pack != DEFAULT_PACK:
-        pack = resolve_pack(model_dir, model_pack)
-        embedder = PackEmbedder(pack, tuple(p for p in providers.split(",") if p.strip()))
+    context = click.get_current_context()
+    explicit_database = context.get_parameter_source("database") is click.core.ParameterSource.COMMANDLINE
+    if not caches:
+        person_config = PersonClusterConfig(
+            DatabaseConfig(database, data),
+            Algorithm(algorithm),
+            threshold,
+            match_distance,
+            cluster_distance,
+            export_distance,
+            closeness,
+            min_faces or 3,
+            min_points,
+        )
+        _emit(run_person_cluster(person_config).as_dict(), as_json)
+        return
+    if explicit_database or threshold is not None:
+        raise click.UsageError(
+            "--database and --threshold cluster the database; --cache clusters face caches: pick one"
+        )
+    chosen = tuple(p for p in providers.split(",") if p.strip())
+    explicit_pack = model_dir is not None or model_pack != DEFAULT_PACK
+    embedder = PackEmbedder(
+        resolve_pack(model_dir, model_pack) if explicit_pack else lambda: resolve_pack(None, model_pack), chosen
+    )
     config = ClusterConfig(
         caches=tuple(caches),
         sets_dir=sets_dir,
@@ -475,7 +499,7 @@ def cluster_command(
         cluster=cluster_distance,
         export=export_distance,
         closeness=closeness,
-        min_faces=min_faces,
+        min_faces=min_faces or 5,
         min_points=min_points,
         reconsider=reconsider,
         embedder=embedder,
@@ -610,6 +634,9 @@ def queue_info(queue_path: Path) -> None:
 
 
 cli.add_command(immich)
+cli.add_command(persons)
+cli.add_command(search_command)
+cli.add_command(similar_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Command-line pieces shared by the command modules: summary output, and the ``immich`` commands."""
+"""Command-line pieces shared by the command modules: summary output, common options, the ``immich`` commands."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import click
 import orjson
 
+from .database import DEFAULT_DATA
 from .progress import Progress
 
 
@@ -22,6 +23,32 @@ def emit(data: dict[str, Any], as_json: bool) -> None:
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
         click.echo(f"{key:<{width}}  {value}")
+
+
+def database_options(function: Any) -> Any:
+    """--database (or $DATABASE_URL) and --data, shared by the commands that use the PostgreSQL store."""
+    function = click.option(
+        "--data",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=DEFAULT_DATA,
+        show_default=True,
+        help="Data folder of the embedded PostgreSQL.",
+    )(function)
+    return click.option(
+        "--database",
+        envvar="DATABASE_URL",
+        default=None,
+        help="PostgreSQL URL (also $DATABASE_URL); without one the embedded server under --data is used.",
+    )(function)
+
+
+def providers_option(function: Any) -> Any:
+    return click.option(
+        "--providers",
+        default="",
+        help="Execution providers in order, e.g. 'dml,cpu' or 'cuda,cpu' "
+        "(default: the best available of DirectML, CUDA, CoreML, CPU).",
+    )(function)
 
 
 @click.group()

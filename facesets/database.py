@@ -89,6 +89,16 @@ def database_url(config: DatabaseConfig) -> Iterator[str]:
         yield embedded
 
 
+@contextlib.contextmanager
+def open_store(config: DatabaseConfig) -> Iterator[Any]:
+    """A connection to the store, its schema checked against this code's."""
+    from .migrations import check_schema
+
+    with database_url(config) as url, connect(url) as conn:
+        check_schema(conn)
+        yield conn
+
+
 def connect(url: str, **options: Any) -> Any:
     """A psycopg connection, or :class:`DatabaseError` naming the problem.
 

@@ -8,7 +8,8 @@
     ├── QueueError                 queue.json is missing, malformed or of an unknown version
     ├── StateError                 the index state or the CLIP store cannot be used
     ├── DatabaseError              the database cannot be reached or used
-    │   └── SchemaError            the database schema is older or newer than this code
+    │   ├── SchemaError            the database schema is older or newer than this code
+    │   └── PersonError            a person, face or name given on the command line does not fit the database
     ├── CacheError                 a face cache cannot be used
     │   ├── CacheCorruptError      the file is not a readable facesets cache (never overwritten)
     │   ├── CacheVersionError      the cache's schema is newer or older than this code reads
@@ -62,6 +63,10 @@ class DatabaseError(FacesetsError):
 
 class SchemaError(DatabaseError):
     """The database schema is older or newer than this code."""
+
+
+class PersonError(DatabaseError):
+    """A person, face or name given on the command line does not exist, is ambiguous or is taken."""
 
 
 class CacheError(FacesetsError):

@@ -120,13 +120,16 @@ def run_cluster(config: ClusterConfig) -> ClusterSummary:
         if key not in members and (config.reconsider or table.hashes[table.photos[i]] not in top.processed)
     ]
     summary = ClusterSummary(faces=len(table.keys), candidates=len(candidates))
-    matched = match_faces(table, np.asarray(candidates, np.int64), centres, set_photos, thresholds.match)
+    matched = match_faces(
+        table.vectors, table.photos, np.asarray(candidates, np.int64), centres, set_photos, thresholds.match
+    )
     summary.matched = sum(len(rows) for rows in matched.values())
     taken = {row for rows in matched.values() for row, _ in rows}
     rest = np.asarray([i for i in candidates if i not in taken], np.int64)
     summary.clustered = len(rest)
     params = ClusterParams(config.algorithm, thresholds.cluster, thresholds.closeness, config.min_points)
-    groups, dropped = refine(table, rest, cluster(table.vectors[rest], table.photos[rest], params), thresholds, config)
+    labels = cluster(table.vectors[rest], table.photos[rest], params)
+    groups, dropped = refine(table.vectors, table.keys, rest, labels, thresholds, config.min_faces)
     for entry in dropped:
         summary.dropped[entry["reason"]] += entry["faces"]
     first_new = highest_number(config.sets_dir, top) + 1
@@ -225,25 +228,32 @@ def _embed_outside(faceset: FaceSet, files: list[Path], embedder: Any) -> NDArra
 
 
 def match_faces(
-    table: FaceTable,
+    vectors: NDArray[np.float32],
+    photos: NDArray[np.int64],
     candidates: NDArray[np.int64],
     centres: dict[int, NDArray[np.float32]],
     set_photos: dict[int, set[int]],
     distance: float,
+    forbidden: dict[int, set[int]] | None = None,
 ) -> dict[int, list[tuple[int, float]]]:
-    """Faces that join an existing set: nearest centre within ``distance``, one face per photo and set."""
+    """Faces that join an existing identity: nearest centre within ``distance``, one face per photo and identity.
+
+    ``forbidden`` maps a face row to identities it must never join (recorded "not this person")."""
     if not centres or not len(candidates):
         return {}
     numbers = sorted(centres)
     matrix = np.stack([centres[n] for n in numbers])
+    column_of = {number: column for column, number in enumerate(numbers)}
     best: dict[tuple[int, int], tuple[float, int]] = {}
     for start in range(0, len(candidates), MATCH_CHUNK):
         rows = candidates[start : start + MATCH_CHUNK]
-        dist = 1.0 - table.vectors[rows] @ matrix.T
+        dist = 1.0 - vectors[rows] @ matrix.T
+        if forbidden:
+            _forbid(dist, rows, forbidden, column_of)
         nearest = dist.argmin(axis=1)
         near = dist[np.arange(len(rows)), nearest]
         for row, column, value in zip(rows.tolist(), nearest.tolist(), near.tolist(), strict=True):
-            number, photo = numbers[column], int(table.photos[row])
+            number, photo = numbers[column], int(photos[row])
             if value > distance or photo in set_photos.get(number, set()):
                 continue
             if (number, photo) not in best or (value, row) < best[(number, photo)]:
@@ -254,14 +264,27 @@ def match_faces(
     return matched
 
 
+def _forbid(
+    dist: NDArray[np.float32], rows: NDArray[np.int64], forbidden: dict[int, set[int]], column_of: dict[int, int]
+) -> None:
+    """Make each recorded "face is not this identity" pair unmatchable."""
+    for offset in np.flatnonzero(np.isin(rows, np.fromiter(forbidden, np.int64))).tolist():
+        for number in forbidden[int(rows[offset])]:
+            if number in column_of:
+                dist[offset, column_of[number]] = np.inf
+
+
 def refine(
-    table: FaceTable,
+    vectors: NDArray[np.float32],
+    keys: list[str],
     rows: NDArray[np.int64],
     labels: NDArray[np.int64],
     thresholds: Thresholds,
-    config: ClusterConfig,
+    min_faces: int,
 ) -> tuple[list[list[tuple[int, float]]], list[dict[str, Any]]]:
-    """Apply the gates to each cluster: the kept groups (rows with distances) and what was dropped, why."""
+    """Apply the gates to each cluster: the kept groups (rows with distances) and what was dropped, why.
+
+    ``rows`` index ``vectors`` and ``keys`` (the faces' stable names, used to order the groups)."""
     kept: list[list[tuple[int, float]]] = []
     dropped: list[dict[str, Any]] = []
     if not len(rows):
@@ -271,12 +294,12 @@ def refine(
     singletons = 0
     for start, stop in itertools.pairwise(bounds):
         group = rows[order[start:stop]]
-        verdict, members = _gate(table.vectors[group], group, thresholds, config.min_faces)
+        verdict, members = _gate(vectors[group], group, thresholds, min_faces)
         if verdict == "singleton":
             singletons += 1
             continue
         if verdict:
-            dropped.append({"reason": verdict, "faces": len(group), "keys": [table.keys[i] for i in group[:5]]})
+            dropped.append({"reason": verdict, "faces": len(group), "keys": [keys[i] for i in group[:5]]})
             continue
         outliers = len(group) - len(members)
         if outliers:
@@ -284,7 +307,7 @@ def refine(
         kept.append(members)
     if singletons:
         dropped.append({"reason": "singleton", "faces": singletons, "keys": []})
-    kept.sort(key=lambda members: (-len(members), table.keys[members[0][0]]))
+    kept.sort(key=lambda members: (-len(members), keys[members[0][0]]))
     return kept, dropped
 
 
@@ -349,18 +372,40 @@ def build_plan(
 class PackEmbedder:
     """Embeds the images of hand-made sets with the caches' model pack, loaded on first use.
 
+    ``pack`` is a model pack, or a function that finds one: then the pack is looked up only when a set
+    holds images no cache describes, so a run that needs no model works where none is installed.
     A file's largest detected face is used; a square image with no detectable face is taken to be an
     aligned crop already (as our own exports are) and embedded whole."""
 
     def __init__(self, pack: Any, providers: tuple[str, ...]) -> None:
-        self.pack = pack
+        self._pack = pack
         self.providers = providers
+        self.expected: PackIdentity | None = None
         self._engine: Any = None
+
+    @property
+    def resolved(self) -> bool:
+        return not callable(self._pack)
+
+    @property
+    def pack(self) -> Any:
+        if callable(self._pack):
+            self._pack = self._pack()
+        return self._pack
+
+    def check(self) -> None:
+        """Refuse a pack of other models than the caches' (their embeddings would not compare)."""
+        if self.expected is not None and not self.pack.identity().same_models(self.expected):
+            raise CacheModelMismatchError(
+                f"--model-dir/--model-pack gives {self.pack.identity().describe()}, but the caches were made by "
+                f"{self.expected.describe()}: pass the pack that made the caches"
+            )
 
     def __call__(self, files: list[Path]) -> NDArray[np.float32]:
         from .decode import decode
         from .errors import ImageLoadError
 
+        self.check()
         engine = self._load()
         vectors = []
         for path in files:
@@ -388,9 +433,9 @@ class PackEmbedder:
         return self._engine
 
 
-def check_embedder_model(embedder: PackEmbedder | None, identity: PackIdentity) -> None:
-    if embedder is not None and not embedder.pack.identity().same_models(identity):
-        raise CacheModelMismatchError(
-            f"--model-dir/--model-pack gives {embedder.pack.identity().describe()}, but the caches were made by "
-            f"{identity.describe()}: pass the pack that made the caches"
-        )
+def check_embedder_model(embedder: Any, identity: PackIdentity) -> None:
+    """Give the embedder the caches' model; a pack already found is checked now, a lazy one at first use."""
+    if isinstance(embedder, PackEmbedder):
+        embedder.expected = identity
+        if embedder.resolved:
+            embedder.check()

@@ -85,6 +85,7 @@ class Asset:
     is_offline: bool
     width: int | None  # of the original; None when Immich does not know it
     height: int | None
+    owner_id: str = ""
 
     @classmethod
     def from_api(cls, item: dict[str, Any]) -> Asset:
@@ -99,6 +100,7 @@ class Asset:
             is_offline=bool(item.get("isOffline")),
             width=_positive(item.get("width")),
             height=_positive(item.get("height")),
+            owner_id=str(item.get("ownerId") or ""),
         )
 
 

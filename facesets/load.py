@@ -1,7 +1,8 @@
 """``facesets load``: the file-based results into PostgreSQL, at the end of the pipeline.
 
-What is loaded: face caches (images, image paths, face detections with their embeddings), the gallery index
-state (galleries with their count and bytes, gallery images), and the CLIP store (one model's vectors).
+What is loaded: face caches (images, image paths, Immich asset ids, face detections with their embeddings),
+the gallery index state (galleries with their count and bytes, gallery images), the CLIP store (one model's
+vectors) and the face sets of ``facesets_swap_ready/`` (each mapped to a person, :mod:`facesets.loadsets`).
 
 Each batch goes through temporary tables filled by binary COPY and is inserted with ``ON CONFLICT`` in one
 transaction, so loading the same files twice changes nothing, a newer cache adds only what is new, and a killed
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from .cache import CacheData, load_cache
 from .database import DatabaseConfig, connect, database_url
 from .errors import DatabaseError
 from .index import CLIP_STORE, FACE_CACHE, STATE_FILE
+from .loadsets import load_face_sets
 from .migrations import check_schema
 
 CLIP_DIM = 512
@@ -49,17 +52,22 @@ class LoadConfig:
     extra_caches: tuple[Path, ...] = ()
     clip_model: str | None = None
     batch: int = 5_000
+    sets: Path | None = None  # facesets_swap_ready/: each canonical set maps to a person
 
 
 @dataclass
 class LoadStats:
     images_added: int = 0
     paths_added: int = 0
+    immich_assets_added: int = 0
     faces_added: int = 0
     faces_seen: int = 0
     galleries_loaded: int = 0
     gallery_images_loaded: int = 0
     clip_added: int = 0
+    face_sets_loaded: int = 0
+    face_set_faces_assigned: int = 0
+    face_set_persons_created: int = 0
     indexes_rebuilt: int = 0
     index_seconds: float = 0.0
     elapsed: float = 0.0
@@ -73,8 +81,12 @@ def run_load(config: LoadConfig) -> LoadStats:
     stats = LoadStats()
     caches = [path for path in [config.caches / FACE_CACHE] if path.exists()] + list(config.extra_caches)
     state, clip = config.caches / STATE_FILE, config.caches / CLIP_STORE
-    if not caches and not state.exists() and not clip.exists():
-        raise DatabaseError(f"nothing to load: no {FACE_CACHE}, {STATE_FILE} or {CLIP_STORE} in {config.caches}")
+    sets = config.sets if config.sets is not None and config.sets.is_dir() else None
+    if not caches and not state.exists() and not clip.exists() and sets is None:
+        raise DatabaseError(
+            f"nothing to load: no {FACE_CACHE}, {STATE_FILE} or {CLIP_STORE} in {config.caches}, no --cache and "
+            "no face-set folder"
+        )
     with database_url(config.database) as url, connect(url) as conn:
         from pgvector.psycopg import register_vector
 
@@ -89,6 +101,8 @@ def run_load(config: LoadConfig) -> LoadStats:
                 _load_galleries(conn, state, config.batch, stats)
             if clip.exists():
                 _load_clip(conn, clip, config.clip_model, config.batch, stats)
+            if sets is not None:
+                load_face_sets(conn, sets, stats)
             _create_missing_indexes(conn, stats)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (LOAD_LOCK,))
@@ -153,6 +167,7 @@ def _load_face_cache(conn: Any, data: CacheData, batch: int, stats: LoadStats) -
         with conn.transaction():
             stats.images_added += _insert_images(conn, [data.images[i] for i in chunk])
             stats.paths_added += _insert_paths(conn, [data.images[i] for i in chunk])
+            stats.immich_assets_added += _insert_assets(conn, [data.images[i] for i in chunk])
             stats.faces_added += _insert_faces(conn, data, face_rows, model)
             stats.faces_seen += len(face_rows)
 
@@ -183,6 +198,47 @@ def _insert_paths(conn: Any, records: Sequence[Any]) -> int:
             "WHERE image_paths.image_id IS DISTINCT FROM excluded.image_id"
         ).rowcount
     )
+
+
+def _insert_assets(conn: Any, records: Sequence[Any]) -> int:
+    """Immich assets of the batch (queue entries of ``facesets immich stage`` carry their ids)."""
+    rows = [
+        (
+            r.source["asset_id"],
+            r.source.get("owner_id") or None,
+            r.source.get("checksum", ""),
+            r.content_hash,
+            r.source.get("user"),
+        )
+        for r in records
+        if r.content_hash and r.source.get("kind") == "immich" and _is_uuid(r.source.get("asset_id", ""))
+    ]
+    if not rows:
+        return 0
+    conn.execute(
+        "CREATE TEMP TABLE tmp_assets (asset_id UUID, owner_id UUID, checksum TEXT, image_id TEXT, user_label TEXT) "
+        "ON COMMIT DROP"
+    )
+    with conn.cursor().copy("COPY tmp_assets FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+    return int(
+        conn.execute(
+            "INSERT INTO immich_assets(asset_id, owner_id, checksum, image_id, user_label) "
+            "SELECT DISTINCT ON (asset_id) * FROM tmp_assets ORDER BY asset_id "
+            "ON CONFLICT (asset_id) DO UPDATE SET image_id = excluded.image_id, checksum = excluded.checksum "
+            "WHERE (immich_assets.image_id, immich_assets.checksum) IS DISTINCT FROM "
+            "(excluded.image_id, excluded.checksum)"
+        ).rowcount
+    )
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _insert_faces(conn: Any, data: CacheData, rows: np.ndarray, model: str) -> int:

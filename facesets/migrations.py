@@ -111,6 +111,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX image_paths_by_image ON image_paths(image_id)",
         ),
     ),
+    Migration(
+        3,
+        "persons, face sets and Immich owners",
+        (
+            "ALTER TABLE immich_assets ALTER COLUMN owner_id DROP NOT NULL",
+            "ALTER TABLE immich_assets ADD COLUMN user_label TEXT",
+            "CREATE INDEX immich_assets_by_image ON immich_assets(image_id)",
+            "ALTER TABLE face_sets ADD COLUMN name TEXT, ADD COLUMN members INTEGER NOT NULL DEFAULT 0, "
+            "ADD COLUMN matched INTEGER NOT NULL DEFAULT 0, ADD COLUMN loaded_at TIMESTAMPTZ NOT NULL DEFAULT now()",
+            "ALTER TABLE face_detections ADD CONSTRAINT face_detections_assigned_by "
+            "CHECK (assigned_by IN ('cluster', 'faceset', 'manual'))",
+            "CREATE INDEX face_detections_unassigned ON face_detections(id) WHERE person_id IS NULL",
+            "CREATE INDEX face_not_person_by_person ON face_not_person(person_id)",
+            "CREATE UNIQUE INDEX person_names_unique ON person_names(lower(name))",
+        ),
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 
@@ -132,11 +148,12 @@ def applied_versions(conn: Any) -> list[int]:
     return [int(v) for (v,) in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
 
 
-def migrate(conn: Any) -> list[Migration]:
-    """Apply the pending migrations, each in a transaction under the advisory lock; return those applied."""
+def migrate(conn: Any, target: int = LATEST) -> list[Migration]:
+    """Apply the pending migrations up to ``target``, each in a transaction under the advisory lock; return those
+    applied."""
     ensure_extension(conn)
     applied: list[Migration] = []
-    for migration in MIGRATIONS:
+    for migration in (m for m in MIGRATIONS if m.version <= target):
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
             conn.execute(

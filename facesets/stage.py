@@ -390,7 +390,13 @@ class Stager:
         self.stats.downloaded_bytes += 0 if adopted else download.size
         seen = SeenAsset(Outcome.STAGED, path, asset.checksum, download.blake3, download.size)
         self._record(asset.id, seen)
-        source = {"kind": "immich", "user": self.config.user, "asset_id": asset.id, "checksum": asset.checksum}
+        source = {
+            "kind": "immich",
+            "user": self.config.user,
+            "asset_id": asset.id,
+            "owner_id": asset.owner_id,
+            "checksum": asset.checksum,
+        }
         name = str(target)
         self._entries.append(QueueEntry(name, to_windows(name), download.blake3, download.size, source))
 

@@ -79,3 +79,60 @@ def reference_vector(rgb: Image.Image, seed: int = 0) -> np.ndarray:
     pooled = np.maximum(conv, 0).mean(axis=(0, 1))
     vector = w["w2"] @ pooled + w["b2"]
     return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+TEXT_LENGTH = 16
+WORDS = ("a", "red", "bicycle", "dog", "on", "the", "beach", "birthday", "cake", "snow", "mountain")
+SPECIAL = ("<|startoftext|>", "<|endoftext|>", "[UNK]")
+
+
+def text_table(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed + 100)
+    return rng.normal(size=(len(SPECIAL) + len(WORDS), DIM)).astype(np.float32)
+
+
+def build_text(folder: Path, seed: int = 0) -> Path:
+    """Add Immich's text-tower layout to ``folder``: config.json, textual/model.onnx and a word-level tokenizer."""
+    from onnx import TensorProto, helper, numpy_helper, save
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {token: i for i, token in enumerate(SPECIAL + WORDS)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>",
+        special_tokens=[("<|startoftext|>", vocab["<|startoftext|>"]), ("<|endoftext|>", vocab["<|endoftext|>"])],
+    )
+    textual = folder / "textual"
+    textual.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(textual / "tokenizer.json"))
+    (textual / "tokenizer_config.json").write_bytes(orjson.dumps({"pad_token": "<|endoftext|>"}))
+    (folder / "config.json").write_bytes(orjson.dumps({"embed_dim": DIM, "text_cfg": {"context_length": TEXT_LENGTH}}))
+    nodes = [
+        helper.make_node("Gather", ["table", "text"], ["tokens"], axis=0),
+        helper.make_node("ReduceMean", ["tokens"], ["embedding"], axes=[1], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_clip_textual",
+        [helper.make_tensor_value_info("text", TensorProto.INT32, [1, TEXT_LENGTH])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [1, DIM])],
+        [numpy_helper.from_array(text_table(seed), "table")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    save(model, str(textual / "model.onnx"))
+    return folder
+
+
+def reference_text_vector(text: str, seed: int = 0) -> np.ndarray:
+    """The tiny text tower in numpy: start token, words, end token, padded with the end token; mean; unit."""
+    vocab = {token: i for i, token in enumerate(SPECIAL + WORDS)}
+    ids = [
+        vocab["<|startoftext|>"],
+        *(vocab.get(word, vocab["[UNK]"]) for word in text.split()),
+        vocab["<|endoftext|>"],
+    ]
+    ids = (ids + [vocab["<|endoftext|>"]] * TEXT_LENGTH)[:TEXT_LENGTH]
+    vector = text_table(seed)[ids].mean(axis=0)
+    return (vector / np.linalg.norm(vector)).astype(np.float32)

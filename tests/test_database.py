@@ -24,7 +24,7 @@ def test_migrate_from_empty_creates_the_schema(database: str) -> None:
         with pytest.raises(SchemaError, match="run `facesets migrate` first"):
             check_schema(conn)
         applied = migrate(conn)
-        assert [m.version for m in applied] == [1, 2] and check_schema(conn) == LATEST == 2
+        assert [m.version for m in applied] == [1, 2, 3] and check_schema(conn) == LATEST == 3
         assert tables(conn) >= {
             "galleries",
             "images",
@@ -43,7 +43,32 @@ def test_migrate_from_empty_creates_the_schema(database: str) -> None:
         assert "USING hnsw (embedding vector_cosine_ops)" in indexes["face_detections_embedding"]
         assert "USING hnsw (embedding vector_cosine_ops)" in indexes["clip_embeddings_embedding"]
         assert migrate(conn) == []  # safe to run twice
-        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == 2
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == 3
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_migrate_from_an_older_version_keeps_the_data(database: str, version: int) -> None:
+    with connect(database) as conn:
+        assert [m.version for m in migrate(conn, target=version)] == list(range(1, version + 1))
+        with pytest.raises(SchemaError, match=f"at version {version}, older"):
+            check_schema(conn)
+        conn.execute("INSERT INTO images(id, size) VALUES ('abc', 1)")
+        conn.execute(
+            "INSERT INTO immich_assets(asset_id, owner_id, checksum, image_id) "
+            "VALUES ('00000000-0000-4000-8000-000000000001', '00000000-0000-4000-8000-000000000002', 'c', 'abc')"
+        )
+        person = conn.execute("INSERT INTO persons DEFAULT VALUES RETURNING id").fetchone()[0]
+        conn.execute("INSERT INTO person_names VALUES (%s, 'Ann')", (person,))
+        assert [m.version for m in migrate(conn)] == list(range(version + 1, LATEST + 1))
+        assert check_schema(conn) == LATEST
+        assert conn.execute("SELECT owner_id::text, user_label FROM immich_assets").fetchone() == (
+            "00000000-0000-4000-8000-000000000002",
+            None,
+        )
+        assert conn.execute("SELECT name FROM person_names").fetchone() == ("Ann",)
+        second = conn.execute("INSERT INTO persons DEFAULT VALUES RETURNING id").fetchone()[0]
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("INSERT INTO person_names VALUES (%s, 'ANN')", (second,))
 
 
 def test_person_names_go_with_their_person(database: str) -> None:
@@ -65,7 +90,7 @@ def test_concurrent_migrate_from_two_processes(database: str) -> None:
     assert [run.returncode for run in runs] == [0, 0], outputs
     assert sum("applied migration 1" in out for out, _ in outputs) == 1
     with connect(database) as conn:
-        assert conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall() == [(1,), (2,)]
+        assert conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall() == [(1,), (2,), (3,)]
 
 
 def test_newer_schema_is_refused(database: str) -> None:

@@ -153,3 +153,21 @@ def test_load_needs_a_migrated_database(database: str, indexed: tuple[Path, Path
     _, caches = indexed
     with pytest.raises(DatabaseError, match="run `facesets migrate` first"):
         run_load(LoadConfig(DatabaseConfig(database), caches))
+
+
+def test_immich_assets_are_loaded_from_the_queue_source(database: str, tmp_path: Path) -> None:
+    config = migrated(database)
+    identity = PackIdentity("pack", "det.onnx", "d" * 64, "rec.onnx", "r" * 64)
+    asset, owner = "1b4e28ba-2fa1-41d2-883f-0016d3cca427", "6a0f2f0a-1111-4c4c-9c9c-0123456789ab"
+    source = {"kind": "immich", "user": "peter", "asset_id": asset, "owner_id": owner, "checksum": "qZk+NkcGgWq6Pi"}
+    writer = CacheWriter(tmp_path / "peter.npz", identity)
+    writer.add(ImageRecord("/staging/peter/a.jpg", "a" * 64, 10, ImageStatus.NO_FACE, source=source), [])
+    bad = {**source, "asset_id": "../not-a-uuid"}
+    writer.add(ImageRecord("/staging/peter/b.jpg", "b" * 64, 10, ImageStatus.NO_FACE, source=bad), [])
+    writer.close()
+    first = run_load(LoadConfig(config, tmp_path / "empty", (tmp_path / "peter.npz",)))
+    again = run_load(LoadConfig(config, tmp_path / "empty", (tmp_path / "peter.npz",)))
+    assert (first.immich_assets_added, again.immich_assets_added) == (1, 0)
+    with psycopg.connect(database) as conn:
+        rows = conn.execute("SELECT asset_id::text, owner_id::text, checksum, image_id, user_label FROM immich_assets")
+        assert rows.fetchall() == [(asset, owner, "qZk+NkcGgWq6Pi", "a" * 64, "peter")]

@@ -1,0 +1,259 @@
+"""The commands on the PostgreSQL store after ``facesets load``: ``persons ...``, ``search`` and ``similar``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from .clicommon import database_options, emit, providers_option
+
+
+def _store(database: str | None, data: Path) -> Any:
+    from .database import DatabaseConfig, open_store
+
+    return open_store(DatabaseConfig(database, data))
+
+
+def _print_json(value: Any) -> None:
+    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+
+
+@click.group()
+def persons() -> None:
+    """Look at, name, merge, reset and correct the persons of the database.
+
+    PERSON is a person's number, its name (any case) or a face set it came from (faceset_007).
+    """
+
+
+@persons.command("list")
+@database_options
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def persons_list(database: str | None, data: Path, as_json: bool) -> None:
+    """Every person with its name, faces (by hand = from face sets or assigned by hand), photos and face sets.
+
+    Example: facesets persons list
+    """
+    from .personops import list_persons
+
+    with _store(database, data) as conn:
+        rows = list_persons(conn)
+    if as_json:
+        _print_json([row.to_dict() for row in rows])
+        return
+    click.echo(f"{'person':>7}  {'faces':>6}  {'by hand':>7}  {'photos':>6}  name / face sets")
+    for row in rows:
+        sets = " ".join(f"faceset_{n:03d}" for n in row.face_sets)
+        label = " ".join(part for part in (row.name or "-", f"[{sets}]" if sets else "") if part)
+        click.echo(f"{row.id:>7}  {row.faces:>6}  {row.by_hand:>7}  {row.photos:>6}  {label}")
+
+
+@persons.command("show")
+@click.argument("person")
+@database_options
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Faces to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def persons_show(person: str, database: str | None, data: Path, limit: int, as_json: bool) -> None:
+    """The faces of PERSON: face number (for `persons not`), photo path, score, who assigned it.
+
+    Example: facesets persons show Ann
+    """
+    from .personops import person_faces, resolve_person
+
+    with _store(database, data) as conn:
+        faces = person_faces(conn, resolve_person(conn, person), limit)
+    if as_json:
+        _print_json([face.to_dict() for face in faces])
+        return
+    for face in faces:
+        where = ", ".join(face.paths) or face.image
+        click.echo(f"{face.face:>9}  {face.score:.3f}  {face.assigned_by or '-':<8} {where}")
+
+
+@persons.command("name")
+@click.argument("person")
+@click.argument("name")
+@database_options
+def persons_name(person: str, name: str, database: str | None, data: Path) -> None:
+    """Give PERSON the name NAME (names are unique, any case).
+
+    Example: facesets persons name 12 "Ann Smith"
+    """
+    from .personops import name_person, resolve_person
+
+    with _store(database, data) as conn:
+        person_id = resolve_person(conn, person)
+        name_person(conn, person_id, name)
+    click.echo(f"person {person_id} is now {' '.join(name.split())!r}")
+
+
+@persons.command("merge")
+@click.argument("keep")
+@click.argument("others", nargs=-1, required=True)
+@database_options
+@click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
+def persons_merge(keep: str, others: tuple[str, ...], database: str | None, data: Path, as_json: bool) -> None:
+    """Merge the persons OTHERS into KEEP: their faces, face sets and "not this person" records move.
+
+    Example: facesets persons merge Ann 17 23
+    """
+    from .personops import merge_persons, resolve_person
+
+    with _store(database, data) as conn:
+        kept = resolve_person(conn, keep)
+        emit(merge_persons(conn, kept, [resolve_person(conn, ref) for ref in others]), as_json)
+
+
+@persons.command("reset")
+@click.option("--person", default=None, help="Reset this person only (default: every person).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@database_options
+@click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
+def persons_reset(person: str | None, yes: bool, database: str | None, data: Path, as_json: bool) -> None:
+    """Undo clustering: unassign the faces it assigned and remove persons left with no face.
+
+    Faces from face sets or assigned by hand stay, and so do their persons' names.
+
+    Example: facesets persons reset --person 17 --yes
+    """
+    from .personops import reset_persons, resolve_person
+
+    with _store(database, data) as conn:
+        person_id = resolve_person(conn, person) if person is not None else None
+        what = f"person {person_id}" if person_id is not None else "every person"
+        if not yes:
+            click.confirm(f"Unassign the faces clustering gave {what}?", abort=True)
+        emit(reset_persons(conn, person_id), as_json)
+
+
+@persons.command("not")
+@click.argument("face", type=int)
+@click.argument("person")
+@database_options
+def persons_not(face: int, person: str, database: str | None, data: Path) -> None:
+    """Record that FACE (a number from `persons show`) is not PERSON; no clustering will put it back.
+
+    Example: facesets persons not 4711 Ann
+    """
+    from .personops import not_person, resolve_person
+
+    with _store(database, data) as conn:
+        result = not_person(conn, face, resolve_person(conn, person))
+    action = "unassigned and recorded" if result["unassigned"] else "recorded"
+    click.echo(f"face {face} is not person {result['person']}: {action}")
+
+
+@persons.command("assign")
+@click.argument("face", type=int)
+@click.argument("person")
+@database_options
+def persons_assign(face: int, person: str, database: str | None, data: Path) -> None:
+    """Put FACE in PERSON by hand (kept by reset and by clustering).
+
+    Example: facesets persons assign 4711 Ann
+    """
+    from .personops import assign_face, resolve_person
+
+    with _store(database, data) as conn:
+        result = assign_face(conn, face, resolve_person(conn, person))
+    click.echo(f"face {face} is person {result['person']} (by hand)")
+
+
+def _search_options(function: Any) -> Any:
+    function = providers_option(function)
+    function = click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")(function)
+    function = click.option(
+        "--clip-model", default=None, help="CLIP model folder name (default: the model the database holds)."
+    )(function)
+    function = click.option(
+        "--clip-dir", type=click.Path(path_type=Path, file_okay=False), help="The CLIP model folder itself."
+    )(function)
+    function = click.option(
+        "--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="Images to list."
+    )(function)
+    function = click.option("--person", default=None, help="Only photos of this person (number, name, faceset_NNN).")(
+        function
+    )
+    return database_options(function)
+
+
+def _print_hits(hits: list[Any], as_json: bool) -> None:
+    if as_json:
+        _print_json([hit.to_dict() for hit in hits])
+        return
+    for hit in hits:
+        where = ", ".join(hit.paths) or hit.image
+        assets = f"  (immich {', '.join(hit.immich_assets)})" if hit.immich_assets else ""
+        click.echo(f"{hit.score:.4f}  {where}{assets}")
+
+
+def _clip_folder(conn: Any, clip_dir: Path | None, clip_model: str | None) -> Path:
+    from .clip import resolve_clip
+
+    held = conn.execute("SELECT identity->>'name' FROM models WHERE purpose = 'clip'").fetchone()
+    return resolve_clip(clip_dir, clip_model or (held[0] if held else "ViT-B-32__openai"))
+
+
+@click.command("search")
+@click.argument("text")
+@_search_options
+def search_command(
+    text: str,
+    database: str | None,
+    data: Path,
+    person: str | None,
+    limit: int,
+    clip_dir: Path | None,
+    clip_model: str | None,
+    as_json: bool,
+    providers: str,
+) -> None:
+    """Images ranked by how well they match TEXT (CLIP), best first: score and paths (and Immich assets).
+
+    Example: facesets search "birthday cake on a table" --person Ann --limit 10
+    """
+    from .cliptext import ClipText
+    from .personops import resolve_person
+    from .runtime import RuntimeOptions, available_providers, choose_providers
+    from .search import check_clip_model, nearest_images
+
+    chosen = tuple(choose_providers(available_providers(), [p for p in providers.split(",") if p.strip()]))
+    with _store(database, data) as conn:
+        person_id = resolve_person(conn, person) if person is not None else None
+        folder = _clip_folder(conn, clip_dir, clip_model)
+        check_clip_model(conn, folder)
+        vector = ClipText(folder, RuntimeOptions(chosen, 1)).embed(text)
+        hits = nearest_images(conn, vector, limit, person_id)
+    _print_hits(hits, as_json)
+
+
+@click.command("similar")
+@click.argument("image", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@_search_options
+def similar_command(
+    image: Path,
+    database: str | None,
+    data: Path,
+    person: str | None,
+    limit: int,
+    clip_dir: Path | None,
+    clip_model: str | None,
+    as_json: bool,
+    providers: str,
+) -> None:
+    """Images that look like IMAGE (CLIP), best first; IMAGE itself is left out.
+
+    Example: facesets similar ~/Pictures/beach.jpg --limit 10
+    """
+    from .personops import resolve_person
+    from .search import image_vector, nearest_images
+
+    chosen = tuple(p for p in providers.split(",") if p.strip())
+    with _store(database, data) as conn:
+        person_id = resolve_person(conn, person) if person is not None else None
+        vector, digest = image_vector(conn, image, lambda: _clip_folder(conn, clip_dir, clip_model), chosen)
+        hits = nearest_images(conn, vector, limit, person_id, exclude=digest)
+    _print_hits(hits, as_json)

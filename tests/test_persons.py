@@ -1,0 +1,188 @@
+"""Person clustering in the database and `facesets persons`, on real faces in a real embedded PostgreSQL."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+
+from facesets.cli import main
+from facesets.clustering import Algorithm
+from facesets.database import DatabaseConfig, connect
+from facesets.errors import ConfigError, PersonError
+from facesets.export import ExportConfig, run_export
+from facesets.identify import ClusterConfig, run_cluster
+from facesets.load import LoadConfig, run_load
+from facesets.migrations import migrate
+from facesets.personops import merge_persons, name_person, not_person, reset_persons, resolve_person
+from facesets.persons import FaceRows, PersonClusterConfig, plan_persons, run_person_cluster
+from facesets.thresholds import Thresholds
+from tests.test_export import PEOPLE, PHOTOS, _cache, _library
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory, faces_dir: Path, pack_dir: Path) -> Path:
+    root = _library(faces_dir, tmp_path_factory.mktemp("lib") / "photos", PEOPLE)
+    return _cache(root, pack_dir, "faces")
+
+
+def loaded(database: str, cache: Path, tmp_path: Path, sets: Path | None = None) -> DatabaseConfig:
+    with connect(database) as conn:
+        migrate(conn)
+    config = DatabaseConfig(database)
+    run_load(LoadConfig(config, tmp_path / "no-caches", (cache,), sets=sets))
+    return config
+
+
+def people_of(database: str) -> dict[int, list[str]]:
+    """Person id -> the folder (real identity) of each of its faces' photos."""
+    with psycopg.connect(database) as conn:
+        rows = conn.execute(
+            "SELECT f.person_id, p.path FROM face_detections f JOIN image_paths p ON p.image_id = f.image_id "
+            "WHERE f.person_id IS NOT NULL ORDER BY f.person_id, p.path"
+        ).fetchall()
+    found: dict[int, list[str]] = {}
+    for person, path in rows:
+        found.setdefault(int(person), []).append(Path(path).parent.name)
+    return found
+
+
+def face_ids_of(database: str, who: str) -> list[int]:
+    with psycopg.connect(database) as conn:
+        rows = conn.execute(
+            "SELECT f.id FROM face_detections f JOIN image_paths p ON p.image_id = f.image_id "
+            "WHERE p.path LIKE %s ORDER BY f.id",
+            (f"%/{who}/%",),
+        ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def test_clustering_makes_one_person_per_identity(database: str, library: Path, tmp_path: Path) -> None:
+    config = loaded(database, library, tmp_path)
+    stats = run_person_cluster(PersonClusterConfig(config))
+    # 19 faces: one photo of Jerry Seinfeld shows a second person, one of Elton John's faces is 38 px
+    assert (stats.faces, stats.new_persons, stats.already_assigned, stats.joined_persons) == (19, 3, 0, 0)
+    assert stats.left_unassigned == 2 and stats.dropped == {"singleton": 2}
+    found = people_of(database)
+    assert sorted(sorted(set(folders)) for folders in found.values()) == [[p] for p in sorted(PEOPLE)]
+    assert sorted(len(folders) for folders in found.values()) == [5, 6, 6]
+    again = run_person_cluster(PersonClusterConfig(config))
+    assert again.new_persons == 0 and again.joined_persons == 0 and again.already_assigned == 17
+    assert people_of(database) == found
+
+
+def test_existing_assignments_and_not_this_person_are_kept(database: str, library: Path, tmp_path: Path) -> None:
+    config = loaded(database, library, tmp_path)
+    madonna = face_ids_of(database, "madonna")
+    with connect(database) as conn:
+        ann = conn.execute("INSERT INTO persons DEFAULT VALUES RETURNING id").fetchone()[0]
+        conn.execute(
+            "UPDATE face_detections SET person_id = %s, assigned_by = 'manual' WHERE id = %s", (ann, madonna[0])
+        )
+        not_person(conn, madonna[1], ann)
+    stats = run_person_cluster(PersonClusterConfig(config))
+    with psycopg.connect(database) as conn:
+        person_of: dict[int, int | None] = dict(conn.execute("SELECT id, person_id FROM face_detections").fetchall())
+        by: dict[int, str | None] = dict(conn.execute("SELECT id, assigned_by FROM face_detections").fetchall())
+    assert person_of[madonna[0]] == ann and by[madonna[0]] == "manual"  # the hand's work is untouched
+    assert person_of[madonna[1]] != ann  # recorded "not Ann": never joins her
+    assert [person_of[face] for face in madonna[2:]] == [ann] * (PHOTOS - 2)  # the rest join the existing person
+    assert stats.joined_persons == PHOTOS - 2 and stats.new_persons == 2
+
+
+def test_two_faces_of_one_photo_never_share_a_person() -> None:
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=512).astype(np.float32)
+    vectors = base + 0.65 * rng.normal(size=(6, 512)).astype(np.float32)  # pairwise similarity about 0.7
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    faces = FaceRows(np.arange(6), vectors, np.array([0, 0, 1, 2, 3, 4]), np.full(6, -1))
+    plan = plan_persons(faces, {}, Thresholds(0.5, 0.6, 0.6), PersonClusterConfig(DatabaseConfig(), min_faces=2))
+    groups = [set(group) for group in plan.new_groups]
+    assert sorted(map(sorted, groups)) == [[0, 4], [1, 2, 3, 5]]  # one look-alike group, split at the photo
+    # an existing person with a face in photo 0 takes no second face of photo 0
+    faces.persons[0] = 7
+    plan = plan_persons(faces, {}, Thresholds(0.5, 0.6, 0.6), PersonClusterConfig(DatabaseConfig(), min_faces=2))
+    assert plan.joins == {2: 7, 3: 7, 4: 7, 5: 7} and plan.new_groups == []
+
+
+def test_threshold_is_a_similarity_and_conflicts_are_refused(database: str, library: Path, tmp_path: Path) -> None:
+    assert PersonClusterConfig(DatabaseConfig(), threshold=0.65).overrides()["cluster"] == 0.35
+    with pytest.raises(ConfigError, match="pass one"):
+        PersonClusterConfig(DatabaseConfig(), threshold=0.6, cluster=0.4).overrides()
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        PersonClusterConfig(DatabaseConfig(), threshold=1.5).overrides()
+    config = loaded(database, library, tmp_path)
+    strict = run_person_cluster(PersonClusterConfig(config, Algorithm.COMPONENTS, threshold=0.999))
+    assert strict.new_persons == 0 and strict.left_unassigned == 19 and strict.thresholds["cluster"] == 0.001
+
+
+def test_persons_commands(
+    database: str, library: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded(database, library, tmp_path)
+    assert main(["cluster", "--database", database, "--json"]) == 0
+    capsys.readouterr()
+    assert main(["persons", "list", "--database", database]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert len(listing) == 4 and listing[0].split()[:2] == ["person", "faces"]
+    first, second = (int(line.split()[0]) for line in listing[1:3])
+    assert main(["persons", "name", str(first), "  Ann   Smith "]) != 0  # no --database: the embedded default
+    capsys.readouterr()
+    assert main(["persons", "name", str(first), "  Ann   Smith ", "--database", database]) == 0
+    assert main(["persons", "name", str(second), "ann smith", "--database", database]) == 1
+    assert f"already names person {first}" in capsys.readouterr().err
+    assert main(["persons", "show", "ANN SMITH", "--database", database, "--json"]) == 0
+    assert '"assigned_by": "cluster"' in capsys.readouterr().out
+    assert main(["persons", "merge", "ann smith", str(second), "--database", database, "--json"]) == 0
+    assert '"faces_moved": 6' in capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.StringIO("n\n"))  # the confirmation is answered no
+    assert main(["persons", "reset", "--database", database]) != 0
+    with connect(database) as conn:
+        assert resolve_person(conn, "Ann Smith") == first
+    assert main(["persons", "reset", "--yes", "--database", database, "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"faces_unassigned": 17' in out and '"persons_removed": 2' in out
+    with connect(database) as conn, pytest.raises(PersonError, match="no person"):
+        resolve_person(conn, "Ann Smith")
+
+
+def test_reset_keeps_hand_work_and_names(database: str, library: Path, tmp_path: Path) -> None:
+    config = loaded(database, library, tmp_path)
+    run_person_cluster(PersonClusterConfig(config))
+    elton = face_ids_of(database, "elton_john")[1]  # the first is the 38 px face clustering leaves alone
+    with connect(database) as conn:
+        person = conn.execute("SELECT person_id FROM face_detections WHERE id = %s", (elton,)).fetchone()[0]
+        name_person(conn, person, "Elton")
+        conn.execute("UPDATE face_detections SET assigned_by = 'manual' WHERE id = %s", (elton,))
+        result = reset_persons(conn, None)
+        assert result == {"faces_unassigned": 16, "persons_removed": 2, "persons_kept": 1}
+        assert resolve_person(conn, "elton") == person
+        with pytest.raises(PersonError, match="at least one person"):
+            merge_persons(conn, person, [person])
+    stats = run_person_cluster(PersonClusterConfig(config))  # Elton's faces find him again
+    assert stats.new_persons == 2 and stats.joined_persons == 3  # the fourth face is too far from his one face
+    assert people_of(database)[person] == ["elton_john"] * (1 + stats.joined_persons)
+
+
+def test_face_sets_load_as_persons(database: str, library: Path, tmp_path: Path) -> None:
+    sets = tmp_path / "facesets_swap_ready"
+    run_cluster(ClusterConfig(caches=(library,), sets_dir=sets, plan=tmp_path / "plan.json", min_faces=3))
+    run_export(ExportConfig(tmp_path / "plan.json"))
+    config = loaded(database, library, tmp_path, sets=sets)
+    found = people_of(database)
+    assert len(found) == 3 and all(len(set(folders)) == 1 for folders in found.values())
+    with psycopg.connect(database) as conn:
+        rows = conn.execute("SELECT number, person_id, members, matched FROM face_sets ORDER BY number").fetchall()
+        assert [r[0] for r in rows] == [1, 2, 3] and all(r[2] == r[3] > 0 for r in rows)
+        assert {r[1] for r in rows} == set(found)
+        kinds = conn.execute("SELECT DISTINCT assigned_by FROM face_detections WHERE person_id IS NOT NULL").fetchall()
+        assert kinds == [("faceset",)]
+    again = run_load(LoadConfig(config, tmp_path / "no-caches", (library,), sets=sets))
+    assert again.face_sets_loaded == 3 and again.face_set_faces_assigned == 0 and again.face_set_persons_created == 0
+    with connect(database) as conn:
+        assert resolve_person(conn, "faceset_002") == rows[1][1]
+    stats = run_person_cluster(PersonClusterConfig(config))  # the sets' persons are taken as they are
+    assert stats.new_persons == 0
