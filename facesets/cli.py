@@ -352,7 +352,14 @@ def migrate(database: str | None, data: Path) -> None:
     type=click.IntRange(min=1),
     default=5000,
     show_default=True,
-    help="Images per transaction: a killed load loses at most the batch in flight.",
+    help="Images per transaction: a killed load loses at most the batches in flight.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 16),
+    default=2,
+    show_default=True,
+    help="Connections writing face batches at once (each holds one batch of vectors in memory).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
 def load(
@@ -363,6 +370,7 @@ def load(
     clip_model: str | None,
     sets_dir: Path,
     batch: int,
+    workers: int,
     as_json: bool,
 ) -> None:
     """Load caches, the gallery index state, CLIP vectors and face sets into PostgreSQL (idempotent, batched).
@@ -372,7 +380,9 @@ def load(
     from .database import DatabaseConfig
     from .load import LoadConfig, run_load
 
-    config = LoadConfig(DatabaseConfig(database, data), caches, tuple(extra_caches), clip_model, batch, sets_dir)
+    config = LoadConfig(
+        DatabaseConfig(database, data), caches, tuple(extra_caches), clip_model, batch, sets_dir, workers
+    )
     _emit(run_load(config).as_dict(), as_json)
 
 

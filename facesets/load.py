@@ -17,18 +17,23 @@ load killed in between leaves the next load (or search) to rebuild it.
 
 from __future__ import annotations
 
+import queue
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
+from numpy.typing import NDArray
 
 from .cache import CacheData, load_cache
+from .copybinary import face_rows
 from .database import DatabaseConfig, connect, database_url
 from .errors import DatabaseError
 from .index import CLIP_STORE, FACE_CACHE, STATE_FILE
@@ -53,6 +58,7 @@ class LoadConfig:
     clip_model: str | None = None
     batch: int = 5_000
     sets: Path | None = None  # facesets_swap_ready/: each canonical set maps to a person
+    workers: int = 2  # connections writing face batches at once
 
 
 @dataclass
@@ -96,7 +102,7 @@ def run_load(config: LoadConfig) -> LoadStats:
         try:
             _drop_indexes_of_empty_tables(conn)
             for path in caches:
-                _load_face_cache(conn, load_cache(path), config.batch, stats)
+                _load_face_cache(url, conn, load_cache(path), config, stats)
             if state.exists():
                 _load_galleries(conn, state, config.batch, stats)
             if clip.exists():
@@ -152,24 +158,72 @@ def _batches(count: int, size: int) -> Iterator[range]:
         yield range(start, min(count, start + size))
 
 
-def _load_face_cache(conn: Any, data: CacheData, batch: int, stats: LoadStats) -> None:
+def _load_face_cache(url: str, conn: Any, data: CacheData, config: LoadConfig, stats: LoadStats) -> None:
+    """The cache's batches, each in its own transaction, over ``config.workers`` connections at once (while
+    one connection's server process writes, another batch is encoded or written)."""
     identity = data.identity.to_dict()
     claim_model(conn, "face", identity, ("detector_blake3", "recognizer_blake3"), "this cache")
-    model = data.identity.name
-    image_rows = np.asarray(data.meta["image"]) if len(data.meta) else np.zeros(0, np.int64)
-    order = np.argsort(image_rows, kind="stable")
-    for chunk in _batches(len(data.images), batch):
-        face_rows = (
-            order[np.searchsorted(image_rows[order], chunk.start) : np.searchsorted(image_rows[order], chunk.stop)]
-            if len(order)
-            else order
-        )
+    stats.faces_seen += len(data.meta)
+    batches = list(_face_batches(data, config.batch))
+    connections: queue.Queue[Any] = queue.Queue()
+    for _ in range(min(config.workers, len(batches))):
+        connections.put(connect(url))
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, connections.qsize())) as pool:
+            failed = threading.Event()
+            futures = [pool.submit(_load_batch, connections, failed, data, chunk, rows) for chunk, rows in batches]
+            try:
+                for future in as_completed(futures):
+                    for name, value in future.result().items():
+                        setattr(stats, name, getattr(stats, name) + value)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    finally:
+        while not connections.empty():
+            connections.get().close()
+
+
+def _face_batches(data: CacheData, size: int) -> Iterator[tuple[range, NDArray[np.int64]]]:
+    """Batches of images with their face rows; a face seen earlier in the cache (same photo hash and box, as
+    copies of one photo have) is left out, so concurrent batches never write the same face."""
+    first_of_hash: dict[str, int] = {}
+    canonical = np.array(
+        [first_of_hash.setdefault(record.content_hash, i) for i, record in enumerate(data.images)], np.int64
+    )
+    keys = np.zeros(len(data.meta), [("image", "<i8"), ("bbox", "<f4", (4,))])
+    if len(data.meta):
+        keys["image"], keys["bbox"] = canonical[data.meta["image"]], data.meta["bbox"]
+    _, first = np.unique(keys, return_index=True)
+    kept = np.sort(first).astype(np.int64)
+    images = np.asarray(data.meta["image"], np.int64)[kept]
+    order = np.argsort(images, kind="stable")
+    for chunk in _batches(len(data.images), size):
+        low, high = np.searchsorted(images[order], [chunk.start, chunk.stop])
+        yield chunk, kept[order[low:high]]
+
+
+def _load_batch(
+    connections: queue.Queue[Any], failed: threading.Event, data: CacheData, chunk: range, rows: NDArray[np.int64]
+) -> dict[str, int]:
+    """One batch in one transaction; none starts after a batch failed (those in flight finish whole)."""
+    if failed.is_set():
+        return {}
+    conn = connections.get()
+    try:
+        records = [data.images[i] for i in chunk]
         with conn.transaction():
-            stats.images_added += _insert_images(conn, [data.images[i] for i in chunk])
-            stats.paths_added += _insert_paths(conn, [data.images[i] for i in chunk])
-            stats.immich_assets_added += _insert_assets(conn, [data.images[i] for i in chunk])
-            stats.faces_added += _insert_faces(conn, data, face_rows, model)
-            stats.faces_seen += len(face_rows)
+            return {
+                "images_added": _insert_images(conn, records),
+                "paths_added": _insert_paths(conn, records),
+                "immich_assets_added": _insert_assets(conn, records),
+                "faces_added": _insert_faces(conn, data, rows, data.identity.name),
+            }
+    except BaseException:
+        failed.set()
+        raise
+    finally:
+        connections.put(conn)
 
 
 def _insert_images(conn: Any, records: Sequence[Any]) -> int:
@@ -241,33 +295,42 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
+FACE_COLUMNS = "image_id, box, keypoints, score, face_short, model, embedding"
+
+
 def _insert_faces(conn: Any, data: CacheData, rows: np.ndarray, model: str) -> int:
+    """Copy the faces of a batch straight into the table when none of its photos has faces there yet (the bulk
+    case: the load lock keeps other loads out); otherwise through a temporary table, skipping known faces."""
     if len(rows) == 0:
         return 0
-    conn.execute(
-        "CREATE TEMP TABLE tmp_faces (image_id TEXT, box REAL[], keypoints REAL[], score REAL, face_short REAL, "
-        "model TEXT, embedding vector(512)) ON COMMIT DROP"
+    meta = data.meta[rows]
+    hashes = [data.images[int(i)].content_hash for i in meta["image"]]
+    payload = face_rows(
+        hashes,
+        meta["bbox"],
+        meta["kps"].reshape(len(rows), -1),
+        meta["score"],
+        meta["face_short"],
+        model,
+        data.embeddings[rows],
     )
-    copy_sql = "COPY tmp_faces FROM STDIN WITH (FORMAT BINARY)"
-    with conn.cursor().copy(copy_sql) as copy:
-        copy.set_types(["text", "float4[]", "float4[]", "float4", "float4", "text", "vector"])
-        for row in rows:
-            meta = data.meta[row]
-            copy.write_row(
-                (
-                    data.images[int(meta["image"])].content_hash,
-                    meta["bbox"].tolist(),
-                    meta["kps"].reshape(-1).tolist(),
-                    float(meta["score"]),
-                    float(meta["face_short"]),
-                    model,
-                    data.embeddings[row],
-                )
-            )
+    known = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM face_detections WHERE image_id = ANY(%s))", (sorted(set(hashes)),)
+    ).fetchone()[0]
+    target = "tmp_faces" if known else f"face_detections({FACE_COLUMNS})"
+    if known:
+        conn.execute(
+            "CREATE TEMP TABLE tmp_faces (image_id TEXT, box REAL[], keypoints REAL[], score REAL, face_short REAL, "
+            "model TEXT, embedding vector(512)) ON COMMIT DROP"
+        )
+    with conn.cursor().copy(f"COPY {target} FROM STDIN WITH (FORMAT BINARY)") as copy:
+        copy.write(payload)
+    if not known:
+        return len(rows)
     return int(
         conn.execute(
-            "INSERT INTO face_detections(image_id, box, keypoints, score, face_short, model, embedding) "
-            "SELECT * FROM tmp_faces ON CONFLICT (image_id, model, box) DO NOTHING"
+            f"INSERT INTO face_detections({FACE_COLUMNS}) SELECT * FROM tmp_faces "
+            "ON CONFLICT (image_id, model, box) DO NOTHING"
         ).rowcount
     )
 

@@ -53,9 +53,10 @@ def _load_set(conn: Any, faceset: FaceSet) -> tuple[int, int]:
         (faceset.number, faceset.name, person, body, len(faceset.members), len(faces)),
     )
     assigned = conn.execute(
-        "UPDATE face_detections f SET person_id = %(p)s, assigned_by = 'faceset' WHERE f.id = ANY(%(ids)s) "
-        "AND (f.person_id IS NULL OR f.assigned_by = 'cluster') AND f.person_id IS DISTINCT FROM %(p)s "
-        "AND NOT EXISTS (SELECT 1 FROM face_not_person n WHERE n.face_id = f.id AND n.person_id = %(p)s)",
+        "INSERT INTO face_persons(face_id, person_id, assigned_by) SELECT f, %(p)s, 'faceset' FROM unnest(%(ids)s) f "
+        "WHERE NOT EXISTS (SELECT 1 FROM face_not_person n WHERE n.face_id = f AND n.person_id = %(p)s) "
+        "ON CONFLICT (face_id) DO UPDATE SET person_id = excluded.person_id, assigned_by = 'faceset' "
+        "WHERE face_persons.assigned_by = 'cluster' AND face_persons.person_id <> excluded.person_id",
         {"p": person, "ids": [face_id for face_id, _ in faces]},
     ).rowcount
     return int(assigned), created
@@ -70,9 +71,10 @@ def _member_faces(conn: Any, faceset: FaceSet) -> list[tuple[int, int | None]]:
         for member in faceset.members:
             copy.write_row((member.content_hash, *member.bbox))
     rows = conn.execute(
-        "SELECT DISTINCT f.id, f.person_id FROM tmp_members m JOIN face_detections f ON f.image_id = m.image_id "
+        "SELECT DISTINCT f.id, a.person_id FROM tmp_members m JOIN face_detections f ON f.image_id = m.image_id "
         "AND abs(f.box[1] - m.x1) < %(t)s AND abs(f.box[2] - m.y1) < %(t)s "
-        "AND abs(f.box[3] - m.x2) < %(t)s AND abs(f.box[4] - m.y2) < %(t)s ORDER BY f.id",
+        "AND abs(f.box[3] - m.x2) < %(t)s AND abs(f.box[4] - m.y2) < %(t)s "
+        "LEFT JOIN face_persons a ON a.face_id = f.id ORDER BY f.id",
         {"t": BOX_TOLERANCE},
     ).fetchall()
     return [(int(face_id), person_id) for face_id, person_id in rows]

@@ -120,9 +120,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX immich_assets_by_image ON immich_assets(image_id)",
             "ALTER TABLE face_sets ADD COLUMN name TEXT, ADD COLUMN members INTEGER NOT NULL DEFAULT 0, "
             "ADD COLUMN matched INTEGER NOT NULL DEFAULT 0, ADD COLUMN loaded_at TIMESTAMPTZ NOT NULL DEFAULT now()",
-            "ALTER TABLE face_detections ADD CONSTRAINT face_detections_assigned_by "
-            "CHECK (assigned_by IN ('cluster', 'faceset', 'manual'))",
-            "CREATE INDEX face_detections_unassigned ON face_detections(id) WHERE person_id IS NULL",
+            # who is in a face lives beside the face: updating it never rewrites the 2 KB row and its HNSW entry
+            """CREATE TABLE face_persons (
+            face_id BIGINT PRIMARY KEY REFERENCES face_detections(id) ON DELETE CASCADE,
+            person_id BIGINT NOT NULL REFERENCES persons(id) ON DELETE CASCADE,
+            assigned_by TEXT NOT NULL CHECK (assigned_by IN ('cluster', 'faceset', 'manual'))
+        )""",
+            "INSERT INTO face_persons SELECT id, person_id, CASE WHEN assigned_by IN ('faceset', 'manual') "
+            "THEN assigned_by ELSE 'cluster' END FROM face_detections WHERE person_id IS NOT NULL",
+            "ALTER TABLE face_detections DROP COLUMN person_id, DROP COLUMN assigned_by",
+            "CREATE INDEX face_persons_by_person ON face_persons(person_id)",
             "CREATE INDEX face_not_person_by_person ON face_not_person(person_id)",
             "CREATE UNIQUE INDEX person_names_unique ON person_names(lower(name))",
         ),

@@ -2,7 +2,7 @@
 
 These replace the raw SQL of the original README. Each command is one transaction.
 
-Who assigned a face is recorded in ``face_detections.assigned_by``:
+Who is in a face is recorded in ``face_persons`` (face, person, assigned_by):
 
     cluster   ``facesets cluster`` (machine work: what ``reset`` undoes)
     faceset   a face set loaded by ``facesets load`` (your curated folders)
@@ -70,12 +70,12 @@ def resolve_person(conn: Any, ref: str) -> int:
 
 def list_persons(conn: Any) -> list[PersonRow]:
     rows = conn.execute(
-        """SELECT p.id, n.name, count(f.id), count(f.id) FILTER (WHERE f.assigned_by <> 'cluster'),
+        """SELECT p.id, n.name, count(f.id), count(f.id) FILTER (WHERE a.assigned_by <> 'cluster'),
                   count(DISTINCT f.image_id),
                   coalesce((SELECT array_agg(s.number ORDER BY s.number) FROM face_sets s WHERE s.person_id = p.id),
                            '{}')
            FROM persons p LEFT JOIN person_names n ON n.person_id = p.id
-           LEFT JOIN face_detections f ON f.person_id = p.id
+           LEFT JOIN face_persons a ON a.person_id = p.id LEFT JOIN face_detections f ON f.id = a.face_id
            GROUP BY p.id, n.name ORDER BY count(f.id) DESC, p.id"""
     ).fetchall()
     return [PersonRow(int(a), b, int(c), int(d), int(e), [int(x) for x in f]) for a, b, c, d, e, f in rows]
@@ -84,9 +84,10 @@ def list_persons(conn: Any) -> list[PersonRow]:
 def person_faces(conn: Any, person: int, limit: int) -> list[FaceRow]:
     rows = conn.execute(
         """SELECT f.id, f.image_id, coalesce(array_agg(p.path ORDER BY p.path) FILTER (WHERE p.path IS NOT NULL), '{}'),
-                  f.score, f.assigned_by
-           FROM face_detections f LEFT JOIN image_paths p ON p.image_id = f.image_id
-           WHERE f.person_id = %s GROUP BY f.id ORDER BY f.id LIMIT %s""",
+                  f.score, a.assigned_by
+           FROM face_persons a JOIN face_detections f ON f.id = a.face_id
+           LEFT JOIN image_paths p ON p.image_id = f.image_id
+           WHERE a.person_id = %s GROUP BY f.id, a.assigned_by ORDER BY f.id LIMIT %s""",
         (person, limit),
     ).fetchall()
     return [FaceRow(int(a), b, list(c), round(float(d), 4), e) for a, b, c, d, e in rows]
@@ -124,13 +125,11 @@ def merge_persons(conn: Any, keep: int, others: list[int]) -> dict[str, int]:
             (keep, others),
         )
         moved = conn.execute(
-            "UPDATE face_detections f SET person_id = %s WHERE person_id = ANY(%s) AND NOT EXISTS "
-            "(SELECT 1 FROM face_not_person n WHERE n.face_id = f.id AND n.person_id = %s)",
+            "UPDATE face_persons a SET person_id = %s WHERE person_id = ANY(%s) AND NOT EXISTS "
+            "(SELECT 1 FROM face_not_person n WHERE n.face_id = a.face_id AND n.person_id = %s)",
             (keep, others, keep),
         ).rowcount
-        refused = conn.execute(
-            "UPDATE face_detections SET person_id = NULL, assigned_by = NULL WHERE person_id = ANY(%s)", (others,)
-        ).rowcount
+        refused = conn.execute("DELETE FROM face_persons WHERE person_id = ANY(%s)", (others,)).rowcount
         conn.execute("UPDATE face_sets SET person_id = %s WHERE person_id = ANY(%s)", (keep, others))
         name = conn.execute(
             "SELECT name FROM person_names WHERE person_id = ANY(%s) ORDER BY person_id LIMIT 1", (others,)
@@ -147,13 +146,12 @@ def reset_persons(conn: Any, person: int | None) -> dict[str, int]:
     """Unassign the faces clustering assigned (of one person, or all) and remove the persons left empty."""
     with conn.transaction():
         unassigned = conn.execute(
-            "UPDATE face_detections SET person_id = NULL, assigned_by = NULL WHERE assigned_by = 'cluster' "
-            "AND person_id IS NOT NULL AND (%(p)s::bigint IS NULL OR person_id = %(p)s)",
+            "DELETE FROM face_persons WHERE assigned_by = 'cluster' AND (%(p)s::bigint IS NULL OR person_id = %(p)s)",
             {"p": person},
         ).rowcount
         removed = conn.execute(
             "DELETE FROM persons p WHERE (%(p)s::bigint IS NULL OR p.id = %(p)s) "
-            "AND NOT EXISTS (SELECT 1 FROM face_detections f WHERE f.person_id = p.id)",
+            "AND NOT EXISTS (SELECT 1 FROM face_persons a WHERE a.person_id = p.id)",
             {"p": person},
         ).rowcount
         kept = conn.execute(
@@ -171,8 +169,7 @@ def not_person(conn: Any, face: int, person: int) -> dict[str, int]:
             "INSERT INTO face_not_person(face_id, person_id) VALUES (%s, %s) ON CONFLICT DO NOTHING", (face, person)
         )
         unassigned = conn.execute(
-            "UPDATE face_detections SET person_id = NULL, assigned_by = NULL WHERE id = %s AND person_id = %s",
-            (face, person),
+            "DELETE FROM face_persons WHERE face_id = %s AND person_id = %s", (face, person)
         ).rowcount
     return {"face": face, "person": person, "unassigned": int(unassigned)}
 
@@ -180,10 +177,12 @@ def not_person(conn: Any, face: int, person: int) -> dict[str, int]:
 def assign_face(conn: Any, face: int, person: int) -> dict[str, int]:
     """Put ``face`` in ``person`` by hand (lifting a recorded "not this person" for that pair)."""
     with conn.transaction():
-        changed = conn.execute(
-            "UPDATE face_detections SET person_id = %s, assigned_by = 'manual' WHERE id = %s", (person, face)
-        ).rowcount
-        if not changed:
+        if conn.execute("SELECT 1 FROM face_detections WHERE id = %s", (face,)).fetchone() is None:
             raise PersonError(f"no face {face} in the database: `facesets persons show PERSON` lists face numbers")
+        conn.execute(
+            "INSERT INTO face_persons(face_id, person_id, assigned_by) VALUES (%s, %s, 'manual') "
+            "ON CONFLICT (face_id) DO UPDATE SET person_id = excluded.person_id, assigned_by = 'manual'",
+            (face, person),
+        )
         conn.execute("DELETE FROM face_not_person WHERE face_id = %s AND person_id = %s", (face, person))
     return {"face": face, "person": person}

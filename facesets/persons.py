@@ -145,7 +145,8 @@ def read_faces(conn: Any) -> FaceRows:
     with conn.transaction(), conn.cursor(name="facesets_faces", binary=True) as cursor:
         cursor.itersize = READ_BATCH
         cursor.execute(
-            "SELECT id, image_id, coalesce(person_id, -1), embedding FROM face_detections ORDER BY image_id, box"
+            "SELECT f.id, f.image_id, coalesce(a.person_id, -1), f.embedding FROM face_detections f "
+            "LEFT JOIN face_persons a ON a.face_id = f.id ORDER BY f.image_id, f.box"
         )
         while block := cursor.fetchmany(READ_BATCH):
             stop = min(count, done + len(block))
@@ -269,11 +270,14 @@ def write_plan(conn: Any, faces: FaceRows, plan: PersonPlan, stats: PersonCluste
             copy.set_types(["int8", "int8"])
             for pair in pairs:
                 copy.write_row(pair)
+        conn.execute("ANALYZE tmp_assign")  # without statistics the planner loops over the faces per row
         written = conn.execute(
-            "UPDATE face_detections f SET person_id = t.person_id, assigned_by = 'cluster' FROM tmp_assign t "
-            "WHERE f.id = t.face_id AND f.person_id IS NULL "
-            "AND EXISTS (SELECT 1 FROM persons p WHERE p.id = t.person_id) "
-            "AND NOT EXISTS (SELECT 1 FROM face_not_person n WHERE n.face_id = t.face_id AND n.person_id = t.person_id)"
+            "INSERT INTO face_persons(face_id, person_id, assigned_by) SELECT t.face_id, t.person_id, 'cluster' "
+            "FROM tmp_assign t WHERE EXISTS (SELECT 1 FROM persons p WHERE p.id = t.person_id) "
+            "AND EXISTS (SELECT 1 FROM face_detections f WHERE f.id = t.face_id) "
+            "AND NOT EXISTS (SELECT 1 FROM face_not_person n "
+            "WHERE n.face_id = t.face_id AND n.person_id = t.person_id) "
+            "ON CONFLICT (face_id) DO NOTHING"
         ).rowcount
         if written != len(pairs):
             log.warning(
@@ -281,7 +285,7 @@ def write_plan(conn: Any, faces: FaceRows, plan: PersonPlan, stats: PersonCluste
             )
         conn.execute(
             "DELETE FROM persons p WHERE p.id = ANY(%s) AND NOT EXISTS "
-            "(SELECT 1 FROM face_detections f WHERE f.person_id = p.id)",
+            "(SELECT 1 FROM face_persons a WHERE a.person_id = p.id)",
             (new_ids,),
         )
     stats.new_persons = len(new_ids)

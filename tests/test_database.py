@@ -59,7 +59,13 @@ def test_migrate_from_an_older_version_keeps_the_data(database: str, version: in
         )
         person = conn.execute("INSERT INTO persons DEFAULT VALUES RETURNING id").fetchone()[0]
         conn.execute("INSERT INTO person_names VALUES (%s, 'Ann')", (person,))
+        face = conn.execute(
+            "INSERT INTO face_detections(image_id, box, keypoints, score, face_short, model, embedding, person_id, "
+            "assigned_by) VALUES ('abc', '{1,2,3,4}', '{}', 0.9, 3, 'pack', %s, %s, 'manual') RETURNING id",
+            ("[" + ",".join(["0.1"] * 512) + "]", person),
+        ).fetchone()[0]
         assert [m.version for m in migrate(conn)] == list(range(version + 1, LATEST + 1))
+        assert conn.execute("SELECT * FROM face_persons").fetchall() == [(face, person, "manual")]
         assert check_schema(conn) == LATEST
         assert conn.execute("SELECT owner_id::text, user_label FROM immich_assets").fetchone() == (
             "00000000-0000-4000-8000-000000000002",

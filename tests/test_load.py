@@ -115,7 +115,7 @@ def test_a_failed_batch_leaves_no_partial_batch(
     import facesets.load
 
     _, caches = indexed
-    config = LoadConfig(migrated(database), caches, batch=1)
+    config = LoadConfig(migrated(database), caches, batch=1, workers=1)
     real = facesets.load._insert_faces
     calls = []
 

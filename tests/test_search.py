@@ -86,11 +86,12 @@ def test_search_of_one_person(database: str, clip: Path, capsys: pytest.CaptureF
         person = conn.execute("INSERT INTO persons DEFAULT VALUES RETURNING id").fetchone()[0]  # type: ignore[index]
         conn.execute("INSERT INTO person_names VALUES (%s, 'Ann')", (person,))
         for image in ("third", "noise0007"):
-            conn.execute(
-                "INSERT INTO face_detections(image_id, box, keypoints, score, face_short, model, embedding, person_id,"
-                " assigned_by) VALUES (%s, '{0,0,10,10}', '{}', 0.9, 10, 'pack', %s, %s, 'manual')",
-                (image, unit(np.ones(512)), person),
-            )
+            face = conn.execute(
+                "INSERT INTO face_detections(image_id, box, keypoints, score, face_short, model, embedding) "
+                "VALUES (%s, '{0,0,10,10}', '{}', 0.9, 10, 'pack', %s) RETURNING id",
+                (image, unit(np.ones(512))),
+            ).fetchone()[0]  # type: ignore[index]
+            conn.execute("INSERT INTO face_persons VALUES (%s, %s, 'manual')", (face, person))
     argv = ["search", QUERY, "--person", "ann", "--database", database, "--clip-dir", str(clip), "--json"]
     assert [hit["image"] for hit in hits(capsys, argv)] == ["third", "noise0007"]
 
