@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 SHARED ?= ../shared
 
-.PHONY: test demo lint bench-embed bench-index bench-db bench-cluster bench-stage eval-clusters clean
+.PHONY: test demo demo-immich lint stage embed cluster export load finalize bench-embed bench-index bench-db bench-cluster bench-stage eval-clusters clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,19 @@ test: lint
 
 demo: $(VENV)/.installed
 	$(BIN)/python scripts/demo.py --shared $(SHARED)
+
+demo-immich: $(VENV)/.installed
+	$(BIN)/python scripts/demo.py --immich --shared $(SHARED)
+
+# The per-user workflow (USER=peter): stage from Immich, then the finalize steps; each can be run alone.
+stage: $(VENV)/.installed
+	$(BIN)/python work/immich_stage.py --user $(USER)
+
+embed cluster export load: $(VENV)/.installed
+	$(BIN)/python -m facesets finalize --user $(USER) --steps $@
+
+finalize: $(VENV)/.installed
+	bash work/finalize_immich.sh $(USER)
 
 bench-embed: $(VENV)/.installed
 	$(BIN)/python scripts/bench_embed.py --shared $(SHARED)
@@ -42,4 +55,4 @@ eval-clusters: $(VENV)/.installed
 	$(BIN)/python scripts/eval_clusters.py --shared $(SHARED)
 
 clean:
-	rm -rf demo bench .pytest_cache .mypy_cache .ruff_cache
+	rm -rf demo demo-immich bench .pytest_cache .mypy_cache .ruff_cache

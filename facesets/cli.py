@@ -14,6 +14,7 @@ from . import __version__
 from .clicommon import database_options, immich, providers_option
 from .clicommon import emit as _emit
 from .clidb import persons, search_command, similar_command
+from .cliflow import finalize_command
 from .clip import CLIP_ROOT_ENV, DEFAULT_CLIP_MODEL
 from .errors import FacesetsError
 from .packs import DEFAULT_PACK, MODEL_ROOT_ENV
@@ -647,6 +648,7 @@ cli.add_command(immich)
 cli.add_command(persons)
 cli.add_command(search_command)
 cli.add_command(similar_command)
+cli.add_command(finalize_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

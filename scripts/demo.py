@@ -1,4 +1,9 @@
-"""`make demo`: build a small gallery library, index it, embed it through a queue, and show the outputs.
+"""`make demo`: the main job end to end on sample photos (`make demo-immich`: the Immich path, with --immich).
+
+A small gallery library is indexed (and embedded again through a queue, as the Windows worker does), its faces
+are clustered into face sets and exported with a visual report, everything is loaded into the embedded
+PostgreSQL, the faces are clustered into persons there, the persons are listed, and (with a CLIP model
+installed) a text search runs.
 
 Uses ../shared/data/faces and the scrfd2.5g-mbf pack from ../shared/models when present; otherwise the
 photo that ships with insightface (when installed) and the buffalo_l pack from ~/.insightface/models.
@@ -8,9 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -18,6 +27,9 @@ sys.path.insert(0, str(REPO))
 from facesets.cli import main  # noqa: E402
 from facesets.clip import resolve_clip  # noqa: E402
 from facesets.errors import FacesetsError  # noqa: E402
+from facesets.faces import build_engine  # noqa: E402
+from facesets.packs import resolve_pack  # noqa: E402
+from facesets.runtime import RuntimeOptions  # noqa: E402
 
 
 def sample_photos(shared: Path) -> tuple[Path, list[Path]]:
@@ -49,20 +61,93 @@ def build_library(shared: Path, library: Path) -> int:
     return len(sources)
 
 
+def pg_folder(out: Path) -> tuple[Path, Path | None]:
+    """Where the embedded PostgreSQL keeps its data: under the demo folder, or (as root, where PostgreSQL runs
+    as a system user that must traverse every parent) in a world-traversable temporary folder."""
+    if os.name != "posix" or os.geteuid() != 0 or all(p.stat().st_mode & 0o001 for p in out.absolute().parents):
+        return out / "pg", None
+    scratch = Path(tempfile.mkdtemp(prefix="facesets-demo-pg-"))
+    scratch.chmod(0o777)
+    return scratch / "pg", scratch
+
+
+def immich_library(shared: Path, pack: Path) -> list[Any]:
+    """Fake Immich assets of the celeb5 photos, with the face boxes Immich would report (preview pixels)."""
+    from tests.fakeimmich import FakeAsset, fake_uuid
+    from tests.immichlib import face_boxes
+
+    engine = build_engine(resolve_pack(pack, "demo"), RuntimeOptions(("CPUExecutionProvider",), 1))
+    assets = []
+    for number, photo in enumerate(sorted((shared / "data" / "faces" / "celeb5").glob("*/*.jpg")), start=1):
+        data = photo.read_bytes()
+        boxes, width, height, _ = face_boxes(engine, data)
+        path = f"/library/{photo.parent.name}/{photo.name}"
+        assets.append(FakeAsset(fake_uuid(number), path, data, boxes, (width // 2, height // 2), (width, height)))
+    return assets
+
+
+def run_immich(shared: Path, out: Path, pg: Path) -> int:
+    """The Immich path: a fake Immich server (the tests' one, checked against Immich's OpenAPI spec) serves the
+    labeled photos of celeb5 as peter's library; then stage, finalize (twice: the second run skips every step)
+    and list the persons, each as a user would run it."""
+    from tests.fakeimmich import FakeImmich, SpecChecker
+    from tests.immichlib import KEY, PETER
+
+    pack = shared / "models" / "scrfd2.5g-mbf"
+    if not (shared / "data" / "faces" / "celeb5").is_dir() or not pack.is_dir():
+        raise SystemExit(f"the Immich demo needs {shared}/data/faces/celeb5 and {pack}")
+    checker = SpecChecker(shared / "immich" / "immich-openapi-specs-v3.1.0.json")
+    assets = immich_library(shared, pack)
+    print(f"demo-immich: a fake Immich library of {len(assets)} photos for user peter")
+    env = {**os.environ, "IMMICH_API_KEY_PETER": KEY, "PYTHONPATH": str(REPO)}
+    folders = ["--staging", str(out / "staging"), "--caches", str(out / "caches")]
+    finalize = ["finalize", "--user", "peter", "--embed", "local", "--model-dir", str(pack), *folders]
+    finalize += ["--sets", str(out / "facesets_swap_ready"), "--data", str(pg), "--min-faces", "3"]
+    with FakeImmich(assets, [PETER], checker) as server:
+        steps = [
+            ["immich", "stage", "--user", "peter", "--url", server.url, *folders],
+            finalize,
+            finalize,
+            ["persons", "list", "--data", str(pg)],
+        ]
+        for step in steps:
+            print(f"\n$ facesets {' '.join(step)}", flush=True)
+            code = subprocess.run([sys.executable, "-m", "facesets", *step], env=env).returncode
+            if code:
+                return code
+    if server.violations:
+        print(f"demo-immich: requests outside Immich's API spec: {server.violations}")
+        return 1
+    print(f"\ndemo-immich: staged originals {out / 'staging' / 'peter'}\ndemo-immich: cache {out / 'caches'}")
+    print(f"demo-immich: face sets {out / 'facesets_swap_ready'} (report.html inside)")
+    return 0
+
+
 def main_demo() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
-    parser.add_argument("--out", type=Path, default=REPO / "demo")
+    parser.add_argument("--out", type=Path, default=None, help="default: demo/ (demo-immich/ with --immich)")
+    parser.add_argument("--immich", action="store_true", help="the Immich path, against the fake Immich server")
     args = parser.parse_args()
-    out: Path = args.out
-    library, caches = out / "library", out / "caches"
-    queue, embed_cache = out / "queue.json", out / "embed" / "faces.npz"
+    out: Path = args.out or REPO / ("demo-immich" if args.immich else "demo")
     if out.exists():
         shutil.rmtree(out)
+    pg, scratch = pg_folder(out)
+    try:
+        out.mkdir(parents=True)
+        return (run_immich if args.immich else run_steps)(args.shared, out, pg)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run_steps(shared: Path, out: Path, pg: Path) -> int:
+    library, caches, sets = out / "library", out / "caches", out / "facesets_swap_ready"
+    queue, embed_cache, plan = out / "queue.json", out / "embed" / "faces.npz", out / "clusters.json"
     embed_cache.parent.mkdir(parents=True)
-    count = build_library(args.shared, library)
+    count = build_library(shared, library)
     print(f"demo: sample library of {count} photos in galleries under {library}")
-    pack = args.shared / "models" / "scrfd2.5g-mbf"
+    pack = shared / "models" / "scrfd2.5g-mbf"
     model = ["--model-dir", str(pack)] if pack.is_dir() else ["--model-pack", "buffalo_l"]
     clip: list[str] = []
     try:
@@ -70,6 +155,7 @@ def main_demo() -> int:
     except FacesetsError:
         print("demo: no CLIP model installed (see the README's CLIP section): indexing faces only (--no-clip)")
         clip = ["--no-clip"]
+    db = ["--data", str(pg)]
     steps = [
         # the local path: index galleries in place; the second run reads no file (gallery skip)
         ["index", "--target", str(library), "--caches", str(caches), *model, *clip],
@@ -78,14 +164,27 @@ def main_demo() -> int:
         ["queue", "add", "--queue", str(queue), str(library)],
         ["embed", "--queue", str(queue), "--cache", str(embed_cache), *model],
         ["cache", "info", str(caches / "faces.npz")],
+        # identities: a plan, then the face sets with their report
+        ["cluster", "--cache", str(caches / "faces.npz"), "--sets", str(sets), "--plan", str(plan), "--min-faces", "3"],
+        ["export", "--plan", str(plan)],
+        # the database: load everything, cluster the faces into persons, list them (and search with CLIP)
+        ["migrate", *db],
+        ["load", "--caches", str(caches), "--sets", str(sets), *db],
+        ["cluster", *db],
+        ["persons", "list", *db],
     ]
+    if not clip:
+        steps.append(["search", "a smiling person outdoors", "--limit", "5", *db])
     for step in steps:
         print(f"\n$ facesets {' '.join(step)}", flush=True)
         code = main(step)
         if code:
             return code
+    if clip:
+        print("\ndemo: text search (facesets search) needs a CLIP model: skipped")
     print(f"\ndemo: index state {caches / 'index.sqlite'}\ndemo: face cache {caches / 'faces.npz'}")
     print(f"demo: queue {queue}\ndemo: face cache from the queue {embed_cache}")
+    print(f"demo: face sets {sets}\ndemo: visual report {sets / 'report.html'}")
     return 0
 
 

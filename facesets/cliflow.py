@@ -1,0 +1,131 @@
+"""``facesets finalize``: the per-user workflow after staging (embed -> cluster -> export -> load)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .clicommon import database_options, emit, providers_option
+
+
+def _steps(value: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in value.split(",") if part.strip())
+    allowed = ("embed", "cluster", "export", "load")
+    unknown = [name for name in names if name not in allowed]
+    if unknown or not names:
+        raise click.BadParameter(f"steps are a comma-separated list of {', '.join(allowed)}")
+    return names
+
+
+@click.command("finalize")
+@click.option("--user", required=True, help="The user whose staged queue (staging/queue-<user>.json) is finished.")
+@click.option(
+    "--steps",
+    default="embed,cluster,export,load",
+    show_default=True,
+    help="Which steps to consider (finished ones with unchanged inputs are skipped).",
+)
+@click.option("--force", is_flag=True, help="Run the steps even if they finished with the same inputs.")
+@click.option(
+    "--embed",
+    "embed_where",
+    type=click.Choice(["auto", "local", "windows"]),
+    envvar="EMBED",
+    default="auto",
+    show_default=True,
+    help="Where the embed step runs: windows = the Windows side of WSL (WIN_ROOT, WIN_PYTHON); auto = windows "
+    "under WSL when both are set, else local.",
+)
+@click.option(
+    "--win-root",
+    envvar="WIN_ROOT",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Windows-side work folder as seen from WSL, e.g. /mnt/c/face_embed (also $WIN_ROOT).",
+)
+@click.option("--win-python", envvar="WIN_PYTHON", help="The Windows Python, e.g. C:\\Python311\\python.exe.")
+@click.option("--staging", type=click.Path(path_type=Path, file_okay=False), default=Path("staging"), show_default=True)
+@click.option(
+    "--caches",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("caches"),
+    show_default=True,
+    help="Where <user>.npz is written (and other caches to load are found).",
+)
+@click.option(
+    "--sets",
+    "sets_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("facesets_swap_ready"),
+    show_default=True,
+)
+@click.option("--split-eras", is_flag=True, help="Export also splits sets by capture date.")
+@click.option("--min-faces", type=click.IntRange(min=1), default=5, show_default=True, help="Smallest new set.")
+@database_options
+@click.option("--model-dir", type=click.Path(path_type=Path, file_okay=False), help="The face model pack folder.")
+@click.option("--model-pack", default=None, help="Pack name (default buffalo_l), looked up as for `facesets embed`.")
+@providers_option
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def finalize_command(
+    user: str,
+    steps: str,
+    force: bool,
+    embed_where: str,
+    win_root: Path | None,
+    win_python: str | None,
+    staging: Path,
+    caches: Path,
+    sets_dir: Path,
+    split_eras: bool,
+    min_faces: int,
+    database: str | None,
+    data: Path,
+    model_dir: Path | None,
+    model_pack: str | None,
+    providers: str,
+    as_json: bool,
+) -> None:
+    """Finish a user's staged photos: embed -> cluster -> export -> load, resuming where it stopped.
+
+    Each finished step is recorded in staging/finalize-<user>.json with the BLAKE3 of its inputs: a re-run skips
+    finished steps, resumes the one that failed or was killed, and re-runs the steps whose inputs changed.
+
+    Example: facesets finalize --user nic --embed windows --win-root /mnt/c/face_embed --win-python py
+    """
+    from .database import DatabaseConfig
+    from .errors import ConfigError
+    from .finalize import FinalizeConfig, Step, run_finalize
+    from .winside import WindowsSide, running_under_wsl
+
+    chosen = tuple(p for p in providers.split(",") if p.strip())
+    side = None
+    wants_windows = embed_where == "windows" or (
+        embed_where == "auto" and running_under_wsl() and bool(win_root) and bool(win_python)
+    )
+    if wants_windows:
+        if not win_root or not win_python:
+            raise ConfigError("--embed windows needs --win-root (WIN_ROOT) and --win-python (WIN_PYTHON)")
+        options = ("--providers", ",".join(chosen)) if chosen else ()
+        side = WindowsSide(win_root, win_python, options=options)
+    config = FinalizeConfig(
+        user=user,
+        staging=staging,
+        caches=caches,
+        sets_dir=sets_dir,
+        database=DatabaseConfig(database, data),
+        steps=tuple(Step(name) for name in _steps(steps)),
+        force=force,
+        model_dir=model_dir,
+        model_pack=model_pack,
+        providers=chosen,
+        embed_side=side,
+        split_eras=split_eras,
+        min_faces=min_faces,
+    )
+    summary = run_finalize(config, announce=lambda line: click.echo(line, err=True))
+    result = summary.as_dict()
+    if not as_json:
+        result = {key: value for key, value in result.items() if key != "results"}
+        result["ran"] = ", ".join(summary.ran) or "-"
+        result["skipped"] = ", ".join(summary.skipped) or "-"
+    emit(result, as_json)
