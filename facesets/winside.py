@@ -36,11 +36,17 @@ def running_under_wsl(proc_version: Path = Path("/proc/version")) -> bool:
         return False
 
 
+def powershell_command(command: Sequence[str]) -> list[str]:
+    """The WSL command line that runs ``command`` in PowerShell: each part single-quoted (quotes doubled), so
+    spaces, ``$`` and non-ASCII characters reach the program unchanged."""
+    quoted = " ".join("'" + part.replace("'", "''") + "'" for part in command)
+    return ["powershell.exe", "-NoProfile", "-NonInteractive", "-Command", f"& {quoted}; exit $LASTEXITCODE"]
+
+
 def powershell(command: Sequence[str]) -> int:
     """Run a Windows command line through WSL interop; its output streams to ours."""
-    quoted = " ".join("'" + part.replace("'", "''") + "'" for part in command)
     try:
-        return subprocess.run(["powershell.exe", "-NoProfile", "-NonInteractive", "-Command", f"& {quoted}"]).returncode
+        return subprocess.run(powershell_command(command)).returncode
     except FileNotFoundError as exc:
         raise ConfigError(
             "powershell.exe is not reachable: WSL interop is off or this is not WSL. Run the embed step locally "

@@ -15,7 +15,7 @@ from facesets.cache import load_cache
 from facesets.database import DatabaseConfig
 from facesets.errors import DatabaseError, PathMappingError
 from facesets.finalize import FinalizeConfig, Step, run_finalize
-from facesets.winside import WindowsSide, running_under_wsl
+from facesets.winside import WindowsSide, powershell_command, running_under_wsl
 from tests.conftest import REPO
 from tests.fakeimmich import FakeImmich, SpecChecker
 from tests.immichlib import NIC, PETER, Library
@@ -147,3 +147,47 @@ def test_wsl_detection(tmp_path: Path) -> None:
 def test_finalize_script_needs_a_user() -> None:
     result = subprocess.run(["bash", str(REPO / "work" / "finalize_immich.sh")], capture_output=True, text=True)
     assert result.returncode == 2 and "usage: bash work/finalize_immich.sh USER" in result.stderr
+
+
+def test_the_powershell_command_line_quotes_every_part() -> None:
+    command = ["C:\\Program Files\\Python311\\python.exe", "Z:\\photos\\O'Brien\\Zoë $HOME.json"]
+    assert powershell_command(command) == [
+        "powershell.exe",
+        "-NoProfile",
+        "-NonInteractive",
+        "-Command",
+        "& 'C:\\Program Files\\Python311\\python.exe' 'Z:\\photos\\O''Brien\\Zoë $HOME.json'; exit $LASTEXITCODE",
+    ]
+
+
+@pytest.mark.slow
+def test_kill_after_embed_then_resume(
+    immich: FakeImmich,
+    workdir: Path,  # noqa: F811
+    database: str,
+    pack_dir: Path,
+) -> None:
+    import os
+    import signal
+    import time
+
+    assert stage(immich) == 0
+    argv = [sys.executable, "-m", "facesets", "finalize", "--user", "peter", "--embed", "local", "--min-faces", "2"]
+    argv += ["--model-dir", str(pack_dir), "--database", database, "--json"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = workdir / "staging" / "finalize-peter.json"
+    deadline = time.monotonic() + 120
+    while not state.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    run.send_signal(signal.SIGKILL)  # embed is recorded: the kill lands in cluster, export or load
+    run.wait()
+    recorded = sorted(orjson.loads(state.read_bytes())["steps"])
+    assert "embed" in recorded and len(recorded) < 4
+    resumed = subprocess.run(argv, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = orjson.loads(resumed.stdout)
+    assert "embed" in summary["skipped"] and summary["ran"][-1] == "load"
+    sets = sorted(p.name for p in (workdir / "facesets_swap_ready").glob("faceset_*"))
+    with psycopg.connect(database) as conn:
+        assert conn.execute("SELECT count(*) FROM face_sets").fetchone()[0] == len(sets) > 0  # type: ignore[index]
