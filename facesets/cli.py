@@ -11,13 +11,13 @@ from typing import Any
 import click
 
 from . import __version__
-from .clicommon import database_options, immich, providers_option
+from .clicommon import database_options, immich, model_options, providers_option
 from .clicommon import emit as _emit
 from .clidb import persons, search_command, similar_command
 from .cliflow import finalize_command
 from .clip import CLIP_ROOT_ENV, DEFAULT_CLIP_MODEL
 from .errors import FacesetsError
-from .packs import DEFAULT_PACK, MODEL_ROOT_ENV
+from .packs import DEFAULT_PACK
 from .settings import DEFAULT_DET_SIZES, DEFAULT_MAX_PIXELS, Mode
 
 # Stage modules (numpy, OpenCV, onnxruntime behind them) are imported inside the commands that use them,
@@ -74,20 +74,6 @@ def _target_options(function: Any) -> Any:
     )(function)
 
 
-def _model_options(function: Any) -> Any:
-    function = click.option(
-        "--model-pack",
-        default=DEFAULT_PACK,
-        show_default=True,
-        help=f"Pack name, looked up under ${MODEL_ROOT_ENV}, then ~/.insightface/models.",
-    )(function)
-    return click.option(
-        "--model-dir",
-        type=click.Path(path_type=Path, file_okay=False),
-        help="A pack folder holding the detector and recognizer .onnx files (overrides --model-pack).",
-    )(function)
-
-
 @cli.command()
 @click.option(
     "--queue", "queue_path", required=True, type=click.Path(path_type=Path, dir_okay=False), help="queue.json to read."
@@ -99,7 +85,7 @@ def _model_options(function: Any) -> Any:
     type=click.Path(path_type=Path, dir_okay=False),
     help="Face cache (.npz) to create or resume.",
 )
-@_model_options
+@model_options
 @providers_option
 @click.option(
     "--concurrency",
@@ -163,7 +149,7 @@ def embed(
     cache_path: Path,
     model_dir: Path | None,
     model_pack: str,
-    providers: str,
+    providers: tuple[str, ...],
     concurrency: int,
     io_concurrency: int,
     min_face: float,
@@ -188,7 +174,7 @@ def embed(
         cache=cache_path,
         model_dir=model_dir,
         model_pack=model_pack,
-        providers=tuple(p for p in providers.split(",") if p.strip()),
+        providers=providers,
         concurrency=concurrency,
         io_concurrency=io_concurrency,
         min_face=min_face,
@@ -204,7 +190,7 @@ def embed(
 
 @cli.command()
 @_target_options
-@_model_options
+@model_options
 @providers_option
 @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True, help="ML slots.")
 @click.option(
@@ -249,7 +235,7 @@ def index(
     database: str | None,
     model_dir: Path | None,
     model_pack: str,
-    providers: str,
+    providers: tuple[str, ...],
     concurrency: int,
     io_concurrency: int,
     reindex: bool,
@@ -276,7 +262,7 @@ def index(
         database=database,
         model_dir=model_dir,
         model_pack=model_pack,
-        providers=tuple(p for p in providers.split(",") if p.strip()),
+        providers=providers,
         concurrency=concurrency,
         io_concurrency=io_concurrency,
         reindex=reindex,
@@ -437,7 +423,7 @@ def load(
 )
 @click.option("--min-points", type=click.IntRange(min=1), default=3, show_default=True, help="dbscan: core size.")
 @click.option("--reconsider", is_flag=True, help="Also cluster faces of photos earlier runs considered and left out.")
-@_model_options
+@model_options
 @providers_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def cluster_command(
@@ -457,7 +443,7 @@ def cluster_command(
     reconsider: bool,
     model_dir: Path | None,
     model_pack: str,
-    providers: str,
+    providers: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Cluster faces into identities: face caches into a plan for `facesets export`, or (without --cache)
@@ -496,10 +482,9 @@ def cluster_command(
         raise click.UsageError(
             "--database and --threshold cluster the database; --cache clusters face caches: pick one"
         )
-    chosen = tuple(p for p in providers.split(",") if p.strip())
     explicit_pack = model_dir is not None or model_pack != DEFAULT_PACK
     embedder = PackEmbedder(
-        resolve_pack(model_dir, model_pack) if explicit_pack else lambda: resolve_pack(None, model_pack), chosen
+        resolve_pack(model_dir, model_pack) if explicit_pack else lambda: resolve_pack(None, model_pack), providers
     )
     config = ClusterConfig(
         caches=tuple(caches),

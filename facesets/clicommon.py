@@ -10,6 +10,7 @@ import click
 import orjson
 
 from .database import DEFAULT_DATA
+from .packs import DEFAULT_PACK, MODEL_ROOT_ENV
 from .progress import Progress
 
 
@@ -42,12 +43,33 @@ def database_options(function: Any) -> Any:
     )(function)
 
 
+def _provider_list(_context: click.Context, _parameter: click.Parameter, value: str) -> tuple[str, ...]:
+    return tuple(part for part in value.split(",") if part.strip())
+
+
 def providers_option(function: Any) -> Any:
+    """--providers, handed to the command as a tuple of names (empty: the best available)."""
     return click.option(
         "--providers",
         default="",
+        callback=_provider_list,
         help="Execution providers in order, e.g. 'dml,cpu' or 'cuda,cpu' "
         "(default: the best available of DirectML, CUDA, CoreML, CPU).",
+    )(function)
+
+
+def model_options(function: Any) -> Any:
+    """--model-dir and --model-pack: the face model pack."""
+    function = click.option(
+        "--model-pack",
+        default=DEFAULT_PACK,
+        show_default=True,
+        help=f"Pack name, looked up under ${MODEL_ROOT_ENV}, then ~/.insightface/models.",
+    )(function)
+    return click.option(
+        "--model-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        help="A pack folder holding the detector and recognizer .onnx files (overrides --model-pack).",
     )(function)
 
 

@@ -191,10 +191,10 @@ def _print_hits(hits: list[Any], as_json: bool) -> None:
 
 
 def _clip_folder(conn: Any, clip_dir: Path | None, clip_model: str | None) -> Path:
-    from .clip import resolve_clip
+    from .clip import DEFAULT_CLIP_MODEL, resolve_clip
 
     held = conn.execute("SELECT identity->>'name' FROM models WHERE purpose = 'clip'").fetchone()
-    return resolve_clip(clip_dir, clip_model or (held[0] if held else "ViT-B-32__openai"))
+    return resolve_clip(clip_dir, clip_model or (held[0] if held else DEFAULT_CLIP_MODEL))
 
 
 @click.command("search")
@@ -209,7 +209,7 @@ def search_command(
     clip_dir: Path | None,
     clip_model: str | None,
     as_json: bool,
-    providers: str,
+    providers: tuple[str, ...],
 ) -> None:
     """Images ranked by how well they match TEXT (CLIP), best first: score and paths (and Immich assets).
 
@@ -220,7 +220,7 @@ def search_command(
     from .runtime import RuntimeOptions, available_providers, choose_providers
     from .search import check_clip_model, nearest_images
 
-    chosen = tuple(choose_providers(available_providers(), [p for p in providers.split(",") if p.strip()]))
+    chosen = tuple(choose_providers(available_providers(), providers))
     with _store(database, data) as conn:
         person_id = resolve_person(conn, person) if person is not None else None
         folder = _clip_folder(conn, clip_dir, clip_model)
@@ -242,7 +242,7 @@ def similar_command(
     clip_dir: Path | None,
     clip_model: str | None,
     as_json: bool,
-    providers: str,
+    providers: tuple[str, ...],
 ) -> None:
     """Images that look like IMAGE (CLIP), best first; IMAGE itself is left out.
 
@@ -251,9 +251,8 @@ def similar_command(
     from .personops import resolve_person
     from .search import image_vector, nearest_images
 
-    chosen = tuple(p for p in providers.split(",") if p.strip())
     with _store(database, data) as conn:
         person_id = resolve_person(conn, person) if person is not None else None
-        vector, digest = image_vector(conn, image, lambda: _clip_folder(conn, clip_dir, clip_model), chosen)
+        vector, digest = image_vector(conn, image, lambda: _clip_folder(conn, clip_dir, clip_model), providers)
         hits = nearest_images(conn, vector, limit, person_id, exclude=digest)
     _print_hits(hits, as_json)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from .clicommon import database_options, emit, providers_option
+from .clicommon import database_options, emit, model_options, providers_option
 
 
-def _steps(value: str) -> tuple[str, ...]:
+def _steps(_context: click.Context, _parameter: click.Parameter, value: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in value.split(",") if part.strip())
     allowed = ("embed", "cluster", "export", "load")
     unknown = [name for name in names if name not in allowed]
@@ -24,6 +24,7 @@ def _steps(value: str) -> tuple[str, ...]:
     "--steps",
     default="embed,cluster,export,load",
     show_default=True,
+    callback=_steps,
     help="Which steps to consider (finished ones with unchanged inputs are skipped).",
 )
 @click.option("--force", is_flag=True, help="Run the steps even if they finished with the same inputs.")
@@ -58,17 +59,17 @@ def _steps(value: str) -> tuple[str, ...]:
     type=click.Path(path_type=Path, file_okay=False),
     default=Path("facesets_swap_ready"),
     show_default=True,
+    help="The face-set folder that cluster reads, export writes and load maps to persons.",
 )
 @click.option("--split-eras", is_flag=True, help="Export also splits sets by capture date.")
 @click.option("--min-faces", type=click.IntRange(min=1), default=5, show_default=True, help="Smallest new set.")
 @database_options
-@click.option("--model-dir", type=click.Path(path_type=Path, file_okay=False), help="The face model pack folder.")
-@click.option("--model-pack", default=None, help="Pack name (default buffalo_l), looked up as for `facesets embed`.")
+@model_options
 @providers_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def finalize_command(
     user: str,
-    steps: str,
+    steps: tuple[str, ...],
     force: bool,
     embed_where: str,
     win_root: Path | None,
@@ -81,8 +82,8 @@ def finalize_command(
     database: str | None,
     data: Path,
     model_dir: Path | None,
-    model_pack: str | None,
-    providers: str,
+    model_pack: str,
+    providers: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Finish a user's staged photos: embed -> cluster -> export -> load, resuming where it stopped.
@@ -97,7 +98,6 @@ def finalize_command(
     from .finalize import FinalizeConfig, Step, run_finalize
     from .winside import WindowsSide, running_under_wsl
 
-    chosen = tuple(p for p in providers.split(",") if p.strip())
     side = None
     wants_windows = embed_where == "windows" or (
         embed_where == "auto" and running_under_wsl() and bool(win_root) and bool(win_python)
@@ -105,7 +105,7 @@ def finalize_command(
     if wants_windows:
         if not win_root or not win_python:
             raise ConfigError("--embed windows needs --win-root (WIN_ROOT) and --win-python (WIN_PYTHON)")
-        options = ("--providers", ",".join(chosen)) if chosen else ()
+        options = ("--providers", ",".join(providers)) if providers else ()
         side = WindowsSide(win_root, win_python, options=options)
     config = FinalizeConfig(
         user=user,
@@ -113,11 +113,11 @@ def finalize_command(
         caches=caches,
         sets_dir=sets_dir,
         database=DatabaseConfig(database, data),
-        steps=tuple(Step(name) for name in _steps(steps)),
+        steps=tuple(Step(name) for name in steps),
         force=force,
         model_dir=model_dir,
         model_pack=model_pack,
-        providers=chosen,
+        providers=providers,
         embed_side=side,
         split_eras=split_eras,
         min_faces=min_faces,

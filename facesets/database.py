@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,6 +138,28 @@ def explain(url: str, exc: BaseException) -> str:
     ):
         return f"cannot reach the database server at {where}: is PostgreSQL running there? ({text})"
     return f"cannot use the database at {where}: {text}"
+
+
+def with_vectors(conn: Any) -> Any:
+    """``conn`` with pgvector's types registered, once (each registration asks the server for the type)."""
+    if conn.adapters.types.get("vector") is None:
+        from pgvector.psycopg import register_vector
+
+        register_vector(conn)
+    return conn
+
+
+def copy_to_temp(
+    conn: Any, table: str, columns: str, rows: Iterable[Sequence[Any]], types: Sequence[str] | None = None
+) -> None:
+    """Create the temporary table ``table (columns)``, dropped at commit, and fill it with ``rows`` by COPY
+    (binary when the column ``types`` are given)."""
+    conn.execute(f"CREATE TEMP TABLE {table} ({columns}) ON COMMIT DROP")
+    with conn.cursor().copy(f"COPY {table} FROM STDIN" + (" WITH (FORMAT BINARY)" if types else "")) as copy:
+        if types:
+            copy.set_types(list(types))
+        for row in rows:
+            copy.write_row(row)
 
 
 def pool_size(io_concurrency: int, ml_concurrency: int) -> int:

@@ -30,6 +30,7 @@ import orjson
 from .database import DatabaseConfig
 from .errors import ConfigError, StateError
 from .fsio import atomic_write_json
+from .packs import DEFAULT_PACK
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class FinalizeConfig:
     steps: tuple[Step, ...] = STEPS
     force: bool = False
     model_dir: Path | None = None
-    model_pack: str | None = None
+    model_pack: str = DEFAULT_PACK
     providers: tuple[str, ...] = ()
     embed_side: Any = None  # a winside.WindowsSide, or None: embed here
     split_eras: bool = False
@@ -177,14 +178,13 @@ def _embed(config: FinalizeConfig) -> dict[str, Any]:
         config.embed_side.embed(config.queue, config.cache, config.user)
         return {"where": "windows", "cache": str(config.cache)}
     from .embed import EmbedConfig, run_embed
-    from .packs import DEFAULT_PACK
 
     config.cache.parent.mkdir(parents=True, exist_ok=True)
     embed_config = EmbedConfig(
         queue=config.queue,
         cache=config.cache,
         model_dir=config.model_dir,
-        model_pack=config.model_pack or DEFAULT_PACK,
+        model_pack=config.model_pack,
         providers=config.providers,
     )
     return {"where": "local", **run_embed(embed_config).as_dict()}
@@ -192,9 +192,9 @@ def _embed(config: FinalizeConfig) -> dict[str, Any]:
 
 def _cluster(config: FinalizeConfig) -> dict[str, Any]:
     from .identify import ClusterConfig, PackEmbedder, run_cluster
-    from .packs import DEFAULT_PACK, resolve_pack
+    from .packs import resolve_pack
 
-    embedder = PackEmbedder(lambda: resolve_pack(config.model_dir, config.model_pack or DEFAULT_PACK), config.providers)
+    embedder = PackEmbedder(lambda: resolve_pack(config.model_dir, config.model_pack), config.providers)
     cluster_config = ClusterConfig(
         caches=(config.cache,),
         sets_dir=config.sets_dir,

@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 
 from .cache import CacheData, load_cache
 from .copybinary import face_rows
-from .database import DatabaseConfig, connect, database_url
+from .database import DatabaseConfig, connect, copy_to_temp, database_url, with_vectors
 from .errors import DatabaseError
 from .index import CLIP_STORE, FACE_CACHE, STATE_FILE
 from .loadsets import load_face_sets
@@ -94,10 +94,8 @@ def run_load(config: LoadConfig) -> LoadStats:
             "no face-set folder"
         )
     with database_url(config.database) as url, connect(url) as conn:
-        from pgvector.psycopg import register_vector
-
         check_schema(conn)
-        register_vector(conn)
+        with_vectors(conn)
         conn.execute("SELECT pg_advisory_lock(%s)", (LOAD_LOCK,))
         try:
             _drop_indexes_of_empty_tables(conn)
@@ -227,11 +225,8 @@ def _load_batch(
 
 
 def _insert_images(conn: Any, records: Sequence[Any]) -> int:
-    conn.execute("CREATE TEMP TABLE tmp_images (id TEXT, size BIGINT, width INTEGER, height INTEGER) ON COMMIT DROP")
-    with conn.cursor().copy("COPY tmp_images FROM STDIN") as copy:
-        for record in records:
-            if record.content_hash:
-                copy.write_row((record.content_hash, record.size, record.width or None, record.height or None))
+    rows = [(r.content_hash, r.size, r.width or None, r.height or None) for r in records if r.content_hash]
+    copy_to_temp(conn, "tmp_images", "id TEXT, size BIGINT, width INTEGER, height INTEGER", rows)
     return int(
         conn.execute(
             "INSERT INTO images SELECT DISTINCT ON (id) * FROM tmp_images ORDER BY id ON CONFLICT (id) DO NOTHING"
@@ -240,11 +235,8 @@ def _insert_images(conn: Any, records: Sequence[Any]) -> int:
 
 
 def _insert_paths(conn: Any, records: Sequence[Any]) -> int:
-    conn.execute("CREATE TEMP TABLE tmp_paths (path TEXT, image_id TEXT) ON COMMIT DROP")
-    with conn.cursor().copy("COPY tmp_paths FROM STDIN") as copy:
-        for record in records:
-            if record.content_hash:
-                copy.write_row((record.path, record.content_hash))
+    rows = [(record.path, record.content_hash) for record in records if record.content_hash]
+    copy_to_temp(conn, "tmp_paths", "path TEXT, image_id TEXT", rows)
     return int(
         conn.execute(
             "INSERT INTO image_paths SELECT DISTINCT ON (path) * FROM tmp_paths ORDER BY path "
@@ -269,13 +261,8 @@ def _insert_assets(conn: Any, records: Sequence[Any]) -> int:
     ]
     if not rows:
         return 0
-    conn.execute(
-        "CREATE TEMP TABLE tmp_assets (asset_id UUID, owner_id UUID, checksum TEXT, image_id TEXT, user_label TEXT) "
-        "ON COMMIT DROP"
-    )
-    with conn.cursor().copy("COPY tmp_assets FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(row)
+    columns = "asset_id UUID, owner_id UUID, checksum TEXT, image_id TEXT, user_label TEXT"
+    copy_to_temp(conn, "tmp_assets", columns, rows)
     return int(
         conn.execute(
             "INSERT INTO immich_assets(asset_id, owner_id, checksum, image_id, user_label) "
@@ -403,19 +390,19 @@ def _load_clip(conn: Any, store_path: Path, name: str | None, batch: int, stats:
 
 
 def _insert_clip(conn: Any, model: str, block: list[tuple[str, bytes]]) -> int:
-    conn.execute("CREATE TEMP TABLE tmp_clip (image_id TEXT, model TEXT, embedding vector(512)) ON COMMIT DROP")
-    with conn.cursor().copy("COPY tmp_clip FROM STDIN WITH (FORMAT BINARY)") as copy:
-        copy.set_types(["text", "text", "vector"])
-        for content_hash, blob in block:
-            vector = np.frombuffer(blob, dtype="<f4")
-            if vector.shape[0] != CLIP_DIM:
-                raise DatabaseError(
-                    f"CLIP vectors of {model} have {vector.shape[0]} dimensions; the schema holds {CLIP_DIM}"
-                )
-            copy.write_row((content_hash, model, vector.astype(np.float32)))
+    rows = (_clip_row(model, content_hash, blob) for content_hash, blob in block)
+    columns = "image_id TEXT, model TEXT, embedding vector(512)"
+    copy_to_temp(conn, "tmp_clip", columns, rows, types=("text", "text", "vector"))
     return int(
         conn.execute(
             "INSERT INTO clip_embeddings SELECT t.* FROM tmp_clip t JOIN images i ON i.id = t.image_id "
             "ON CONFLICT (image_id, model) DO NOTHING"
         ).rowcount
     )
+
+
+def _clip_row(model: str, content_hash: str, blob: bytes) -> tuple[str, str, NDArray[np.float32]]:
+    vector = np.frombuffer(blob, dtype="<f4")
+    if vector.shape[0] != CLIP_DIM:
+        raise DatabaseError(f"CLIP vectors of {model} have {vector.shape[0]} dimensions; the schema holds {CLIP_DIM}")
+    return content_hash, model, vector.astype(np.float32)

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from .database import copy_to_temp
 from .facesetdir import MANIFEST, FaceSet, read_sets, read_top
 
 BOX_TOLERANCE = 0.06  # manifests keep boxes to 0.01 px; the store keeps float32
@@ -66,10 +67,8 @@ def _member_faces(conn: Any, faceset: FaceSet) -> list[tuple[int, int | None]]:
     """(face id, person id) of the loaded faces the set's members are."""
     if not faceset.members:
         return []
-    conn.execute("CREATE TEMP TABLE tmp_members (image_id TEXT, x1 REAL, y1 REAL, x2 REAL, y2 REAL) ON COMMIT DROP")
-    with conn.cursor().copy("COPY tmp_members FROM STDIN") as copy:
-        for member in faceset.members:
-            copy.write_row((member.content_hash, *member.bbox))
+    members = [(member.content_hash, *member.bbox) for member in faceset.members]
+    copy_to_temp(conn, "tmp_members", "image_id TEXT, x1 REAL, y1 REAL, x2 REAL, y2 REAL", members)
     rows = conn.execute(
         "SELECT DISTINCT f.id, a.person_id FROM tmp_members m JOIN face_detections f ON f.image_id = m.image_id "
         "AND abs(f.box[1] - m.x1) < %(t)s AND abs(f.box[2] - m.y1) < %(t)s "

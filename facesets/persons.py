@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .clustering import Algorithm, ClusterParams, cluster
-from .database import DatabaseConfig, connect, database_url
+from .database import DatabaseConfig, connect, copy_to_temp, database_url, with_vectors
 from .errors import ConfigError
 from .identify import match_faces, refine
 from .migrations import check_schema
@@ -108,10 +108,8 @@ def run_person_cluster(config: PersonClusterConfig) -> PersonClusterStats:
     overrides = config.overrides()
     stats = PersonClusterStats()
     with database_url(config.database) as url, connect(url) as conn:
-        from pgvector.psycopg import register_vector
-
         check_schema(conn)
-        register_vector(conn)
+        with_vectors(conn)
         conn.execute("SELECT pg_advisory_lock(%s)", (CLUSTER_LOCK,))
         try:
             identity = face_model(conn)
@@ -265,11 +263,7 @@ def write_plan(conn: Any, faces: FaceRows, plan: PersonPlan, stats: PersonCluste
         pairs = [(int(faces.ids[row]), person) for row, person in plan.joins.items()]
         for person, rows in zip(new_ids, plan.new_groups, strict=True):
             pairs += [(int(faces.ids[row]), person) for row in rows]
-        conn.execute("CREATE TEMP TABLE tmp_assign (face_id BIGINT, person_id BIGINT) ON COMMIT DROP")
-        with conn.cursor().copy("COPY tmp_assign FROM STDIN WITH (FORMAT BINARY)") as copy:
-            copy.set_types(["int8", "int8"])
-            for pair in pairs:
-                copy.write_row(pair)
+        copy_to_temp(conn, "tmp_assign", "face_id BIGINT, person_id BIGINT", pairs, types=("int8", "int8"))
         conn.execute("ANALYZE tmp_assign")  # without statistics the planner loops over the faces per row
         written = conn.execute(
             "INSERT INTO face_persons(face_id, person_id, assigned_by) SELECT t.face_id, t.person_id, 'cluster' "

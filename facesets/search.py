@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .clip import clip_identity
+from .database import with_vectors
 from .errors import ConfigError, DatabaseError, ImageLoadError
 
 MIN_EF_SEARCH = 100  # pgvector's default of 40 misses too many of the true top 20 (scripts/bench_db.py)
@@ -62,9 +63,7 @@ def nearest_images(
     exclude: str | None = None,
 ) -> list[Hit]:
     """The ``limit`` images nearest to ``vector`` (of ``person``'s photos when given), best first."""
-    from pgvector.psycopg import register_vector
-
-    register_vector(conn)
+    with_vectors(conn)
     query = np.asarray(vector, np.float32)
     with conn.transaction():
         conn.execute(f"SET LOCAL hnsw.ef_search = {min(MAX_EF_SEARCH, max(MIN_EF_SEARCH, 2 * limit))}")
@@ -90,9 +89,7 @@ def nearest_images(
 
 
 def stored_vector(conn: Any, content_hash: str) -> NDArray[np.float32] | None:
-    from pgvector.psycopg import register_vector
-
-    register_vector(conn)
+    with_vectors(conn)
     row = conn.execute("SELECT embedding FROM clip_embeddings WHERE image_id = %s", (content_hash,)).fetchone()
     return None if row is None else np.asarray(row[0], np.float32)
 
