@@ -64,7 +64,7 @@ def face_rows(
     face_short: NDArray[np.float32],
     model: str,
     vectors: NDArray[np.float32],
-) -> bytes:
+) -> memoryview:
     """The COPY stream for rows (image_id, box, keypoints, score, face_short, model, embedding)."""
     _check_hashes(hashes)
     encoded = np.asarray(hashes, dtype=f"S{HASH_LENGTH}")
@@ -89,7 +89,11 @@ def face_rows(
             ("vector", ">f4", (dim,)),
         ]
     )
-    rows = np.zeros(len(hashes), dtype)
+    # one buffer holds the whole stream: the rows are a view between signature and trailer, so no copy is made
+    stream = np.zeros(len(SIGNATURE) + len(hashes) * dtype.itemsize + len(TRAILER), np.uint8)
+    stream[: len(SIGNATURE)] = np.frombuffer(SIGNATURE, np.uint8)
+    stream[len(stream) - len(TRAILER) :] = np.frombuffer(TRAILER, np.uint8)
+    rows = stream[len(SIGNATURE) : len(stream) - len(TRAILER)].view(dtype)
     rows["fields"] = 7
     rows["hash_size"], rows["hash"] = HASH_LENGTH, encoded
     _fill_float_array(rows["box"], boxes)
@@ -97,5 +101,5 @@ def face_rows(
     rows["score_size"], rows["score"] = 4, scores
     rows["short_size"], rows["short"] = 4, face_short
     rows["model_size"], rows["model"] = len(name), name
-    rows["vector_size"], rows["dim"], rows["vector"] = 4 + 4 * dim, dim, vectors
-    return SIGNATURE + rows.tobytes() + TRAILER
+    rows["vector_size"], rows["dim"], rows["unused"], rows["vector"] = 4 + 4 * dim, dim, 0, vectors
+    return stream.data

@@ -13,10 +13,19 @@ are refused with a message.
 HNSW indexes make each inserted vector cost about 3 ms here, so a load into an empty table drops the index and
 builds it once at the end (about 20 times faster in all). Every load ends by creating any missing index, so a
 load killed in between leaves the next load (or search) to rebuild it.
+
+A face cache loaded into an empty store (no faces, no image paths) is a *bulk load*, done as PostgreSQL's
+"Populating a Database" advises: the foreign keys of faces and image paths, the faces' unique key and the
+paths-by-image index are left out while the rows go in, and added back once at the end (one validation pass and
+one sorted index build instead of a lookup and an index insert per row). The cache's faces are deduplicated up
+front and each batch inserts the photos its faces point at in the same transaction, so the constraints hold
+throughout; adding them back checks it. A bulk load that is killed leaves them out; every load starts by adding
+back whatever is missing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -42,6 +51,13 @@ from .migrations import check_schema
 
 CLIP_DIM = 512
 LOAD_LOCK = 0x6C6F6164  # "load"
+# (table, constraint, definition): left out during a bulk load, added back at its end
+BULK_CONSTRAINTS = (
+    ("face_detections", "face_detections_image_id_model_box_key", "UNIQUE (image_id, model, box)"),
+    ("face_detections", "face_detections_image_id_fkey", "FOREIGN KEY (image_id) REFERENCES images(id)"),
+    ("image_paths", "image_paths_image_id_fkey", "FOREIGN KEY (image_id) REFERENCES images(id)"),
+)
+BULK_INDEXES = {"image_paths_by_image": ("image_paths", "CREATE INDEX image_paths_by_image ON image_paths(image_id)")}
 VECTOR_INDEXES = {
     "face_detections": "CREATE INDEX IF NOT EXISTS face_detections_embedding ON face_detections "
     "USING hnsw (embedding vector_cosine_ops)",
@@ -98,6 +114,7 @@ def run_load(config: LoadConfig) -> LoadStats:
         with_vectors(conn)
         conn.execute("SELECT pg_advisory_lock(%s)", (LOAD_LOCK,))
         try:
+            restore_bulk_constraints(url, conn)
             _drop_indexes_of_empty_tables(conn)
             for path in caches:
                 _load_face_cache(url, conn, load_cache(path), config, stats)
@@ -114,11 +131,60 @@ def run_load(config: LoadConfig) -> LoadStats:
     return stats
 
 
+def _is_empty(conn: Any, table: str) -> bool:
+    return bool(conn.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {table})").fetchone()[0])
+
+
 def _drop_indexes_of_empty_tables(conn: Any) -> None:
     for table in VECTOR_INDEXES:
-        empty = conn.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {table})").fetchone()[0]
-        if empty:
+        if _is_empty(conn, table):
             conn.execute(f"DROP INDEX IF EXISTS {table}_embedding")
+
+
+def _start_bulk(conn: Any) -> bool:
+    """Leave out the per-row checks of an empty store (see the module's text); False when it is not empty."""
+    if not (_is_empty(conn, "face_detections") and _is_empty(conn, "image_paths")):
+        return False
+    with conn.transaction():
+        for table, name, _ in BULK_CONSTRAINTS:
+            conn.execute(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name}")
+        for name in BULK_INDEXES:
+            conn.execute(f"DROP INDEX IF EXISTS {name}")
+    return True
+
+
+def restore_bulk_constraints(url: str, conn: Any) -> None:
+    """Add back the constraints and indexes a bulk load left out (all, or those a killed one did not restore):
+    each table's on its own connection, at once."""
+    present = {
+        row[0] for row in conn.execute("SELECT conname FROM pg_constraint WHERE connamespace = 'public'::regnamespace")
+    }
+    work: dict[str, list[str]] = {}
+    for table, name, definition in BULK_CONSTRAINTS:
+        if name not in present:
+            work.setdefault(table, []).append(f"ALTER TABLE {table} ADD CONSTRAINT {name} {definition}")
+    present_indexes = {row[0] for row in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")}
+    for name, (table, statement) in BULK_INDEXES.items():
+        if name not in present_indexes:
+            work.setdefault(table, []).append(statement)
+    if work:
+        with ThreadPoolExecutor(max_workers=len(work)) as pool:
+            for future in [pool.submit(_run_statements, url, statements) for statements in work.values()]:
+                future.result()
+
+
+def _run_statements(url: str, statements: list[str]) -> None:
+    try:
+        with connect(url) as conn:  # a transaction each: the foreign keys lock images only while they check
+            conn.execute("SET maintenance_work_mem = '256MB'")
+            for statement in statements:
+                conn.execute(statement)
+    except DatabaseError:
+        raise
+    except Exception as exc:  # psycopg's errors: a broken invariant of the loader, never expected
+        raise DatabaseError(
+            f"cannot add back the constraints of a bulk load ({exc}); the loaded rows are kept"
+        ) from exc
 
 
 def _create_missing_indexes(conn: Any, stats: LoadStats) -> None:
@@ -163,13 +229,35 @@ def _load_face_cache(url: str, conn: Any, data: CacheData, config: LoadConfig, s
     claim_model(conn, "face", identity, ("detector_blake3", "recognizer_blake3"), "this cache")
     stats.faces_seen += len(data.meta)
     batches = list(_face_batches(data, config.batch))
+    bulk = _start_bulk(conn)
+    try:
+        _write_batches(url, data, config, batches, bulk, stats)
+    except BaseException:
+        if bulk:  # the batches written are kept: give them their constraints, without hiding the failure
+            with contextlib.suppress(DatabaseError):
+                restore_bulk_constraints(url, conn)
+        raise
+    if bulk:
+        restore_bulk_constraints(url, conn)
+
+
+def _write_batches(
+    url: str,
+    data: CacheData,
+    config: LoadConfig,
+    batches: list[tuple[range, NDArray[np.int64]]],
+    bulk: bool,
+    stats: LoadStats,
+) -> None:
     connections: queue.Queue[Any] = queue.Queue()
     for _ in range(min(config.workers, len(batches))):
         connections.put(connect(url))
     try:
         with ThreadPoolExecutor(max_workers=max(1, connections.qsize())) as pool:
             failed = threading.Event()
-            futures = [pool.submit(_load_batch, connections, failed, data, chunk, rows) for chunk, rows in batches]
+            futures = [
+                pool.submit(_load_batch, connections, failed, data, chunk, rows, bulk) for chunk, rows in batches
+            ]
             try:
                 for future in as_completed(futures):
                     for name, value in future.result().items():
@@ -202,7 +290,12 @@ def _face_batches(data: CacheData, size: int) -> Iterator[tuple[range, NDArray[n
 
 
 def _load_batch(
-    connections: queue.Queue[Any], failed: threading.Event, data: CacheData, chunk: range, rows: NDArray[np.int64]
+    connections: queue.Queue[Any],
+    failed: threading.Event,
+    data: CacheData,
+    chunk: range,
+    rows: NDArray[np.int64],
+    bulk: bool,
 ) -> dict[str, int]:
     """One batch in one transaction; none starts after a batch failed (those in flight finish whole)."""
     if failed.is_set():
@@ -215,7 +308,7 @@ def _load_batch(
                 "images_added": _insert_images(conn, records),
                 "paths_added": _insert_paths(conn, records),
                 "immich_assets_added": _insert_assets(conn, records),
-                "faces_added": _insert_faces(conn, data, rows, data.identity.name),
+                "faces_added": _insert_faces(conn, data, rows, data.identity.name, bulk),
             }
     except BaseException:
         failed.set()
@@ -285,9 +378,9 @@ def _is_uuid(value: str) -> bool:
 FACE_COLUMNS = "image_id, box, keypoints, score, face_short, model, embedding"
 
 
-def _insert_faces(conn: Any, data: CacheData, rows: np.ndarray, model: str) -> int:
-    """Copy the faces of a batch straight into the table when none of its photos has faces there yet (the bulk
-    case: the load lock keeps other loads out); otherwise through a temporary table, skipping known faces."""
+def _insert_faces(conn: Any, data: CacheData, rows: np.ndarray, model: str, bulk: bool) -> int:
+    """Copy the faces of a batch straight into the table during a bulk load, or when none of its photos has faces
+    there yet (the load lock keeps other loads out); otherwise through a temporary table, skipping known faces."""
     if len(rows) == 0:
         return 0
     meta = data.meta[rows]
@@ -301,9 +394,12 @@ def _insert_faces(conn: Any, data: CacheData, rows: np.ndarray, model: str) -> i
         model,
         data.embeddings[rows],
     )
-    known = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM face_detections WHERE image_id = ANY(%s))", (sorted(set(hashes)),)
-    ).fetchone()[0]
+    known = (
+        not bulk
+        and conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM face_detections WHERE image_id = ANY(%s))", (sorted(set(hashes)),)
+        ).fetchone()[0]
+    )
     target = "tmp_faces" if known else f"face_detections({FACE_COLUMNS})"
     if known:
         conn.execute(

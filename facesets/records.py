@@ -50,17 +50,23 @@ class ImageRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImageRecord:
+        """Called once per image of a cache (millions): the status is looked up, not constructed."""
+        status = data["status"]
+        source = data.get("source")
         return cls(
             path=str(data["path"]),
             content_hash=str(data["hash"]),
             size=int(data["size"]),
-            status=ImageStatus(data["status"]),
+            status=_STATUSES.get(status) or ImageStatus(status),
             reason=str(data.get("reason", "")),
             width=int(data.get("width", 0)),
             height=int(data.get("height", 0)),
             faces=int(data.get("faces", 0)),
-            source={str(k): str(v) for k, v in data.get("source", {}).items()},
+            source={str(k): str(v) for k, v in source.items()} if source else {},
         )
+
+
+_STATUSES = {status.value: status for status in ImageStatus}
 
 
 @dataclass(frozen=True)

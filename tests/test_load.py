@@ -130,9 +130,59 @@ def test_a_failed_batch_leaves_no_partial_batch(
         run_load(config)
     partial = counts(database)
     assert partial["images"] == 1 and partial["image_paths"] == 1  # the first batch only, whole
+    assert bulk_constraints(database) == BULK  # a failed bulk load still adds back what it left out
     monkeypatch.undo()
     run_load(config)
     assert counts(database)["images"] == 3
+
+
+BULK = {
+    "face_detections_image_id_fkey",
+    "face_detections_image_id_model_box_key",
+    "image_paths_image_id_fkey",
+    "image_paths_by_image",
+}
+
+
+def bulk_constraints(database: str) -> set[str]:
+    with psycopg.connect(database) as conn:
+        names = {r[0] for r in conn.execute("SELECT conname FROM pg_constraint")}
+        names |= {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")}
+    return names & BULK
+
+
+def test_a_bulk_load_adds_back_its_constraints_and_they_hold(database: str, indexed: tuple[Path, Path]) -> None:
+    _, caches = indexed
+    run_load(LoadConfig(migrated(database), caches))
+    assert bulk_constraints(database) == BULK
+    with psycopg.connect(database) as conn:
+        columns = "image_id, box, keypoints, score, face_short, model, embedding"
+        copy = f"INSERT INTO face_detections({columns}) SELECT %s, box, keypoints, score, face_short, model, embedding "
+        copy += "FROM face_detections LIMIT 1"
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            conn.execute(copy, ("0" * 64,))
+        conn.rollback()
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(copy.replace("%s", "image_id"))
+        conn.rollback()
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            conn.execute("INSERT INTO image_paths VALUES ('/nowhere.jpg', %s)", ("0" * 64,))
+
+
+def test_a_killed_bulk_load_is_made_whole_by_the_next_load(database: str, indexed: tuple[Path, Path]) -> None:
+    import facesets.load
+
+    _, caches = indexed
+    config = migrated(database)
+    with connect(database) as conn:
+        assert facesets.load._start_bulk(conn)  # as a bulk load killed before its end leaves the store
+    assert bulk_constraints(database) == set()
+    with psycopg.connect(database) as conn:
+        conn.execute("INSERT INTO images VALUES (%s, 1)", ("a" * 64,))  # rows its first batches wrote
+        conn.execute("INSERT INTO image_paths VALUES ('/a.jpg', %s)", ("a" * 64,))
+    stats = run_load(LoadConfig(config, caches))
+    assert bulk_constraints(database) == BULK
+    assert stats.faces_added == counts(database)["face_detections"] >= 3  # not a bulk load: the store was not empty
 
 
 def test_two_loads_at_once(database: str, indexed: tuple[Path, Path]) -> None:
