@@ -15,6 +15,11 @@ Algorithms (``--algorithm``):
     The average similarity of two clusters is computed exactly from their sum vectors
     (``mean(A @ B.T) == sum(A) @ sum(B) / (|A| |B|)``); the graph only proposes which pairs to compare.
     Average linkage is reducible, so merging every reciprocal best pair at once gives the classic result.
+    Reciprocal pairs alone take a round per face when one large cluster absorbs its neighbours one by one
+    (942 rounds for 20,000 faces), so each round also merges every cluster into its best partner when that
+    similarity is within ``tolerance`` of the partner's own best (the (1+e)-approximate merges of TeraHAC,
+    Dhulipala et al., 2023): a cluster absorbs many in one round, a moving cluster absorbs none, and two
+    clusters that share a photo never move into the same one. ``tolerance`` 0 is exact reciprocal merging.
 ``average``
     Plain average linkage at the cluster distance (the original face-sets).
 ``components``
@@ -59,6 +64,7 @@ class ClusterParams:
     closeness: float = 0.5
     min_points: int = 3
     k: int = DEFAULT_K
+    tolerance: float = 0.02
 
 
 def canonical_order(keys: Sequence[tuple[Any, ...]]) -> IntArray:
@@ -86,6 +92,7 @@ def cluster(vectors: NDArray[np.float32], photos: IntArray, params: ClusterParam
         similarity,
         closeness=params.closeness if constrained else 0.0,
         conflicts=_same_photo_pairs(photos) if constrained else None,
+        tolerance=params.tolerance,
     )
 
 
@@ -164,9 +171,14 @@ class _Clusters:
         return out
 
     def merge(self, keep: IntArray, gone: IntArray) -> None:
-        self.sums[keep] += self.sums[gone]
-        self.size[keep] += self.size[gone]
-        self.cohesion[keep] = cohesion(self.sums[keep], self.size[keep])
+        """Move each cluster ``gone[i]`` into ``keep[i]`` (a cluster may absorb several)."""
+        order = np.argsort(keep, kind="stable")
+        keep, gone = keep[order], gone[order]
+        starts = np.flatnonzero(first_of_runs(keep))
+        target = keep[starts]
+        self.sums[target] += np.add.reduceat(self.sums[gone], starts, axis=0)
+        self.size[target] += np.add.reduceat(self.size[gone], starts)
+        self.cohesion[target] = cohesion(self.sums[target], self.size[target])
 
 
 def _average_linkage(
@@ -175,14 +187,16 @@ def _average_linkage(
     similarity: float,
     closeness: float,
     conflicts: tuple[IntArray, IntArray] | None,
+    tolerance: float = 0.0,
 ) -> IntArray:
     count = len(vectors)
     clusters = _Clusters(vectors)
     labels = np.arange(count, dtype=np.int64)
     a, b, s = graph.src, graph.dst, graph.sim.astype(np.float64)
     while len(a):
-        allowed = _allowed(a, b, s, clusters, closeness, _conflict_keys(conflicts, labels, count), count)
-        keep, gone = _reciprocal_best(a[allowed], b[allowed], s[allowed])
+        conflict_keys = _conflict_keys(conflicts, labels, count)
+        allowed = _allowed(a, b, s, clusters, closeness, conflict_keys, count)
+        keep, gone = _merges(a[allowed], b[allowed], s[allowed], tolerance, conflict_keys, count)
         if not len(keep):
             break
         clusters.merge(keep, gone)
@@ -190,7 +204,15 @@ def _average_linkage(
         remap[gone] = keep
         labels = remap[labels]
         a, b, s = _update_pairs(remap[a], remap[b], s, clusters, keep, similarity, count)
-    return labels
+    return smallest_member(labels)
+
+
+def smallest_member(labels: IntArray) -> IntArray:
+    """Labels renamed to the smallest face index of each cluster (a cluster may have kept another's place)."""
+    smallest = np.full(len(labels), len(labels), dtype=np.int64)
+    np.minimum.at(smallest, labels, np.arange(len(labels), dtype=np.int64))
+    result: IntArray = smallest[labels]
+    return result
 
 
 def _allowed(
@@ -218,20 +240,53 @@ def _conflict_keys(conflicts: tuple[IntArray, IntArray] | None, labels: IntArray
     return np.unique(np.minimum(x, y) * count + np.maximum(x, y))
 
 
-def _reciprocal_best(a: IntArray, b: IntArray, s: NDArray[np.float64]) -> tuple[IntArray, IntArray]:
-    """Pairs that are each other's most similar allowed partner (ties: the smaller index)."""
+def _merges(
+    a: IntArray, b: IntArray, s: NDArray[np.float64], tolerance: float, conflict_keys: IntArray | None, count: int
+) -> tuple[IntArray, IntArray]:
+    """This round's merges as (kept, moved) cluster pairs: every cluster whose best allowed partner is within
+    ``tolerance`` of that partner's own best moves into it (of a reciprocal pair, the larger index moves);
+    moves into a moving cluster wait, and of two moves into one cluster that share a photo, the less similar
+    waits."""
     if not len(a):
         return a, b
-    x, y, score = np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([s, s])
-    order = np.lexsort((y, -score, x))
-    x, y = x[order], y[order]
-    first = first_of_runs(x)
-    best = np.full(int(max(a.max(), b.max())) + 1, -1, dtype=np.int64)
-    best[x[first]] = y[first]
-    keep = x[first]
-    partner = best[keep]
-    mutual = (keep < partner) & (best[partner] == keep)
-    return keep[mutual], partner[mutual]
+    best_sim = np.full(count, -np.inf)
+    np.maximum.at(best_sim, a, s)
+    np.maximum.at(best_sim, b, s)
+    best = np.full(count, count, dtype=np.int64)  # the most similar partner; ties: the smallest index
+    for one, other in ((a, b), (b, a)):
+        top = s == best_sim[one]
+        np.minimum.at(best, one[top], other[top])
+    nodes = np.flatnonzero(best < count)
+    target = best[nodes]
+    good = best_sim[nodes] >= (1.0 - tolerance) * best_sim[target]
+    stays = (best[target] == nodes) & (nodes < target)  # the smaller of a reciprocal pair keeps its place
+    movers, into = nodes[good & ~stays], target[good & ~stays]
+    moving = np.zeros(count, dtype=bool)
+    moving[movers] = True
+    movers, into = movers[~moving[into]], into[~moving[into]]
+    return _without_clashes(movers, into, best_sim, conflict_keys, count)
+
+
+def _without_clashes(
+    movers: IntArray, into: IntArray, best_sim: NDArray[np.float64], conflict_keys: IntArray | None, count: int
+) -> tuple[IntArray, IntArray]:
+    """Leave out, until none is left, the less similar of two moves into one cluster whose clusters share a photo."""
+    if conflict_keys is None or not len(conflict_keys):
+        return into, movers
+    left, right = conflict_keys // count, conflict_keys % count
+    while True:
+        destination = np.arange(count, dtype=np.int64)
+        destination[movers] = into
+        clash = (destination[left] == destination[right]) & (left != right)
+        if not clash.any():
+            return into, movers
+        one, other = left[clash], right[clash]
+        weaker = np.where(best_sim[one] < best_sim[other], one, other)  # ties: the larger index waits
+        weaker = np.where(best_sim[one] == best_sim[other], np.maximum(one, other), weaker)
+        keep = ~np.isin(movers, weaker)
+        if keep.all():  # not reached (a move never joins a cluster it clashes with); never loop on it
+            keep = ~np.isin(movers, np.concatenate([one, other]))
+        movers, into = movers[keep], into[keep]
 
 
 def _update_pairs(

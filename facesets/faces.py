@@ -4,7 +4,9 @@ This follows InsightFace's reference implementation (``SCRFD.detect``, ``face_al
 ``ArcFaceONNX``, on BGR pixels) on sessions we create. Detectors with a dynamic input run at every size
 of ``det_sizes`` (InsightFace 2's default is 128 and 640: the small pass finds faces that fill the photo)
 and their input is padded to the square, as in the reference, or with ``square=False`` only to a multiple
-of 32 (less work on landscape and portrait photos); fixed-input detectors run at their own size.
+of 32 (less work on landscape and portrait photos); fixed-input detectors run at their own size, as the
+reference does, and only when that finds no face at the smaller sizes (the photo shrunk and padded to their
+input), which finds the faces that fill a photo.
 
 When the caller hands over a reduced decode, the alignment crop of each face is cut from a decode fine
 enough for it (:data:`ALIGN_MIN_FACE_PX`), so a small face in a big photo still gets full-resolution
@@ -79,6 +81,11 @@ class Detector:
         height, width = inputs.shape[2], inputs.shape[3]
         self.fixed_size = (width, height) if isinstance(width, int) and isinstance(height, int) else None
         self.det_sizes = (max(self.fixed_size),) if self.fixed_size is not None else tuple(sorted(set(det_sizes)))
+        # a fixed-input detector at its own size misses faces that fill the photo (SCRFD's largest anchors are
+        # smaller than its input): when it finds nothing, the smaller sizes run, letterboxed into its input
+        self.fallback_sizes = tuple(size for size in sorted(set(det_sizes)) if size < self.det_sizes[-1])
+        if self.fixed_size is None:
+            self.fallback_sizes = ()
         self.output_names = [output.name for output in session.get_outputs()]
         if len(self.output_names) != 9:
             raise ValueError(f"detector has {len(self.output_names)} outputs; SCRFD with keypoints has 9")
@@ -88,6 +95,8 @@ class Detector:
     def detect(self, pixels: BGRImage) -> Detection:
         """Faces in ``pixels`` (boxes, scores, keypoints in its coordinates), merged over all sizes by NMS."""
         found = [self._detect_at(pixels, size) for size in self.det_sizes]
+        if self.fallback_sizes and not any(len(part.scores) for part in found):
+            found = [self._detect_at(pixels, size) for size in self.fallback_sizes]
         boxes = np.concatenate([f.boxes for f in found])
         scores = np.concatenate([f.scores for f in found])
         kps = np.concatenate([f.kps for f in found])

@@ -5,8 +5,9 @@ about 0.1), different people mean 0.01 (99th percentile about 0.26); identity si
 singletons; a fifth of the photos hold two faces (cannot-link). The generator prints the statistics it
 produced. Each run clusters in a fresh child process, so its peak RSS is the clustering's alone.
 The baseline is the original rbv algorithm (connected components) on the same data, in the same run.
+An algorithm runs at its default distance, or at another one written ``name@distance`` (``graph@0.55``).
 
-    python scripts/bench_cluster.py [--sizes 100000,1000000] [--algorithms graph,components]
+    python scripts/bench_cluster.py [--sizes 100000,1000000] [--algorithms graph,graph@0.55,components]
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def main() -> int:
             del vectors, photos
             results = {}
             for algorithm in args.algorithms.split(","):
-                results[algorithm] = run(data, people, algorithm, DISTANCES[algorithm])
+                name, _, distance = algorithm.partition("@")
+                results[algorithm] = run(data, people, name, float(distance or DISTANCES[name]))
                 print(f"  {algorithm:<11} {results[algorithm]}", flush=True)
             if "components" in results and "graph" in results:
                 ratio = results["components"]["seconds"] / max(results["graph"]["seconds"], 1e-9)

@@ -115,3 +115,43 @@ def test_scores_are_the_textbook_values() -> None:
 def test_subject_face_is_insightfaces_max_num_rule() -> None:
     boxes = np.array([[0, 0, 50, 50], [70, 70, 130, 130], [150, 0, 200, 80]], np.float32)
     assert subject_face(boxes, 200, 200) == 1  # not the largest area (2), the one near the centre
+
+
+def counted_rounds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    from facesets import clustering
+
+    calls: list[int] = []
+    real = clustering._merges
+
+    def counting(*args: object) -> object:
+        calls.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(clustering, "_merges", counting)
+    return calls
+
+
+def test_a_large_cluster_absorbs_its_satellites_in_few_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    core, _ = people(seed=5, sizes=(30,), spread=0.3)
+    satellites, _ = people(seed=6, sizes=(40,), spread=0.9)  # each closer to the core than to each other
+    vectors = np.concatenate([core, satellites])
+    photos = np.arange(len(vectors))
+    rounds = counted_rounds(monkeypatch)
+    exact = cluster(vectors, photos, ClusterParams(Algorithm.GRAPH, 0.5, tolerance=0.0))
+    exact_rounds = len(rounds)
+    rounds.clear()
+    tolerant = cluster(vectors, photos, ClusterParams(Algorithm.GRAPH, 0.5))
+    assert sets_of(tolerant) == sets_of(exact) == {frozenset(range(70))}
+    assert tolerant.tolist() == [0] * 70
+    assert exact_rounds >= 30 and len(rounds) * 3 <= exact_rounds, (exact_rounds, len(rounds))
+
+
+def test_two_faces_of_one_photo_never_move_into_one_cluster_in_one_round() -> None:
+    core, _ = people(seed=5, sizes=(12,), spread=0.3)
+    pair, _ = people(seed=7, sizes=(2,), spread=0.5)  # both about equally close to the core
+    vectors = np.concatenate([core, pair])
+    photos = np.r_[np.arange(12), 12, 12]
+    for tolerance in (0.0, 0.02, 0.5):
+        labels = cluster(vectors, photos, ClusterParams(Algorithm.GRAPH, 0.6, tolerance=tolerance))
+        closer = 12 + int(np.argmax(pair @ core.mean(axis=0)))
+        assert sets_of(labels) == {frozenset([*range(12), closer]), frozenset([25 - closer])}, tolerance

@@ -137,3 +137,13 @@ def test_min_face_drops_small_faces(pack, t1_jpg: Path) -> None:
     cutoff = sorted(face.face_short for face in everything)[3]
     kept = analyze(build_engine(pack, CPU, min_face=cutoff), t1_jpg)
     assert len(kept) == sum(1 for face in everything if face.face_short >= cutoff) == 3
+
+
+def test_a_fixed_input_detector_finds_a_face_that_fills_the_photo(engine: FaceEngine, faces_dir: Path) -> None:
+    """scrfd500m's input is fixed at 640: at that size alone this close-up has no face above the threshold."""
+    photo = faces_dir / "celeb5" / "ben_afflek" / "val_02.jpg"
+    detector = engine.detector
+    assert detector.fixed_size == (640, 640) and detector.det_sizes == (640,)
+    assert len(detector._detect_at(decode(photo.read_bytes()).pixels, 640).scores) == 0
+    faces = analyze(engine, photo)
+    assert len(faces) == 1 and faces[0].face_short > 150  # found by the 128 pass, letterboxed into 640
