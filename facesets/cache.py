@@ -25,6 +25,7 @@ import contextlib
 import io
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,12 +143,20 @@ def _parse_members(path: Path, npz: Any, images_only: bool, header_only: bool = 
     )
     if header_only:
         return data
-    data.images = [ImageRecord.from_dict(item) for item in orjson.loads(npz["processed"].tobytes())]
-    data.aliases = {str(a): str(b) for a, b in orjson.loads(npz["path_aliases"].tobytes())}
-    if not images_only:
-        data.meta = np.asarray(npz["meta"])
-        data.embeddings = np.asarray(npz["embeddings"], dtype=np.float32)
+    processed, aliases = npz["processed"].tobytes(), npz["path_aliases"].tobytes()
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        # the face rows are read (file reads and CRC checks, which release the GIL) while the image records
+        # are parsed; only that thread touches the file from here on
+        faces = None if images_only else reader.submit(_read_faces, npz)
+        data.images = [ImageRecord.from_dict(item) for item in orjson.loads(processed)]
+        data.aliases = {str(a): str(b) for a, b in orjson.loads(aliases)}
+        if faces is not None:
+            data.meta, data.embeddings = faces.result()
     return data
+
+
+def _read_faces(npz: Any) -> tuple[NDArray[np.void], NDArray[np.float32]]:
+    return np.asarray(npz["meta"]), np.asarray(npz["embeddings"], dtype=np.float32)
 
 
 def _holds_objects(npz: Any) -> bool:
