@@ -234,7 +234,7 @@ def _load_face_cache(url: str, conn: Any, data: CacheData, config: LoadConfig, s
         _write_batches(url, data, config, batches, bulk, stats)
     except BaseException:
         if bulk:  # the batches written are kept: give them their constraints, without hiding the failure
-            with contextlib.suppress(DatabaseError):
+            with contextlib.suppress(Exception):
                 restore_bulk_constraints(url, conn)
         raise
     if bulk:
