@@ -14,13 +14,13 @@ HNSW indexes make each inserted vector cost about 3 ms here, so a load into an e
 builds it once at the end (about 20 times faster in all). Every load ends by creating any missing index, so a
 load killed in between leaves the next load (or search) to rebuild it.
 
-A face cache loaded into an empty store (no faces, no image paths) is a *bulk load*, done as PostgreSQL's
+A face cache loaded into an empty store (no photos, faces or image paths) is a *bulk load*, done as PostgreSQL's
 "Populating a Database" advises: the foreign keys of faces and image paths, the faces' unique key and the
 paths-by-image index are left out while the rows go in, and added back once at the end (one validation pass and
-one sorted index build instead of a lookup and an index insert per row). The cache's faces are deduplicated up
-front and each batch inserts the photos its faces point at in the same transaction, so the constraints hold
-throughout; adding them back checks it. A bulk load that is killed leaves them out; every load starts by adding
-back whatever is missing.
+one sorted index build instead of a lookup and an index insert per row); photos, paths and faces are copied
+straight into their tables. The cache's photos, paths and faces are deduplicated up front and each batch holds
+the photo rows its faces and paths point at, so the constraints hold throughout; adding them back checks it.
+A bulk load that is killed leaves them out; every load starts by adding back whatever is missing.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def _drop_indexes_of_empty_tables(conn: Any) -> None:
 
 def _start_bulk(conn: Any) -> bool:
     """Leave out the per-row checks of an empty store (see the module's text); False when it is not empty."""
-    if not (_is_empty(conn, "face_detections") and _is_empty(conn, "image_paths")):
+    if not all(_is_empty(conn, table) for table in ("face_detections", "image_paths", "images")):
         return False
     with conn.transaction():
         for table, name, _ in BULK_CONSTRAINTS:
@@ -245,7 +245,7 @@ def _write_batches(
     url: str,
     data: CacheData,
     config: LoadConfig,
-    batches: list[tuple[range, NDArray[np.int64]]],
+    batches: list[_Batch],
     bulk: bool,
     stats: LoadStats,
 ) -> None:
@@ -255,9 +255,7 @@ def _write_batches(
     try:
         with ThreadPoolExecutor(max_workers=max(1, connections.qsize())) as pool:
             failed = threading.Event()
-            futures = [
-                pool.submit(_load_batch, connections, failed, data, chunk, rows, bulk) for chunk, rows in batches
-            ]
+            futures = [pool.submit(_load_batch, connections, failed, data, batch, bulk) for batch in batches]
             try:
                 for future in as_completed(futures):
                     for name, value in future.result().items():
@@ -270,45 +268,57 @@ def _write_batches(
             connections.get().close()
 
 
-def _face_batches(data: CacheData, size: int) -> Iterator[tuple[range, NDArray[np.int64]]]:
-    """Batches of images with their face rows; a face seen earlier in the cache (same photo hash and box, as
-    copies of one photo have) is left out, so concurrent batches never write the same face."""
+@dataclass(frozen=True)
+class _Batch:
+    """What one transaction writes. Every row goes with the first record of its photo, so a batch holds the photo
+    rows its faces and paths point at, and batches written at once never write the same row."""
+
+    images: NDArray[np.int64]  # records that show their photo first in the cache
+    members: NDArray[np.int64]  # records whose photo's first record is one of those (Immich assets)
+    paths: NDArray[np.int64]  # of the members, the record that names each path (its last one in the cache)
+    faces: NDArray[np.int64]  # face rows; a face seen earlier (same photo hash and box, as copies have) left out
+
+
+def _face_batches(data: CacheData, size: int) -> Iterator[_Batch]:
     first_of_hash: dict[str, int] = {}
     canonical = np.array(
         [first_of_hash.setdefault(record.content_hash, i) for i, record in enumerate(data.images)], np.int64
     )
+    hashed = np.array([bool(record.content_hash) for record in data.images], bool)
+    naming = np.zeros(len(data.images), bool)
+    naming[list({record.path: i for i, record in enumerate(data.images)}.values())] = True
     keys = np.zeros(len(data.meta), [("image", "<i8"), ("bbox", "<f4", (4,))])
     if len(data.meta):
         keys["image"], keys["bbox"] = canonical[data.meta["image"]], data.meta["bbox"]
     _, first = np.unique(keys, return_index=True)
-    kept = np.sort(first).astype(np.int64)
-    images = np.asarray(data.meta["image"], np.int64)[kept]
-    order = np.argsort(images, kind="stable")
+    faces = np.sort(first).astype(np.int64)
+    face_home = keys["image"][faces]
+    face_order, member_order = np.argsort(face_home, kind="stable"), np.argsort(canonical, kind="stable")
     for chunk in _batches(len(data.images), size):
-        low, high = np.searchsorted(images[order], [chunk.start, chunk.stop])
-        yield chunk, kept[order[low:high]]
+        low, high = np.searchsorted(face_home[face_order], [chunk.start, chunk.stop])
+        first_member, last_member = np.searchsorted(canonical[member_order], [chunk.start, chunk.stop])
+        members = np.sort(member_order[first_member:last_member])
+        members = members[hashed[members]]
+        own = np.arange(chunk.start, chunk.stop, dtype=np.int64)
+        yield _Batch(
+            own[(canonical[own] == own) & hashed[own]], members, members[naming[members]], faces[face_order[low:high]]
+        )
 
 
 def _load_batch(
-    connections: queue.Queue[Any],
-    failed: threading.Event,
-    data: CacheData,
-    chunk: range,
-    rows: NDArray[np.int64],
-    bulk: bool,
+    connections: queue.Queue[Any], failed: threading.Event, data: CacheData, batch: _Batch, bulk: bool
 ) -> dict[str, int]:
     """One batch in one transaction; none starts after a batch failed (those in flight finish whole)."""
     if failed.is_set():
         return {}
     conn = connections.get()
     try:
-        records = [data.images[i] for i in chunk]
         with conn.transaction():
             return {
-                "images_added": _insert_images(conn, records),
-                "paths_added": _insert_paths(conn, records),
-                "immich_assets_added": _insert_assets(conn, records),
-                "faces_added": _insert_faces(conn, data, rows, data.identity.name, bulk),
+                "images_added": _insert_images(conn, [data.images[i] for i in batch.images], bulk),
+                "paths_added": _insert_paths(conn, [data.images[i] for i in batch.paths], bulk),
+                "immich_assets_added": _insert_assets(conn, [data.images[i] for i in batch.members]),
+                "faces_added": _insert_faces(conn, data, batch.faces, data.identity.name, bulk),
             }
     except BaseException:
         failed.set()
@@ -317,26 +327,35 @@ def _load_batch(
         connections.put(conn)
 
 
-def _insert_images(conn: Any, records: Sequence[Any]) -> int:
-    rows = [(r.content_hash, r.size, r.width or None, r.height or None) for r in records if r.content_hash]
+def _insert_images(conn: Any, records: Sequence[Any], bulk: bool) -> int:
+    """The batch's photos (each once in the cache); during a bulk load straight into the empty table."""
+    rows = [(r.content_hash, r.size, r.width or None, r.height or None) for r in records]
+    if bulk:
+        _copy_rows(conn, "images(id, size, width, height)", rows)
+        return len(rows)
     copy_to_temp(conn, "tmp_images", "id TEXT, size BIGINT, width INTEGER, height INTEGER", rows)
-    return int(
-        conn.execute(
-            "INSERT INTO images SELECT DISTINCT ON (id) * FROM tmp_images ORDER BY id ON CONFLICT (id) DO NOTHING"
-        ).rowcount
-    )
+    return int(conn.execute("INSERT INTO images SELECT * FROM tmp_images ON CONFLICT (id) DO NOTHING").rowcount)
 
 
-def _insert_paths(conn: Any, records: Sequence[Any]) -> int:
-    rows = [(record.path, record.content_hash) for record in records if record.content_hash]
+def _insert_paths(conn: Any, records: Sequence[Any], bulk: bool) -> int:
+    """The batch's paths (each once in the cache); during a bulk load straight into the empty table."""
+    rows = [(record.path, record.content_hash) for record in records]
+    if bulk:
+        _copy_rows(conn, "image_paths(path, image_id)", rows)
+        return len(rows)
     copy_to_temp(conn, "tmp_paths", "path TEXT, image_id TEXT", rows)
     return int(
         conn.execute(
-            "INSERT INTO image_paths SELECT DISTINCT ON (path) * FROM tmp_paths ORDER BY path "
-            "ON CONFLICT (path) DO UPDATE SET image_id = excluded.image_id "
-            "WHERE image_paths.image_id IS DISTINCT FROM excluded.image_id"
+            "INSERT INTO image_paths SELECT * FROM tmp_paths ON CONFLICT (path) DO UPDATE SET image_id = "
+            "excluded.image_id WHERE image_paths.image_id IS DISTINCT FROM excluded.image_id"
         ).rowcount
     )
+
+
+def _copy_rows(conn: Any, target: str, rows: Sequence[Sequence[Any]]) -> None:
+    with conn.cursor().copy(f"COPY {target} FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
 
 
 def _insert_assets(conn: Any, records: Sequence[Any]) -> int:
