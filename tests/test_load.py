@@ -221,3 +221,19 @@ def test_immich_assets_are_loaded_from_the_queue_source(database: str, tmp_path:
     with psycopg.connect(database) as conn:
         rows = conn.execute("SELECT asset_id::text, owner_id::text, checksum, image_id, user_label FROM immich_assets")
         assert rows.fetchall() == [(asset, owner, "qZk+NkcGgWq6Pi", "a" * 64, "peter")]
+
+
+def test_copies_and_renamed_content_load_once_each(database: str, tmp_path: Path) -> None:
+    """Photo rows go once, with their first record; a path named twice points at its newest content."""
+    config = migrated(database)
+    identity = PackIdentity("pack", "det.onnx", "d" * 64, "rec.onnx", "r" * 64)
+    writer = CacheWriter(tmp_path / "faces.npz", identity)
+    for path, content in [("/p/x.jpg", "a"), ("/p/y.jpg", "b"), ("/p/copy.jpg", "a"), ("/p/x.jpg", "c")]:
+        writer.add(ImageRecord(path, content * 64, 10, ImageStatus.NO_FACE), [])
+    writer.close()
+    stats = run_load(LoadConfig(config, tmp_path / "empty", (tmp_path / "faces.npz",), batch=1, workers=2))
+    assert (stats.images_added, stats.paths_added) == (3, 3)
+    with psycopg.connect(database) as conn:
+        paths = dict(conn.execute("SELECT path, left(image_id, 1) FROM image_paths").fetchall())
+    assert paths == {"/p/x.jpg": "c", "/p/y.jpg": "b", "/p/copy.jpg": "a"}
+    assert bulk_constraints(database) == BULK
