@@ -234,6 +234,6 @@ def test_copies_and_renamed_content_load_once_each(database: str, tmp_path: Path
     stats = run_load(LoadConfig(config, tmp_path / "empty", (tmp_path / "faces.npz",), batch=1, workers=2))
     assert (stats.images_added, stats.paths_added) == (3, 3)
     with psycopg.connect(database) as conn:
-        paths = dict(conn.execute("SELECT path, left(image_id, 1) FROM image_paths").fetchall())
+        paths: dict[str, str] = dict(conn.execute("SELECT path, left(image_id, 1) FROM image_paths").fetchall())
     assert paths == {"/p/x.jpg": "c", "/p/y.jpg": "b", "/p/copy.jpg": "a"}
     assert bulk_constraints(database) == BULK
