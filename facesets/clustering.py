@@ -155,7 +155,7 @@ def cohesion(sums: NDArray[np.float32], sizes: NDArray[np.int64]) -> NDArray[np.
 
 
 class _Clusters:
-    """Sum vector, size and cohesion per cluster, indexed by the cluster's smallest face index."""
+    """Sum vector, size and cohesion per cluster, indexed by the face whose place the cluster keeps."""
 
     def __init__(self, vectors: NDArray[np.float32]) -> None:
         self.sums = np.array(vectors, dtype=np.float32, copy=True)
@@ -187,7 +187,7 @@ def _average_linkage(
     similarity: float,
     closeness: float,
     conflicts: tuple[IntArray, IntArray] | None,
-    tolerance: float = 0.0,
+    tolerance: float,
 ) -> IntArray:
     count = len(vectors)
     clusters = _Clusters(vectors)
@@ -204,10 +204,10 @@ def _average_linkage(
         remap[gone] = keep
         labels = remap[labels]
         a, b, s = _update_pairs(remap[a], remap[b], s, clusters, keep, similarity, count)
-    return smallest_member(labels)
+    return _smallest_member(labels)
 
 
-def smallest_member(labels: IntArray) -> IntArray:
+def _smallest_member(labels: IntArray) -> IntArray:
     """Labels renamed to the smallest face index of each cluster (a cluster may have kept another's place)."""
     smallest = np.full(len(labels), len(labels), dtype=np.int64)
     np.minimum.at(smallest, labels, np.arange(len(labels), dtype=np.int64))

@@ -155,7 +155,12 @@ def copy_to_temp(
     """Create the temporary table ``table (columns)``, dropped at commit, and fill it with ``rows`` by COPY
     (binary when the column ``types`` are given)."""
     conn.execute(f"CREATE TEMP TABLE {table} ({columns}) ON COMMIT DROP")
-    with conn.cursor().copy(f"COPY {table} FROM STDIN" + (" WITH (FORMAT BINARY)" if types else "")) as copy:
+    copy_rows(conn, table, rows, types)
+
+
+def copy_rows(conn: Any, target: str, rows: Iterable[Sequence[Any]], types: Sequence[str] | None = None) -> None:
+    """COPY ``rows`` into ``target`` (a table, optionally with its columns), binary when ``types`` are given."""
+    with conn.cursor().copy(f"COPY {target} FROM STDIN" + (" WITH (FORMAT BINARY)" if types else "")) as copy:
         if types:
             copy.set_types(list(types))
         for row in rows:

@@ -83,9 +83,9 @@ class Detector:
         self.det_sizes = (max(self.fixed_size),) if self.fixed_size is not None else tuple(sorted(set(det_sizes)))
         # a fixed-input detector at its own size misses faces that fill the photo (SCRFD's largest anchors are
         # smaller than its input): when it finds nothing, the smaller sizes run, letterboxed into its input
-        self.fallback_sizes = tuple(size for size in sorted(set(det_sizes)) if size < self.det_sizes[-1])
-        if self.fixed_size is None:
-            self.fallback_sizes = ()
+        self.fallback_sizes = (
+            tuple(size for size in sorted(set(det_sizes)) if size < self.det_sizes[-1]) if self.fixed_size else ()
+        )
         self.output_names = [output.name for output in session.get_outputs()]
         if len(self.output_names) != 9:
             raise ValueError(f"detector has {len(self.output_names)} outputs; SCRFD with keypoints has 9")

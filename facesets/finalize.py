@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -90,13 +90,7 @@ class FinalizeSummary:
     elapsed: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "user": self.user,
-            "ran": self.ran,
-            "skipped": self.skipped,
-            "results": self.results,
-            "elapsed": self.elapsed,
-        }
+        return asdict(self)
 
 
 def run_finalize(config: FinalizeConfig, announce: Callable[[str], None] = log.warning) -> FinalizeSummary:

@@ -43,7 +43,7 @@ from numpy.typing import NDArray
 
 from .cache import CacheData, load_cache
 from .copybinary import face_rows
-from .database import DatabaseConfig, connect, copy_to_temp, database_url, with_vectors
+from .database import DatabaseConfig, connect, copy_rows, copy_to_temp, database_url, with_vectors
 from .errors import DatabaseError
 from .index import CLIP_STORE, FACE_CACHE, STATE_FILE
 from .loadsets import load_face_sets
@@ -163,7 +163,7 @@ def restore_bulk_constraints(url: str, conn: Any) -> None:
     for table, name, definition in BULK_CONSTRAINTS:
         if name not in present:
             work.setdefault(table, []).append(f"ALTER TABLE {table} ADD CONSTRAINT {name} {definition}")
-    present_indexes = {row[0] for row in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")}
+    present_indexes = _index_names(conn)
     for name, (table, statement) in BULK_INDEXES.items():
         if name not in present_indexes:
             work.setdefault(table, []).append(statement)
@@ -187,9 +187,13 @@ def _run_statements(url: str, statements: list[str]) -> None:
         ) from exc
 
 
+def _index_names(conn: Any) -> set[str]:
+    return {row[0] for row in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")}
+
+
 def _create_missing_indexes(conn: Any, stats: LoadStats) -> None:
     started = time.monotonic()
-    present = {row[0] for row in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")}
+    present = _index_names(conn)
     conn.execute("SET maintenance_work_mem = '512MB'")
     for table, statement in VECTOR_INDEXES.items():
         if f"{table}_embedding" not in present:
@@ -331,7 +335,7 @@ def _insert_images(conn: Any, records: Sequence[Any], bulk: bool) -> int:
     """The batch's photos (each once in the cache); during a bulk load straight into the empty table."""
     rows = [(r.content_hash, r.size, r.width or None, r.height or None) for r in records]
     if bulk:
-        _copy_rows(conn, "images(id, size, width, height)", rows)
+        copy_rows(conn, "images(id, size, width, height)", rows)
         return len(rows)
     copy_to_temp(conn, "tmp_images", "id TEXT, size BIGINT, width INTEGER, height INTEGER", rows)
     return int(conn.execute("INSERT INTO images SELECT * FROM tmp_images ON CONFLICT (id) DO NOTHING").rowcount)
@@ -341,7 +345,7 @@ def _insert_paths(conn: Any, records: Sequence[Any], bulk: bool) -> int:
     """The batch's paths (each once in the cache); during a bulk load straight into the empty table."""
     rows = [(record.path, record.content_hash) for record in records]
     if bulk:
-        _copy_rows(conn, "image_paths(path, image_id)", rows)
+        copy_rows(conn, "image_paths(path, image_id)", rows)
         return len(rows)
     copy_to_temp(conn, "tmp_paths", "path TEXT, image_id TEXT", rows)
     return int(
@@ -350,12 +354,6 @@ def _insert_paths(conn: Any, records: Sequence[Any], bulk: bool) -> int:
             "excluded.image_id WHERE image_paths.image_id IS DISTINCT FROM excluded.image_id"
         ).rowcount
     )
-
-
-def _copy_rows(conn: Any, target: str, rows: Sequence[Sequence[Any]]) -> None:
-    with conn.cursor().copy(f"COPY {target} FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(row)
 
 
 def _insert_assets(conn: Any, records: Sequence[Any]) -> int:
@@ -468,9 +466,7 @@ def _insert_gallery_images(conn: Any, gallery_id: int, files: list[tuple[str, st
         "CREATE TEMP TABLE IF NOT EXISTS tmp_gallery_images (filename TEXT, image_id TEXT, "
         "file_size BIGINT) ON COMMIT DELETE ROWS"
     )
-    with conn.cursor().copy("COPY tmp_gallery_images FROM STDIN") as copy:
-        for row in files:
-            copy.write_row(row)
+    copy_rows(conn, "tmp_gallery_images", files)
     result = conn.execute(
         "INSERT INTO gallery_images(gallery_id, filename, image_id, file_size) "
         "SELECT %s, t.filename, t.image_id, t.file_size FROM tmp_gallery_images t "
