@@ -386,8 +386,8 @@ def load(
 @click.option(
     "--threshold",
     type=float,
-    help="Database mode: the cosine similarity two faces need to share a cluster, as the original rbv "
-    "(default: 1 - the model's cluster distance).",
+    help="Database mode: the cosine similarity two single faces need to share a cluster, as the original rbv "
+    "(default: learned from the library, see the README).",
 )
 @click.option(
     "--sets",
@@ -413,8 +413,17 @@ def load(
     "original face-sets; components: the original rbv cluster; dbscan: Immich-style.",
 )
 @click.option("--match-distance", type=float, help="Join an existing set within this cosine distance of its centre.")
-@click.option("--cluster-distance", type=float, help="Never join faces or clusters farther apart than this.")
-@click.option("--export-distance", type=float, help="Leave out members farther than this from their set's centre.")
+@click.option(
+    "--cluster-distance",
+    type=float,
+    help="Never join two single faces farther apart than this (default: learned from the library).",
+)
+@click.option(
+    "--export-distance",
+    type=float,
+    help="Leave out members farther than this from their set's centre (default: members the clustering's own "
+    "threshold does not hold for).",
+)
 @click.option("--closeness", type=float, help="graph: merge only at this fraction of the looser cluster's cohesion.")
 @click.option(
     "--min-faces",
@@ -476,7 +485,7 @@ def cluster_command(
             min_faces or 3,
             min_points,
         )
-        _emit(run_person_cluster(person_config).as_dict(), as_json)
+        _emit(_learned_in_words(run_person_cluster(person_config).as_dict(), as_json), as_json)
         return
     if explicit_database or threshold is not None:
         raise click.UsageError(
@@ -500,7 +509,16 @@ def cluster_command(
         reconsider=reconsider,
         embedder=embedder,
     )
-    _emit(run_cluster(config).as_dict(), as_json)
+    _emit(_learned_in_words(run_cluster(config).as_dict(), as_json), as_json)
+
+
+def _learned_in_words(summary: dict[str, Any], as_json: bool) -> dict[str, Any]:
+    """The summary with its learned thresholds as one line a person reads (JSON keeps every figure)."""
+    from .calibration import describe
+
+    if not as_json and summary.get("estimate"):
+        summary["estimate"] = describe(summary["estimate"])
+    return summary
 
 
 @cli.command("export")

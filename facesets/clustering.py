@@ -42,6 +42,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .calibration import (
+    FALSE_LINKS_PER_FACE,
+    MIN_LIBRARY,
+    LibraryEstimate,
+    estimate,
+    face_spreads,
+    same_photo_pairs,
+    shared_fraction,
+)
 from .neighbors import DEFAULT_K, Graph, first_of_runs, knn_graph
 
 IntArray = NDArray[np.int64]
@@ -57,14 +66,17 @@ class Algorithm(StrEnum):
 
 @dataclass(frozen=True)
 class ClusterParams:
-    """``distance`` is a cosine distance (1 - similarity): faces or clusters farther apart never join."""
+    """``distance`` is a cosine distance (1 - similarity): single faces farther apart never join. ``None`` (the
+    default) learns it from the library (:mod:`facesets.calibration`)."""
 
     algorithm: Algorithm = Algorithm.GRAPH
-    distance: float = 0.8
+    distance: float | None = None
     closeness: float = 0.5
     min_points: int = 3
     k: int = DEFAULT_K
     tolerance: float = 0.02
+    false_links: float = FALSE_LINKS_PER_FACE  # the seed threshold's budget (see facesets.calibration)
+    impostors: tuple[float, float] | None = None  # the recognizer's impostor mean and sd, where known
 
 
 def canonical_order(keys: Sequence[tuple[Any, ...]]) -> IntArray:
@@ -76,23 +88,37 @@ def cluster(vectors: NDArray[np.float32], photos: IntArray, params: ClusterParam
     """Cluster label of each face (the smallest face index in its cluster).
 
     ``photos[i]`` identifies the photo face ``i`` comes from (used by ``graph`` for cannot-link)."""
+    return cluster_library(vectors, photos, params)[0]
+
+
+def cluster_library(
+    vectors: NDArray[np.float32],
+    photos: IntArray,
+    params: ClusterParams,
+    everyone: NDArray[np.float32] | None = None,
+) -> tuple[IntArray, LibraryEstimate]:
+    """:func:`cluster`, with what was learned about the library (thresholds, impostor statistics).
+
+    ``everyone`` is every face of the library when only some are clustered (the impostor statistics are
+    measured on all of them)."""
+    library = estimate(vectors, photos, params.distance, params.false_links, everyone, params.impostors)
     count = len(vectors)
     if count == 0:
-        return np.zeros(0, np.int64)
-    similarity = 1.0 - params.distance
-    graph = knn_graph(vectors, params.k, min_sim=similarity)
-    if params.algorithm is Algorithm.COMPONENTS:
-        return components(count, graph.src, graph.dst)
-    if params.algorithm is Algorithm.DBSCAN:
-        return _dbscan(count, graph, params.min_points)
-    constrained = params.algorithm is Algorithm.GRAPH
+        return np.zeros(0, np.int64), library
+    if params.algorithm is not Algorithm.GRAPH:
+        graph = knn_graph(vectors, params.k, min_sim=library.seed_similarity)
+        if params.algorithm is Algorithm.COMPONENTS:
+            return components(count, graph.src, graph.dst), library
+        if params.algorithm is Algorithm.DBSCAN:
+            return _dbscan(count, graph, params.min_points), library
+        return _average_linkage(vectors, graph, library, 0.0, None, params.tolerance, relax=False)
+    graph = knn_graph(vectors, params.k, min_sim=library.lowest_similarity())
+    conflicts = same_photo_pairs(photos)
+    everyone = vectors if everyone is None else everyone
+    # in a small library the cohort is too often the face's own person: no per-face spreads there
+    spreads = face_spreads(vectors, everyone, library.impostor_sd) if len(everyone) >= MIN_LIBRARY else None
     return _average_linkage(
-        vectors,
-        graph,
-        similarity,
-        closeness=params.closeness if constrained else 0.0,
-        conflicts=_same_photo_pairs(photos) if constrained else None,
-        tolerance=params.tolerance,
+        vectors, graph, library, params.closeness, conflicts, params.tolerance, relax=True, spreads=spreads
     )
 
 
@@ -128,25 +154,6 @@ def _dbscan(count: int, graph: Graph, min_points: int) -> IntArray:
     return labels
 
 
-def _same_photo_pairs(photos: IntArray) -> tuple[IntArray, IntArray]:
-    """Every pair of faces that share a photo (faces per photo are few, so this stays small)."""
-    order = np.argsort(photos, kind="stable")
-    sorted_photos = photos[order]
-    starts = np.flatnonzero(first_of_runs(sorted_photos))
-    sizes = np.diff(np.r_[starts, len(photos)])
-    left: list[IntArray] = []
-    right: list[IntArray] = []
-    for start, size in zip(starts[sizes > 1], sizes[sizes > 1], strict=True):
-        members = order[start : start + size]
-        i, j = np.triu_indices(size, 1)
-        left.append(members[i])
-        right.append(members[j])
-    if not left:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    a, b = np.concatenate(left), np.concatenate(right)
-    return np.minimum(a, b), np.maximum(a, b)
-
-
 def cohesion(sums: NDArray[np.float32], sizes: NDArray[np.int64]) -> NDArray[np.float64]:
     """Average similarity of the distinct pairs in each cluster, from its sum vector and size (sizes >= 2)."""
     norm2 = np.einsum("ij,ij->i", sums, sums, dtype=np.float64)
@@ -157,10 +164,16 @@ def cohesion(sums: NDArray[np.float32], sizes: NDArray[np.int64]) -> NDArray[np.
 class _Clusters:
     """Sum vector, size and cohesion per cluster, indexed by the face whose place the cluster keeps."""
 
-    def __init__(self, vectors: NDArray[np.float32]) -> None:
+    def __init__(self, vectors: NDArray[np.float32], spreads: NDArray[np.float32] | None = None) -> None:
         self.sums = np.array(vectors, dtype=np.float32, copy=True)
         self.size = np.ones(len(vectors), dtype=np.int64)
         self.cohesion = np.full(len(vectors), np.nan)
+        self.spreads = np.ones(len(vectors), np.float64) if spreads is None else spreads.astype(np.float64)
+
+    def spread(self, index: IntArray) -> NDArray[np.float64]:
+        """The mean face spread of each cluster (see :func:`facesets.calibration.face_spreads`)."""
+        result: NDArray[np.float64] = self.spreads[index] / self.size[index]
+        return result
 
     def similarity(self, a: IntArray, b: IntArray) -> NDArray[np.float64]:
         out = np.empty(len(a))
@@ -178,33 +191,51 @@ class _Clusters:
         target = keep[starts]
         self.sums[target] += np.add.reduceat(self.sums[gone], starts, axis=0)
         self.size[target] += np.add.reduceat(self.size[gone], starts)
+        self.spreads[target] += np.add.reduceat(self.spreads[gone], starts)
         self.cohesion[target] = cohesion(self.sums[target], self.size[target])
 
 
 def _average_linkage(
     vectors: NDArray[np.float32],
     graph: Graph,
-    similarity: float,
+    library: LibraryEstimate,
     closeness: float,
     conflicts: tuple[IntArray, IntArray] | None,
     tolerance: float,
-) -> IntArray:
+    relax: bool,
+    spreads: NDArray[np.float32] | None = None,
+) -> tuple[IntArray, LibraryEstimate]:
+    """Merge rounds at the seed threshold; then, with ``relax``, rho is measured on the clusters formed and the
+    rounds go on at the size-aware thresholds (:meth:`LibraryEstimate.required`)."""
     count = len(vectors)
-    clusters = _Clusters(vectors)
+    clusters = _Clusters(vectors, spreads)
     labels = np.arange(count, dtype=np.int64)
     a, b, s = graph.src, graph.dst, graph.sim.astype(np.float64)
-    while len(a):
-        conflict_keys = _conflict_keys(conflicts, labels, count)
-        allowed = _allowed(a, b, s, clusters, closeness, conflict_keys, count)
-        keep, gone = _merges(a[allowed], b[allowed], s[allowed], tolerance, conflict_keys, count)
-        if not len(keep):
-            break
-        clusters.merge(keep, gone)
-        remap = np.arange(count, dtype=np.int64)
-        remap[gone] = keep
-        labels = remap[labels]
-        a, b, s = _update_pairs(remap[a], remap[b], s, clusters, keep, similarity, count)
-    return _smallest_member(labels)
+    lowest = library.lowest_similarity() if relax else library.seed_similarity
+    phases = 2 if relax else 1
+    for phase in range(phases):
+        if phase == 1:
+            roots = np.unique(labels)
+            shared, measured = shared_fraction(
+                clusters.sums[roots], clusters.size[roots], library.impostor_mean, library.impostor_sd
+            )
+            if shared is None:
+                library = library.with_shared(1.0, measured)
+                break
+            library = library.with_shared(shared, measured)
+        while len(a):
+            conflict_keys = _conflict_keys(conflicts, labels, count)
+            allowed = _allowed(a, b, s, clusters, closeness, conflict_keys, count)
+            allowed &= s >= library.required(clusters.size[a], clusters.size[b], clusters.spread(a), clusters.spread(b))
+            keep, gone = _merges(a[allowed], b[allowed], s[allowed], tolerance, conflict_keys, count)
+            if not len(keep):
+                break
+            clusters.merge(keep, gone)
+            remap = np.arange(count, dtype=np.int64)
+            remap[gone] = keep
+            labels = remap[labels]
+            a, b, s = _update_pairs(remap[a], remap[b], s, clusters, keep, lowest, count)
+    return _smallest_member(labels), library
 
 
 def _smallest_member(labels: IntArray) -> IntArray:

@@ -32,7 +32,8 @@ import orjson
 from numpy.typing import NDArray
 
 from .cache import load_cache
-from .clustering import Algorithm, ClusterParams, cluster, cohesion, components
+from .calibration import LibraryEstimate
+from .clustering import Algorithm, ClusterParams, cluster_library, cohesion, components
 from .errors import CacheModelMismatchError, ConfigError, FaceSetError
 from .facesetdir import FaceSet, face_key, highest_number, read_sets, read_top
 from .fsio import atomic_write_bytes
@@ -90,6 +91,7 @@ class ClusterSummary:
     new_sets: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     plan: str = ""
+    library: LibraryEstimate | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -99,6 +101,7 @@ class ClusterSummary:
             "clustered": self.clustered,
             "new_sets": self.new_sets,
             "dropped": dict(sorted(self.dropped.items())),
+            "estimate": self.library.to_dict() if self.library else {},
             "plan": self.plan,
         }
 
@@ -127,14 +130,22 @@ def run_cluster(config: ClusterConfig) -> ClusterSummary:
     taken = {row for rows in matched.values() for row, _ in rows}
     rest = np.asarray([i for i in candidates if i not in taken], np.int64)
     summary.clustered = len(rest)
-    params = ClusterParams(config.algorithm, thresholds.cluster, thresholds.closeness, config.min_points)
-    labels = cluster(table.vectors[rest], table.photos[rest], params)
-    groups, dropped = refine(table.vectors, table.keys, rest, labels, thresholds, config.min_faces)
+    params = ClusterParams(
+        config.algorithm,
+        thresholds.cluster,
+        thresholds.closeness,
+        config.min_points,
+        impostors=thresholds.impostors,
+    )
+    labels, summary.library = cluster_library(table.vectors[rest], table.photos[rest], params, table.vectors)
+    groups, dropped = refine(table.vectors, table.keys, rest, labels, thresholds, config.min_faces, summary.library)
     for entry in dropped:
         summary.dropped[entry["reason"]] += entry["faces"]
     first_new = highest_number(config.sets_dir, top) + 1
     summary.new_sets = len(groups)
-    plan = build_plan(config, identity, thresholds, table, matched, groups, dropped, first_new, candidates)
+    plan = build_plan(
+        config, identity, thresholds, summary.library, table, matched, groups, dropped, first_new, candidates
+    )
     body = orjson.dumps(plan, option=orjson.OPT_INDENT_2)
     config.plan.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(config.plan, body)
@@ -281,10 +292,12 @@ def refine(
     labels: NDArray[np.int64],
     thresholds: Thresholds,
     min_faces: int,
+    library: LibraryEstimate,
 ) -> tuple[list[list[tuple[int, float]]], list[dict[str, Any]]]:
     """Apply the gates to each cluster: the kept groups (rows with distances) and what was dropped, why.
 
-    ``rows`` index ``vectors`` and ``keys`` (the faces' stable names, used to order the groups)."""
+    ``rows`` index ``vectors`` and ``keys`` (the faces' stable names, used to order the groups); ``library``
+    gives the thresholds the clustering learned, which the gates apply to each member and cluster."""
     kept: list[list[tuple[int, float]]] = []
     dropped: list[dict[str, Any]] = []
     if not len(rows):
@@ -294,7 +307,7 @@ def refine(
     singletons = 0
     for start, stop in itertools.pairwise(bounds):
         group = rows[order[start:stop]]
-        verdict, members = _gate(vectors[group], group, thresholds, min_faces)
+        verdict, members = _gate(vectors[group], group, thresholds, min_faces, library)
         if verdict == "singleton":
             singletons += 1
             continue
@@ -312,18 +325,32 @@ def refine(
 
 
 def _gate(
-    vectors: NDArray[np.float32], group: NDArray[np.int64], thresholds: Thresholds, min_faces: int
+    vectors: NDArray[np.float32],
+    group: NDArray[np.int64],
+    thresholds: Thresholds,
+    min_faces: int,
+    library: LibraryEstimate,
 ) -> tuple[str, list[tuple[int, float]]]:
+    """A cluster's verdict ("" kept) and its members with their distance to the centre.
+
+    A member stays when its average similarity to the other members meets the threshold the clustering uses
+    for one face against a cluster of that size (with ``--export-distance``: when it is that close to the
+    centre); the cluster stays when enough members remain, its average inner similarity meets the threshold
+    of the largest clusters and enough of them are distinct shots."""
     if len(group) == 1:
         return "singleton", []
-    centre = vectors.mean(axis=0)
-    distances = 1.0 - vectors @ (centre / np.linalg.norm(centre))
-    inside = distances <= thresholds.export
+    total = vectors.sum(axis=0)
+    distances = 1.0 - vectors @ (total / np.linalg.norm(total))
+    if thresholds.export is not None:
+        inside = distances <= thresholds.export
+    else:
+        others = (vectors @ total - 1.0) / (len(group) - 1)
+        inside = others >= library.required(np.array([1.0]), np.array([len(group) - 1.0]))
     members = sorted((int(row), round(float(d), 4)) for row, d, ok in zip(group, distances, inside, strict=True) if ok)
     if len(members) < min_faces:
         return "too_small", []
-    inner = cohesion(vectors.sum(axis=0, keepdims=True), np.array([len(vectors)]))[0]
-    if inner < 1.0 - thresholds.cluster:
+    inner = cohesion(total[None, :], np.array([len(vectors)]))[0]
+    if inner < library.floor_similarity:
         return "not_cohesive", []
     if _distinct_shots(vectors[inside]) < min_faces:
         return "one_photo", []
@@ -340,6 +367,7 @@ def build_plan(
     config: ClusterConfig,
     identity: PackIdentity,
     thresholds: Thresholds,
+    library: LibraryEstimate,
     table: FaceTable,
     matched: dict[int, list[tuple[int, float]]],
     groups: list[list[tuple[int, float]]],
@@ -358,6 +386,7 @@ def build_plan(
         "model": identity.to_dict(),
         "algorithm": config.algorithm.value,
         "thresholds": thresholds.to_dict(),
+        "estimate": library.to_dict(),
         "min_faces": config.min_faces,
         "caches": [str(path) for path in config.caches],
         "sets_dir": str(config.sets_dir),
@@ -365,8 +394,14 @@ def build_plan(
         "dropped": dropped,
         "processed": sorted({table.hashes[table.photos[i]] for i in candidates}),
     }
-    plan["id"] = blake3.blake3(orjson.dumps(plan, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    plan["id"] = plan_id(plan)
     return plan
+
+
+def plan_id(plan: dict[str, Any]) -> str:
+    """The plan's id: a hash of everything else in it."""
+    body = {name: value for name, value in plan.items() if name != "id"}
+    return blake3.blake3(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
 class PackEmbedder:

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .clustering import Algorithm, ClusterParams, cluster
+from .calibration import LibraryEstimate
+from .clustering import Algorithm, ClusterParams, cluster_library
 from .database import DatabaseConfig, connect, copy_to_temp, database_url, with_vectors
 from .errors import ConfigError
 from .identify import match_faces, refine
@@ -84,6 +85,7 @@ class PersonPlan:
     joins: dict[int, int] = field(default_factory=dict)  # face row -> existing person id
     new_groups: list[list[int]] = field(default_factory=list)  # face rows of each new person
     dropped: dict[str, int] = field(default_factory=dict)
+    library: LibraryEstimate | None = None  # what clustering learned about the unassigned faces
 
 
 @dataclass
@@ -96,7 +98,8 @@ class PersonClusterStats:
     faces_in_new_persons: int = 0
     left_unassigned: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
-    thresholds: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, float | None] = field(default_factory=dict)
+    estimate: dict[str, Any] = field(default_factory=dict)
     elapsed: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -182,10 +185,16 @@ def plan_persons(
             plan.joins[row] = person
             person_photos[person].add(int(faces.photos[row]))
     rest = np.asarray([row for row in free.tolist() if row not in plan.joins], np.int64)
-    params = ClusterParams(config.algorithm, thresholds.cluster, thresholds.closeness, config.min_points)
-    labels = cluster(faces.vectors[rest], faces.photos[rest], params)
+    params = ClusterParams(
+        config.algorithm,
+        thresholds.cluster,
+        thresholds.closeness,
+        config.min_points,
+        impostors=thresholds.impostors,
+    )
+    labels, plan.library = cluster_library(faces.vectors[rest], faces.photos[rest], params, faces.vectors)
     keys = [str(face_id) for face_id in faces.ids.tolist()]
-    groups, dropped = refine(faces.vectors, keys, rest, labels, thresholds, config.min_faces)
+    groups, dropped = refine(faces.vectors, keys, rest, labels, thresholds, config.min_faces, plan.library)
     for entry in dropped:
         plan.dropped[entry["reason"]] = plan.dropped.get(entry["reason"], 0) + entry["faces"]
     for members in groups:
@@ -248,6 +257,7 @@ def _summarise(stats: PersonClusterStats, faces: FaceRows, plan: PersonPlan, thr
     stats.joined_persons = len(plan.joins)
     stats.dropped = dict(sorted(plan.dropped.items()))
     stats.thresholds = thresholds.to_dict()
+    stats.estimate = plan.library.to_dict() if plan.library else {}
 
 
 def write_plan(conn: Any, faces: FaceRows, plan: PersonPlan, stats: PersonClusterStats) -> None:

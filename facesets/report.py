@@ -67,7 +67,10 @@ def contact_sheet(files: list[Path]) -> bytes:
 
 def render(plan: dict[str, Any], summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     esc = html.escape
-    thresholds = ", ".join(f"{esc(k)} {v:g}" for k, v in plan["thresholds"].items())
+    thresholds = ", ".join(
+        f"{esc(k)} {'learned from the library' if v is None else format(v, 'g')}" for k, v in plan["thresholds"].items()
+    )
+    learned = plan.get("estimate") or {}
     body = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>facesets report</title>',
@@ -77,6 +80,7 @@ def render(plan: dict[str, Any], summary: dict[str, Any], rows: list[dict[str, A
         "<h1>facesets report</h1>",
         f"<p>Plan <code>{esc(plan['id'])}</code>, algorithm <code>{esc(plan['algorithm'])}</code>, "
         f"thresholds (cosine distance): {thresholds}; model {esc(plan['model'].get('name', ''))}.</p>",
+        _estimate_line(learned),
         f"<p>New sets: {len(summary['new_sets'])}; sets extended: {len(summary['extended_sets'])}; "
         f"faces written: {summary['faces_written']}; photos skipped: {summary['faces_skipped']}.</p>",
         "<h2>Sets</h2>",
@@ -106,3 +110,10 @@ def _reasons() -> str:
         "<li>one_photo: fewer distinct shots than the minimum (copies of one photo)</li>"
         "<li>not_cohesive: average inner similarity below the cluster threshold</li></ul>"
     )
+
+
+def _estimate_line(learned: dict[str, Any]) -> str:
+    """What clustering learned about the library, in words (empty for plans made before it did)."""
+    from .calibration import describe
+
+    return f"<p>Learned from {learned['faces']} faces: {html.escape(describe(learned))}.</p>" if learned else ""

@@ -3,13 +3,16 @@
 All thresholds are cosine distances (1 - cosine similarity) between L2-normalised embeddings:
 
     match      a new face joins an existing identity when it is this close to the identity's centre
-    cluster    faces and clusters farther apart than this never join (``--cluster-distance``)
+    cluster    two single faces farther apart than this never join (``--cluster-distance``); by default
+               (``None``) it is learned from each library, see :mod:`facesets.calibration`
     export     members farther than this from their identity's centre are left out of the exported set
+               (``--export-distance``); by default (``None``) a member stays when the clustering's own
+               threshold for one face against the rest of its cluster holds
     closeness  the ``graph`` algorithm's relative-closeness gate (a ratio, not a distance)
 
 A model is recognised by its recognizer file's BLAKE3, or, for published packs whose bytes we cannot ship,
-by the recognizer's file name. A cache from a model without an entry needs all three distances on the
-command line.
+by the recognizer's file name. A cache from a model without an entry needs the match distance on the command
+line.
 """
 
 from __future__ import annotations
@@ -22,27 +25,30 @@ from .errors import ConfigError
 from .packs import PackIdentity
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Thresholds:
     match: float
-    cluster: float
-    export: float
+    cluster: float | None = None
+    export: float | None = None
     closeness: float = 0.5
+    # the recognizer's impostor similarity (mean, sd), measured on labeled photos: used for small libraries
+    impostors: tuple[float, float] | None = None
 
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        return {name: value for name, value in asdict(self).items() if name != "impostors"}
 
 
 # buffalo_l (w600k_r50): the original face-sets values. fr_feature (the MobileFaceNet recognizer of the
-# scrfd*-mbf packs): calibrated on ../shared/data/faces with scripts/eval_clusters.py, see the README.
+# scrfd*-mbf packs): measured on ../shared/data with scripts/eval_clusters.py, see the README. The cluster
+# distance is not in the table: it depends on the library, not only on the model.
 BY_RECOGNIZER_BLAKE3: Mapping[str, Thresholds] = {
     # fr_feature.onnx of scrfd500m-mbf and scrfd2.5g-mbf
     "6ec10ab554eabb842af42e98cec3fc7192c72ec828ed510e216749b2aad90a3c": Thresholds(
-        match=0.55, cluster=0.80, export=0.65
+        match=0.55, impostors=(0.013, 0.100)
     ),
 }
 BY_RECOGNIZER_FILE: Mapping[str, Thresholds] = {
-    "w600k_r50.onnx": Thresholds(match=0.45, cluster=0.55, export=0.45),
+    "w600k_r50.onnx": Thresholds(match=0.45),
 }
 
 
@@ -58,12 +64,11 @@ def resolve_thresholds(identity: PackIdentity, overrides: Mapping[str, float | N
     base = model_thresholds(identity)
     if base is not None:
         return replace(base, **given)
-    missing = [name for name in ("match", "cluster", "export") if name not in given]
-    if missing:
-        options = ", ".join(f"--{name}-distance" for name in missing)
+    if "match" not in given:
         raise ConfigError(
-            f"no default thresholds for the model {identity.describe()}: pass {options} "
-            f"(cosine distances; scripts/eval_clusters.py calibrates them on a labeled folder)"
+            f"no default thresholds for the model {identity.describe()}: pass --match-distance "
+            "(a cosine distance to an identity's centre; the clustering thresholds are learned from the library; "
+            "scripts/eval_clusters.py measures a model on a labeled folder)"
         )
     return Thresholds(**given)
 

@@ -1,13 +1,17 @@
-"""Cluster synthetic faces at library scale: wall time, peak memory and BCubed F1.
+"""Cluster synthetic faces at library scale: wall time, peak memory, BCubed precision, recall and F1.
 
-Faces follow the measured statistics of the mbf recognizer: same person cosine mean 0.60 (1st percentile
-about 0.1), different people mean 0.01 (99th percentile about 0.26); identity sizes long-tailed with many
-singletons; a fifth of the photos hold two faces (cannot-link). The generator prints the statistics it
-produced. Each run clusters in a fresh child process, so its peak RSS is the clustering's alone.
-The baseline is the original rbv algorithm (connected components) on the same data, in the same run.
-An algorithm runs at its default distance, or at another one written ``name@distance`` (``graph@0.55``).
+The generator is built to look like a real library's embeddings: identity centres in a 100-d subspace and each
+face's own variation in a 28-d one (so that part of the strangers' similarity belongs to the pair of people
+and part to the single photos, as measured on real photos), a per-face quality (a tenth are poor: blur,
+profile, tiny), long-tailed identity sizes with many singletons, and a fifth of the photos with two faces
+(cannot-link). It prints its genuine/impostor similarity statistics beside those of a real labeled set when
+given one (``--reference CACHE --labels labels.json``, e.g. the cache ``scripts/eval_clusters.py --work``
+keeps for ``../shared/data/celeba``). Each run clusters in a fresh child process, so its peak RSS is the
+clustering's alone. The baselines are the original tools' algorithms at their own defaults, on the same data in
+the same run: rbv's connected components at similarity 0.65 and face-sets' average linkage at 0.55.
+An algorithm runs at its default (``graph``: learned from the library) or at ``name@distance``.
 
-    python scripts/bench_cluster.py [--sizes 100000,1000000] [--algorithms graph,graph@0.55,components]
+    python scripts/bench_cluster.py [--sizes 100000,1000000] [--algorithms graph,components@0.35]
 """
 
 from __future__ import annotations
@@ -25,11 +29,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from facesets.clustering import Algorithm, ClusterParams, cluster
+from facesets.clustering import Algorithm, ClusterParams, cluster_library
 from facesets.evaluation import score
 
 DIM = 512
-CENTRE_DIMS = 40  # identity centres live in a subspace: gives different people the measured spread
+CENTRE_DIMS = 100  # identity centres: the strangers' similarity shared by the pair of people
+FACE_DIMS = 28  # each face's own variation: the part that averages out over many photos
 
 
 def generate(count: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -38,17 +43,18 @@ def generate(count: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray, np.ndar
     sizes = sizes[np.cumsum(sizes) <= count]
     sizes = np.r_[sizes, np.ones(count - sizes.sum(), np.int64)]
     people = np.repeat(np.arange(len(sizes)), sizes)
-    basis = np.linalg.qr(rng.standard_normal((DIM, CENTRE_DIMS)))[0].T.astype(np.float32)
-    centres = rng.standard_normal((len(sizes), CENTRE_DIMS)).astype(np.float32) @ basis
+    basis = np.linalg.qr(rng.standard_normal((DIM, CENTRE_DIMS + FACE_DIMS)))[0].T.astype(np.float32)
+    centre_basis, face_basis = basis[:CENTRE_DIMS], basis[CENTRE_DIMS:]
+    centres = rng.standard_normal((len(sizes), CENTRE_DIMS)).astype(np.float32) @ centre_basis
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    # per-face quality q: cos(i, j) ~ q_i q_j; a tenth of the faces are poor (blur, profile, tiny)
+    # per-face quality q: cos(i, j) ~ q_i q_j for one person; a tenth of the faces are poor (blur, profile, tiny)
     poor = rng.random(count) < 0.1
-    quality = np.where(poor, rng.uniform(0.1, 0.45, count), np.sqrt(rng.beta(6.0, 2.5, count)))
+    quality = np.where(poor, rng.uniform(0.1, 0.45, count), np.sqrt(rng.beta(5.0, 2.5, count)))
     quality = quality.astype(np.float32)[:, None]
     vectors = np.empty((count, DIM), np.float32)
     for start in range(0, count, 100_000):
         stop = min(count, start + 100_000)
-        noise = rng.standard_normal((stop - start, DIM)).astype(np.float32)
+        noise = rng.standard_normal((stop - start, FACE_DIMS)).astype(np.float32) @ face_basis
         noise /= np.linalg.norm(noise, axis=1, keepdims=True)
         q = quality[start:stop]
         vectors[start:stop] = q * centres[people[start:stop]] + np.sqrt(1 - q * q) * noise
@@ -56,7 +62,7 @@ def generate(count: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray, np.ndar
     order = rng.permutation(count)
     vectors, people = vectors[order], people[order]
     photos = np.arange(count, dtype=np.int64)
-    pairs = rng.choice(count, size=(count // 10, 2), replace=False)
+    pairs = rng.choice(count, size=(count // 6, 2), replace=False)  # a fifth of the photos hold two faces
     photos[pairs[:, 1]] = photos[pairs[:, 0]]  # two faces of one photo: different people by construction
     different = people[pairs[:, 0]] != people[pairs[:, 1]]
     photos[pairs[~different, 1]] = pairs[~different, 1]
@@ -64,68 +70,114 @@ def generate(count: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def statistics(vectors: np.ndarray, people: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
+    """Genuine and impostor similarity statistics, and the impostor spread's shared fraction (rho)."""
     left, right = rng.integers(0, len(vectors), 200_000), rng.integers(0, len(vectors), 200_000)
     sims = np.einsum("ij,ij->i", vectors[left], vectors[right])
-    other = sims[people[left] != people[right]]
+    other = sims[(people[left] != people[right]) & (left != right)]
     order = np.argsort(people, kind="stable")
     same_left = order[:-1][people[order][1:] == people[order][:-1]]
     same_right = order[1:][people[order][1:] == people[order][:-1]]
     same = np.einsum("ij,ij->i", vectors[same_left], vectors[same_right])
+    counts = np.bincount(np.unique(people, return_inverse=True)[1])
     return {
         "same_mean": round(float(same.mean()), 3),
-        "same_p1": round(float(np.percentile(same, 1)), 3),
+        "same_sd": round(float(same.std()), 3),
+        "same_p5": round(float(np.percentile(same, 5)), 3),
         "different_mean": round(float(other.mean()), 3),
-        "different_p99": round(float(np.percentile(other, 99)), 3),
-        "identities": len(np.unique(people)),
-        "singletons": int((np.bincount(people) == 1).sum()),
+        "different_sd": round(float(other.std()), 3),
+        "different_p99.9": round(float(np.percentile(other, 99.9)), 3),
+        "shared_rho": round(_shared(vectors, people, float(other.var())), 3),
+        "identities": len(counts),
+        "singletons": int((counts == 1).sum()),
     }
 
 
-def child(data: str, algorithm: str, distance: float) -> None:
+def _shared(vectors: np.ndarray, people: np.ndarray, variance: float) -> float:
+    """rho measured with the labels: the variance of two identities' average similarity beyond 1/(a b)."""
+    inverse = np.unique(people, return_inverse=True)[1]
+    counts = np.bincount(inverse)
+    chosen = np.flatnonzero((counts >= 8) & (counts <= 60))[:150]
+    if len(chosen) < 2:
+        return float("nan")
+    means = np.stack([vectors[inverse == i].mean(axis=0) for i in chosen])
+    sizes = counts[chosen].astype(np.float64)
+    i, j = np.triu_indices(len(chosen), 1)
+    averages = np.einsum("ij,ij->i", means[i], means[j])
+    single = float(np.mean(1.0 / (sizes[i] * sizes[j])))
+    return (float(averages.var()) / variance - single) / (1.0 - single)
+
+
+def reference_statistics(cache: Path, labels: Path) -> dict[str, float]:
+    """The same statistics on a real labeled set: each labeled photo's subject face."""
+    from facesets.cache import load_cache
+    from facesets.evaluation import subject_face
+
+    data = load_cache(cache)
+    truth = json.loads(labels.read_text())
+    folder = labels.parent.resolve()
+    rows, people = [], []
+    for index, record in enumerate(data.images):
+        name = str(Path(record.path).resolve().relative_to(folder))
+        found = np.flatnonzero(data.meta["image"] == index)
+        if name in truth and len(found):
+            rows.append(found[subject_face(data.meta["bbox"][found], record.width, record.height)])
+            people.append(truth[name])
+    return statistics(data.embeddings[rows], np.asarray(people), np.random.default_rng(1))
+
+
+def child(data: str, algorithm: str, distance: float | None) -> None:
     loaded = np.load(data)
     vectors, photos = loaded["vectors"], loaded["photos"]
     started = time.perf_counter()
-    labels = cluster(vectors, photos, ClusterParams(Algorithm(algorithm), distance))
+    labels, library = cluster_library(vectors, photos, ClusterParams(Algorithm(algorithm), distance))
     elapsed = time.perf_counter() - started
     np.save(data + ".labels.npy", labels)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    print(json.dumps({"seconds": round(elapsed, 1), "peak_gb": round(peak, 2)}))
+    learned = {name: library.to_dict()[name] for name in ("seed_distance", "floor_distance", "shared")}
+    print(json.dumps({"seconds": round(elapsed, 1), "peak_gb": round(peak, 2), **learned}))
 
 
-def run(data: Path, people: np.ndarray, algorithm: str, distance: float) -> dict[str, float]:
+def run(data: Path, people: np.ndarray, algorithm: str, distance: float | None) -> dict[str, float]:
     command = [sys.executable, __file__, "--child", str(data), algorithm, str(distance)]
     result: dict[str, float] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
     labels = np.load(str(data) + ".labels.npy")
-    result["bcubed_f1"] = round(score(labels, people).bcubed_f1, 4)
+    scores = score(labels, people)
+    result.update(
+        precision=round(scores.bcubed_precision, 4),
+        recall=round(scores.bcubed_recall, 4),
+        f1=round(scores.bcubed_f1, 4),
+    )
     return result
-
-
-DISTANCES = {"graph": 0.80, "average": 0.55, "components": 0.35, "dbscan": 0.50}
 
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(sys.argv[2], sys.argv[3], float(sys.argv[4]))
+        child(sys.argv[2], sys.argv[3], None if sys.argv[4] == "None" else float(sys.argv[4]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000,1000000")
-    parser.add_argument("--algorithms", default="graph,components")
+    parser.add_argument("--algorithms", default="graph,components@0.35,average@0.55")
+    parser.add_argument("--reference", type=Path, help="a face cache of a labeled set, to compare statistics")
+    parser.add_argument("--labels", type=Path, help="the labels.json of --reference's photos")
     args = parser.parse_args()
+    if args.reference and args.labels:
+        print(f"real ({args.labels.parent.name}): {reference_statistics(args.reference, args.labels)}", flush=True)
     with tempfile.TemporaryDirectory() as work:
         for count in (int(size) for size in args.sizes.split(",")):
             vectors, people, photos = generate(count)
-            print(f"{count:,} faces: {statistics(vectors, people, np.random.default_rng(1))}", flush=True)
+            print(f"synthetic {count:,} faces: {statistics(vectors, people, np.random.default_rng(1))}", flush=True)
             data = Path(work) / f"faces-{count}.npz"
             np.savez(data, vectors=vectors, photos=photos)
             del vectors, photos
             results = {}
             for algorithm in args.algorithms.split(","):
                 name, _, distance = algorithm.partition("@")
-                results[algorithm] = run(data, people, name, float(distance or DISTANCES[name]))
-                print(f"  {algorithm:<11} {results[algorithm]}", flush=True)
-            if "components" in results and "graph" in results:
-                ratio = results["components"]["seconds"] / max(results["graph"]["seconds"], 1e-9)
-                print(f"  graph time vs components (baseline) in this run: {1 / ratio:.2f}x the baseline's time")
+                results[algorithm] = run(data, people, name, float(distance) if distance else None)
+                print(f"  {algorithm:<16} {results[algorithm]}", flush=True)
+            baseline = next((results[a] for a in results if a.startswith("components")), None)
+            if baseline and "graph" in results:
+                ratio = results["graph"]["seconds"] / max(baseline["seconds"], 1e-9)
+                print(f"  graph time vs components (baseline) in this run: {ratio:.2f}x the baseline's time")
     return 0
 
 

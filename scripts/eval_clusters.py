@@ -1,10 +1,21 @@
-"""Score every clustering algorithm on a labeled photo folder with the real pipeline.
+"""Score clustering on labeled photo folders, through the path the CLI takes and at the engine level.
 
-Embeds all faces of every photo with each model pack (facesets embed), clusters all of them, and scores
-each labeled photo's subject face (InsightFace's max_num rule) against labels.json: BCubed precision,
-recall and F1, pairwise F1 and ARI, for every algorithm at its default and across a threshold grid.
+For each labeled set and model pack: queue and embed every photo (``facesets queue add`` + ``facesets embed``),
+then
 
-    python scripts/eval_clusters.py --shared ../shared [--pack scrfd500m-mbf] [--json]
+- **cli**: ``facesets cluster`` with its defaults into an empty face-sets folder (matching, the clustering
+  engine, the refine gates and ``min_faces``), each labeled photo's subject face (InsightFace's ``max_num``
+  rule) scored by the set it lands in; a face in no set counts as its own singleton;
+- **engine**: every face clustered by :func:`facesets.clustering.cluster` alone (no gates), each algorithm at
+  its own default: ours (the library-adaptive default), the original face-sets (average linkage at 0.55), the
+  original rbv (components at similarity 0.65) and Immich (DBSCAN at 0.5, three faces).
+
+Scores: BCubed precision, recall and F1, pairwise F1, ARI, the number of sets against the number of people and
+the share of labeled faces left unassigned. A labeled set is a folder with ``labels.json`` mapping a photo's
+path inside the folder to its person (``--labels FILE``; both sets of ``../shared/data`` are built in).
+
+    python scripts/eval_clusters.py --shared ../shared [--set faces --set celeba] [--pack scrfd500m-mbf]
+    python scripts/eval_clusters.py --labels /data/lfw/labels.json --json
 """
 
 from __future__ import annotations
@@ -13,30 +24,36 @@ import argparse
 import json
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from facesets.cache import load_cache
-from facesets.clustering import Algorithm, ClusterParams, cluster
+from facesets.calibration import describe
+from facesets.clustering import Algorithm, ClusterParams, cluster_library
 from facesets.embed import EmbedConfig, run_embed
-from facesets.evaluation import score, subject_face
+from facesets.evaluation import Scores, score, subject_face
+from facesets.facesetdir import face_key
+from facesets.identify import ClusterConfig, run_cluster
 from facesets.queue import append_entries, scan_folders
 
-# Each algorithm's own default: ours from the model table; the seeds' published values.
-DEFAULTS = {
-    Algorithm.GRAPH: 0.80,  # fr_feature's table entry (facesets.thresholds)
+# The seed algorithms at their own published defaults (cosine distances).
+SEEDS = {
     Algorithm.AVERAGE: 0.55,  # original face-sets
     Algorithm.COMPONENTS: 0.35,  # original rbv cluster --threshold 0.65 (similarity)
     Algorithm.DBSCAN: 0.50,  # Immich maxDistance 0.5, minFaces 3
 }
-GRID = [round(value, 2) for value in np.arange(0.30, 0.96, 0.02)]
+BUILT_IN = ("faces", "celeba")
 
 
 def embed(folder: Path, pack: Path, work: Path) -> Path:
+    """The folder's face cache made by ``pack`` (kept in ``work``: a second run reuses it)."""
+    work.mkdir(parents=True, exist_ok=True)
     queue, cache = work / "queue.json", work / f"{pack.name}.npz"
     if not queue.exists():
         append_entries(queue, scan_folders([folder]).entries)
@@ -44,77 +61,115 @@ def embed(folder: Path, pack: Path, work: Path) -> Path:
     return cache
 
 
-def subjects(cache: Path, folder: Path, labels: dict[str, str]) -> tuple[Any, Any, list[int | None], list[str]]:
+def subjects(cache: Path, folder: Path, labels: dict[str, str]) -> tuple[list[str | None], list[int | None], Any]:
+    """Per labeled photo (sorted by path): its subject face's key and cache row (None: no face found)."""
     data = load_cache(cache)
     images = data.meta["image"]
-    chosen: list[int | None] = []
-    truth = []
     by_path = {
         str(Path(record.path).resolve().relative_to(folder.resolve())): i for i, record in enumerate(data.images)
     }
-    for relative, person in sorted(labels.items()):
-        index = by_path[relative]
-        rows = np.flatnonzero(images == index)
+    keys: list[str | None] = []
+    rows: list[int | None] = []
+    for relative in sorted(labels):
+        index = by_path.get(relative)
+        found = np.flatnonzero(images == index) if index is not None else np.zeros(0, np.int64)
+        if index is None or not len(found):
+            keys.append(None)
+            rows.append(None)
+            continue
         record = data.images[index]
-        chosen.append(
-            int(rows[subject_face(data.meta["bbox"][rows], record.width, record.height)]) if len(rows) else None
-        )
-        truth.append(person)
-    return data.embeddings, images.astype(np.int64), chosen, truth
+        row = int(found[subject_face(data.meta["bbox"][found], record.width, record.height)])
+        keys.append(face_key(record.content_hash, data.meta["bbox"][row]))
+        rows.append(row)
+    return keys, rows, data
 
 
-def evaluate(vectors: Any, photos: Any, chosen: list[int | None], truth: list[str], params: ClusterParams) -> Any:
-    labels = cluster(vectors, photos, params)
-    predicted = [f"c{labels[row]}" if row is not None else f"missing{i}" for i, row in enumerate(chosen)]
-    return score(predicted, truth)
+def report(predicted: Sequence[str | None], truth: Sequence[str]) -> dict[str, Any]:
+    """Scores with unassigned faces as singletons, plus sets, people and the unassigned share."""
+    labels = [value if value is not None else f"unassigned-{i}" for i, value in enumerate(predicted)]
+    scores: Scores = score(labels, truth)
+    assigned = [value for value in predicted if value is not None]
+    return {
+        **scores.as_dict(),
+        "sets": len(set(assigned)),
+        "people": len(set(truth)),
+        "unassigned": round(1.0 - len(assigned) / max(len(predicted), 1), 4),
+    }
+
+
+def cli_path(cache: Path, keys: list[str | None], truth: list[str], work: Path) -> dict[str, Any]:
+    """``facesets cluster`` with its defaults into an empty face-sets folder."""
+    plan_path, sets = work / "clusters.json", work / "sets"
+    summary = run_cluster(ClusterConfig(caches=(cache,), sets_dir=sets, plan=plan_path))
+    plan = orjson.loads(plan_path.read_bytes())
+    set_of = {member["key"]: f"set{entry['set']}" for entry in plan["identities"] for member in entry["members"]}
+    result = report([set_of.get(key) if key else None for key in keys], truth)
+    result["estimate"] = summary.as_dict()["estimate"]
+    result["cluster_distance"] = result["estimate"].get("seed_distance", plan["thresholds"]["cluster"])
+    return result
+
+
+def engine(data: Any, rows: list[int | None], truth: list[str]) -> dict[str, Any]:
+    vectors, photos = data.embeddings, data.meta["image"].astype(np.int64)
+    runs = {"graph": ClusterParams(Algorithm.GRAPH)}
+    runs.update({algorithm.value: ClusterParams(algorithm, distance) for algorithm, distance in SEEDS.items()})
+    results = {}
+    for name, params in runs.items():
+        labels, library = cluster_library(vectors, photos, params)
+        results[name] = report([f"c{labels[r]}" if r is not None else None for r in rows], truth)
+        results[name]["distance"] = round(1.0 - library.seed_similarity, 4)
+    return results
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=Path("../shared"))
+    parser.add_argument("--set", action="append", choices=BUILT_IN, help="a labeled set of <shared>/data")
+    parser.add_argument("--labels", type=Path, action="append", help="labels.json of another labeled folder")
     parser.add_argument("--pack", action="append", help="pack name under <shared>/models (default: all)")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--work", type=Path, help="keep queues and caches here (re-runs skip the embedding)")
+    parser.add_argument("--json", action="store_true", help="print every figure as JSON")
     args = parser.parse_args()
-    folder = args.shared / "data" / "faces"
-    labels = json.loads((folder / "labels.json").read_text())
+    folders = [args.shared / "data" / name for name in (args.set or ([] if args.labels else BUILT_IN))]
+    folders += [path.parent for path in args.labels or []]
     packs = args.pack or sorted(p.name for p in (args.shared / "models").iterdir() if p.is_dir())
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as work:
-        for name in packs:
-            cache = embed(folder, args.shared / "models" / name, Path(work))
-            vectors, photos, chosen, truth = subjects(cache, folder, labels)
-            results[name] = {}
-            for algorithm in Algorithm:
-                default = evaluate(vectors, photos, chosen, truth, ClusterParams(algorithm, DEFAULTS[algorithm]))
-                grid = [
-                    (evaluate(vectors, photos, chosen, truth, ClusterParams(algorithm, d)).bcubed_f1, d) for d in GRID
-                ]
-                best_f1, best_d = max(grid)
-                results[name][algorithm.value] = {
-                    "default_distance": DEFAULTS[algorithm],
-                    "default": default.as_dict(),
-                    "best_distance": best_d,
-                    "best_bcubed_f1": round(best_f1, 4),
-                    "grid": {str(d): round(f, 4) for f, d in grid},
+    with tempfile.TemporaryDirectory() as scratch:
+        work_root = args.work or Path(scratch)
+        for folder in folders:
+            labels = json.loads((folder / "labels.json").read_text())
+            truth = [labels[path] for path in sorted(labels)]
+            for name in packs:
+                work = work_root / folder.name / name
+                cache = embed(folder, args.shared / "models" / name, work)
+                keys, rows, data = subjects(cache, folder, labels)
+                results[f"{folder.name}/{name}"] = {
+                    "photos": len(labels),
+                    "faces": len(data.meta),
+                    "cli": cli_path(cache, keys, truth, Path(tempfile.mkdtemp(dir=scratch))),
+                    "engine": engine(data, rows, truth),
                 }
+                if not args.json:
+                    print_result(f"{folder.name}/{name}", results[f"{folder.name}/{name}"])
     if args.json:
         print(json.dumps(results, indent=2))
-        return 0
-    for name, by_algorithm in results.items():
-        print(f"{name}: {len(labels)} labeled photos, subject face per photo, all faces clustered")
-        header = f"{'algorithm':<11} {'dist':>5} {'B3 P':>6} {'B3 R':>6} {'B3 F1':>6} {'pair F1':>7} {'ARI':>6}"
-        print(f"  {header}   best F1 @ dist")
-        for algorithm, row in by_algorithm.items():
-            d = row["default"]
-            print(
-                f"  {algorithm:<11} {row['default_distance']:>5.2f} {d['bcubed_precision']:>6.3f} "
-                f"{d['bcubed_recall']:>6.3f} {d['bcubed_f1']:>6.3f} {d['pairwise_f1']:>7.3f} {d['ari']:>6.3f}"
-                f"   {row['best_bcubed_f1']:.3f} @ {row['best_distance']:.2f}"
-            )
-        ours = by_algorithm["graph"]["default"]["bcubed_f1"]
-        best_seed = max(row["best_bcubed_f1"] for a, row in by_algorithm.items() if a != "graph")
-        print(f"  graph at its default vs the best seed algorithm at its best threshold: {ours:.3f} vs {best_seed:.3f}")
     return 0
+
+
+def print_result(name: str, result: dict[str, Any]) -> None:
+    print(f"{name}: {result['photos']} labeled photos, {result['faces']} faces", flush=True)
+    header = f"{'':<22} {'dist':>6} {'B3 P':>6} {'B3 R':>6} {'B3 F1':>6} {'pairF1':>6} {'ARI':>6} {'sets':>5}"
+    print(f"  {header} {'people':>6} {'unassigned':>10}")
+    rows = [("cli (facesets cluster)", result["cli"], result["cli"]["cluster_distance"])]
+    rows += [(f"engine {algorithm}", row, row["distance"]) for algorithm, row in result["engine"].items()]
+    for label, row, distance in rows:
+        print(
+            f"  {label:<22} {distance:>6.3f} {row['bcubed_precision']:>6.3f} {row['bcubed_recall']:>6.3f} "
+            f"{row['bcubed_f1']:>6.3f} {row['pairwise_f1']:>6.3f} {row['ari']:>6.3f} {row['sets']:>5} "
+            f"{row['people']:>6} {row['unassigned']:>10.1%}"
+        )
+    if result["cli"].get("estimate"):
+        print(f"  learned by facesets cluster: {describe(result['cli']['estimate'])}")
 
 
 if __name__ == "__main__":

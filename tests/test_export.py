@@ -68,6 +68,20 @@ def _members(folder: Path) -> list[dict[str, object]]:
     return list(orjson.loads((folder / "manifest.json").read_bytes())["members"])
 
 
+def test_the_plan_and_the_report_record_what_was_learned_about_the_library(library: Path, tmp_path: Path) -> None:
+    sets = tmp_path / "facesets_swap_ready"
+    summary, _exported = _run(library, sets)
+    plan = orjson.loads((tmp_path / "clusters.json").read_bytes())
+    learned = plan["estimate"]
+    assert learned == summary["estimate"]
+    assert learned["faces"] == summary["clustered"] == 19  # 18 subjects and a bystander
+    assert (learned["source"], learned["impostor_mean"], learned["impostor_sd"]) == ("recognizer", 0.013, 0.1)
+    assert learned["seed_distance"] == round(1 - learned["seed_similarity"], 4)
+    assert plan["thresholds"]["cluster"] is None and plan["thresholds"]["export"] is None
+    report = (sets / "report.html").read_text()
+    assert "cluster learned from the library" in report and "Learned from 19 faces: strangers 0.013 +- 0.100" in report
+
+
 def test_new_sets_have_crops_and_manifests(library: Path, tmp_path: Path) -> None:
     sets = tmp_path / "facesets_swap_ready"
     _summary, exported = _run(library, sets)
@@ -223,8 +237,10 @@ def test_a_model_without_thresholds_needs_them_on_the_command_line() -> None:
     from facesets.thresholds import resolve_thresholds
 
     unknown = PackIdentity("custom", "det.onnx", "0" * 64, "rec.onnx", "1" * 64)
-    with pytest.raises(ConfigError, match="--match-distance, --cluster-distance, --export-distance"):
+    with pytest.raises(ConfigError, match=r"pass --match-distance \(a cosine distance"):
         resolve_thresholds(unknown, {"match": None, "cluster": None, "export": None, "closeness": None})
+    learned = resolve_thresholds(unknown, {"match": 0.4, "cluster": None, "export": None, "closeness": None})
+    assert (learned.match, learned.cluster, learned.export, learned.impostors) == (0.4, None, None, None)
     given = resolve_thresholds(unknown, {"match": 0.4, "cluster": 0.5, "export": 0.45, "closeness": None})
     assert (given.match, given.cluster, given.export, given.closeness) == (0.4, 0.5, 0.45, 0.5)
     with pytest.raises(ConfigError, match="--cluster-distance must be between 0 and 2, got 5"):

@@ -97,12 +97,16 @@ def test_two_faces_of_one_photo_never_share_a_person() -> None:
     vectors = base + 0.65 * rng.normal(size=(6, 512)).astype(np.float32)  # pairwise similarity about 0.7
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     faces = FaceRows(np.arange(6), vectors, np.array([0, 0, 1, 2, 3, 4]), np.full(6, -1))
-    plan = plan_persons(faces, {}, Thresholds(0.5, 0.6, 0.6), PersonClusterConfig(DatabaseConfig(), min_faces=2))
+    plan = plan_persons(
+        faces, {}, Thresholds(match=0.5, cluster=0.6, export=0.6), PersonClusterConfig(DatabaseConfig(), min_faces=2)
+    )
     groups = [set(group) for group in plan.new_groups]
     assert sorted(map(sorted, groups)) == [[0, 4], [1, 2, 3, 5]]  # one look-alike group, split at the photo
     # an existing person with a face in photo 0 takes no second face of photo 0
     faces.persons[0] = 7
-    plan = plan_persons(faces, {}, Thresholds(0.5, 0.6, 0.6), PersonClusterConfig(DatabaseConfig(), min_faces=2))
+    plan = plan_persons(
+        faces, {}, Thresholds(match=0.5, cluster=0.6, export=0.6), PersonClusterConfig(DatabaseConfig(), min_faces=2)
+    )
     assert plan.joins == {2: 7, 3: 7, 4: 7, 5: 7} and plan.new_groups == []
 
 

@@ -1,0 +1,131 @@
+"""Thresholds learned from the library: they tighten as the library grows and keep strangers apart."""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+import pytest
+
+from facesets.calibration import (
+    FALSE_LINKS_PER_FACE,
+    MIN_LIBRARY,
+    estimate,
+    face_spreads,
+    impostor_statistics,
+    same_photo_pairs,
+    shared_fraction,
+)
+from facesets.clustering import Algorithm, ClusterParams, cluster, cluster_library
+from facesets.evaluation import score
+
+
+def library(people: int, per_person: int, seed: int = 5, quality: float = 0.78) -> tuple[np.ndarray, np.ndarray]:
+    """Faces like a recognizer's: centres in a 100-d subspace, each photo's own variation in a 28-d one."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((512, 128)))[0].T.astype(np.float32)
+    centres = rng.standard_normal((people, 100)).astype(np.float32) @ basis[:100]
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    truth = np.repeat(np.arange(people), per_person)
+    noise = rng.standard_normal((len(truth), 28)).astype(np.float32) @ basis[100:]
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    vectors = quality * centres[truth] + math.sqrt(1 - quality**2) * noise
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32), truth
+
+
+def test_the_seed_threshold_follows_the_normal_tail_for_the_library_size() -> None:
+    vectors, _ = library(600, 4)
+    photos = np.arange(len(vectors))
+    mean, sd = impostor_statistics(vectors)
+    learned = estimate(vectors, photos)
+    z = NormalDist().inv_cdf(1.0 - FALSE_LINKS_PER_FACE / (len(vectors) - 1))
+    assert learned.seed_similarity == pytest.approx(mean + sd * z)
+    assert (learned.impostor_mean, learned.impostor_sd, learned.source) == (mean, sd, "library")
+    assert learned.expected_false_links == pytest.approx(len(vectors) * FALSE_LINKS_PER_FACE / 2)
+
+
+def test_a_larger_library_needs_a_closer_match() -> None:
+    small, _ = library(60, 4)
+    large, _ = library(6000, 4)
+    seed_small = estimate(small, np.arange(len(small)), prior=(0.0, 0.1)).seed_similarity
+    seed_large = estimate(large, np.arange(len(large)), prior=(0.0, 0.1)).seed_similarity
+    assert seed_large > seed_small + 0.08
+
+
+def test_random_pairs_give_the_strangers_statistics_despite_same_person_pairs() -> None:
+    vectors, truth = library(100, 10)  # a tenth of the random pairs are one person
+    mean, sd = impostor_statistics(vectors)
+    left, right = np.triu_indices(len(vectors), 1)
+    sims = (vectors @ vectors.T)[left, right][truth[left] != truth[right]]
+    assert mean == pytest.approx(float(sims.mean()), abs=0.01)
+    assert sd == pytest.approx(float(sims.std()), rel=0.1)
+
+
+def test_a_small_library_uses_the_recognizers_statistics_and_a_given_distance_is_kept() -> None:
+    vectors, _ = library(10, 5)
+    learned = estimate(vectors, np.arange(len(vectors)), prior=(0.013, 0.1))
+    assert len(vectors) < MIN_LIBRARY and learned.source == "recognizer"
+    assert (learned.impostor_mean, learned.impostor_sd) == (0.013, 0.1)
+    given = estimate(vectors, np.arange(len(vectors)), distance=0.6)
+    assert given.given and given.seed_similarity == pytest.approx(0.4)
+
+
+def test_the_shared_fraction_is_measured_from_clusters() -> None:
+    vectors, truth = library(200, 8)
+    sums = np.stack([vectors[truth == person].sum(axis=0) for person in range(200)])
+    sizes = np.full(200, 8, np.int64)
+    mean, sd = impostor_statistics(vectors)
+    rho, measured = shared_fraction(sums, sizes, mean, sd)
+    means = sums / 8
+    i, j = np.triu_indices(200, 1)
+    averages = np.einsum("ij,ij->i", means[i], means[j])
+    truth_rho = (averages.var() / sd**2 - 1 / 64) / (1 - 1 / 64)
+    assert measured == 200 and rho is not None
+    assert rho == pytest.approx(truth_rho, abs=0.08)
+    assert shared_fraction(sums[:5], sizes[:5], mean, sd) == (None, 5)  # too few clusters: nothing relaxed
+
+
+def test_larger_clusters_need_less_and_never_less_than_the_floor() -> None:
+    vectors, _ = library(300, 10)
+    learned = estimate(vectors, np.arange(len(vectors))).with_shared(0.4, 30)
+    one, two, many = learned.required(np.array([1.0, 2.0, 1e9]), np.array([1.0, 2.0, 1e9]))
+    assert one == pytest.approx(learned.seed_similarity)
+    assert one > two > many >= learned.floor_similarity - 1e-9
+    assert learned.floor_similarity >= learned.lowest_similarity()
+
+
+def test_poor_faces_spread_wider_against_the_cohort() -> None:
+    good, _ = library(200, 5, quality=0.85)
+    poor, _ = library(200, 5, seed=6, quality=0.2)
+    everyone = np.concatenate([good, poor])
+    _, sd = impostor_statistics(everyone)
+    spreads = face_spreads(everyone, everyone, sd)
+    assert float(np.median(spreads[len(good) :])) > float(np.median(spreads[: len(good)]))
+
+
+def test_same_photo_pairs_are_every_pair_within_a_photo() -> None:
+    left, right = same_photo_pairs(np.array([4, 1, 4, 2, 4, 1]))
+    assert sorted(zip(left.tolist(), right.tolist(), strict=True)) == [(0, 2), (0, 4), (1, 5), (2, 4)]
+
+
+def test_the_learned_default_keeps_strangers_apart_where_the_old_fixed_distance_merged_them() -> None:
+    vectors, truth = library(2000, 3, quality=0.6)
+    photos = np.arange(len(vectors))
+    learned = score(cluster(vectors, photos, ClusterParams(Algorithm.GRAPH)), truth)
+    fixed = score(cluster(vectors, photos, ClusterParams(Algorithm.GRAPH, 0.80)), truth)
+    assert learned.bcubed_precision >= 0.98
+    assert fixed.bcubed_precision < 0.9
+    assert learned.bcubed_f1 > fixed.bcubed_f1
+
+
+def test_two_faces_of_one_photo_never_share_a_cluster_with_the_learned_default() -> None:
+    vectors, truth = library(100, 6)
+    photos = np.arange(len(vectors))
+    photos[1] = photos[0]  # two faces of person 0 said to be in one photo: they must stay apart
+    labels, learned = cluster_library(vectors, photos, ClusterParams(Algorithm.GRAPH))
+    assert labels[0] != labels[1]
+    assert learned.same_photo_pairs == 1
+    person = set(np.flatnonzero(truth == 0).tolist())
+    for face in (0, 1):
+        assert set(np.flatnonzero(labels == labels[face]).tolist()) <= person  # no stranger joins either
