@@ -13,10 +13,6 @@ that the expected number of strangers above it stays the same whatever the size:
    statistics (measured on labeled photos, :mod:`facesets.thresholds`) are used where they are known. Two
    faces of one photo are two people: the library's own known impostor pairs are counted against the
    threshold and reported as a check.
-2b. **Each face's own spread.** Poor faces (blurred, tiny, turned away) lie close to one another and to
-   everyone, so their similarities to strangers spread wider: each face's spread against a fixed random
-   cohort of the library (:func:`face_spreads`, libraries of :data:`MIN_LIBRARY` faces or more) scales the
-   thresholds of the pairs it is in, by the geometric mean of the two spreads (adaptive score normalisation).
 2. **The seed threshold.** Two single faces link only above ``s1 = mu + sigma * z``, where the normal tail
    beyond ``z`` is :data:`FALSE_LINKS_PER_FACE` / (n - 1): a face is expected to have a stranger above ``s1``
    with that probability (one face in a hundred), whatever the size of the library.
@@ -27,6 +23,10 @@ that the expected number of strangers above it stays the same whatever the size:
    the threshold for the pair of clusters is ``mu + (s1 - mu) * sqrt(rho + (1 - rho) / (a b))``: the same
    confidence, for every size. ``rho`` is measured on the library too, from the clusters that the seed
    threshold alone forms (:func:`shared_fraction`); with too few of them to measure, nothing is relaxed.
+4. **Each face's own spread.** Poor faces (blurred, tiny, turned away) lie close to one another and to
+   everyone, so their similarities to strangers spread wider: each face's spread against a fixed random
+   cohort of the library (:func:`face_spreads`, libraries of :data:`MIN_LIBRARY` faces or more) scales the
+   thresholds of the pairs it is in, by the geometric mean of the two spreads (adaptive score normalisation).
 
 Everything is deterministic (fixed seeds, canonical order) and costs O(n) time and memory.
 """
@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .neighbors import first_of_runs
+
 FALSE_LINKS_PER_FACE = 0.01  # the expected share of faces with a stranger above the seed threshold
 RANDOM_PAIRS = 200_000
 MIN_CLUSTERS = 12  # seed clusters needed to measure rho
@@ -50,6 +52,7 @@ CLUSTER_PAIRS = 50_000
 COHORT = 256  # faces each face is compared with to measure its own spread
 MIN_LIBRARY = 500  # faces below which the recognizer's impostor statistics are used, where known
 SEED = 20_231_201
+BLOCK = 65_536  # faces compared with the cohort at once
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ class LibraryEstimate:
     @property
     def floor_similarity(self) -> float:
         """The threshold for the largest clusters: below it, no two clusters ever merge."""
-        return float(self.impostor_mean + (self.seed_similarity - self.impostor_mean) * math.sqrt(self.shared))
+        return float(self._scaled(math.sqrt(self.shared)))
 
     @property
     def expected_false_links(self) -> float:
@@ -83,16 +86,21 @@ class LibraryEstimate:
     ) -> NDArray[np.float64]:
         """The average similarity two clusters of these sizes need to merge; ``spread_*`` is each cluster's mean
         face spread relative to the library's (:func:`face_spreads`)."""
-        spread = np.sqrt((self.shared + (1.0 - self.shared) / (size_a * size_b)) * spread_a * spread_b)
-        result: NDArray[np.float64] = self.impostor_mean + (self.seed_similarity - self.impostor_mean) * spread
+        result: NDArray[np.float64] = self._scaled(
+            np.sqrt((self.shared + (1.0 - self.shared) / (size_a * size_b)) * spread_a * spread_b)
+        )
         return result
+
+    def _scaled(self, spread: Any) -> Any:
+        """The similarity as far above the strangers' mean as the seed, times ``spread``."""
+        return self.impostor_mean + (self.seed_similarity - self.impostor_mean) * spread
 
     def with_shared(self, shared: float, clusters: int) -> LibraryEstimate:
         return replace(self, shared=shared, seed_clusters=clusters)
 
     def lowest_similarity(self) -> float:
         """The least similarity any merge can need, whatever ``rho`` turns out to be: the graph's cut-off."""
-        return float(self.impostor_mean + (self.seed_similarity - self.impostor_mean) * math.sqrt(RHO_FLOOR))
+        return float(self._scaled(math.sqrt(RHO_FLOOR)))
 
     def to_dict(self) -> dict[str, Any]:
         data = {name: round(value, 4) if isinstance(value, float) else value for name, value in asdict(self).items()}
@@ -115,7 +123,7 @@ def describe(learned: dict[str, Any]) -> str:
 
 def estimate(
     vectors: NDArray[np.float32],
-    photos: NDArray[np.int64],
+    pairs: tuple[NDArray[np.int64], NDArray[np.int64]],
     distance: float | None = None,
     false_links_per_face: float = FALSE_LINKS_PER_FACE,
     library: NDArray[np.float32] | None = None,
@@ -123,18 +131,21 @@ def estimate(
 ) -> LibraryEstimate:
     """The impostor statistics and the seed threshold for clustering ``vectors`` (``distance``: that threshold).
 
-    ``library`` is every face of the library (default ``vectors``): the impostor statistics are measured on it,
-    or, for a library smaller than :data:`MIN_LIBRARY`, taken from ``prior`` (the recognizer's) when given."""
+    ``pairs`` are the faces that share a photo (:func:`same_photo_pairs`). ``library`` is every face of the
+    library (default ``vectors``): the impostor statistics are measured on it, or, for a library smaller than
+    :data:`MIN_LIBRARY`, taken from ``prior`` (the recognizer's) when given."""
     count = len(vectors)
     library = vectors if library is None else library
-    source = "recognizer" if prior is not None and len(library) < MIN_LIBRARY else "library"
-    mean, sd = prior if prior is not None and source == "recognizer" else impostor_statistics(library)
+    if prior is not None and len(library) < MIN_LIBRARY:
+        source, (mean, sd) = "recognizer", prior
+    else:
+        source, (mean, sd) = "library", impostor_statistics(library)
     if distance is not None:
         seed = 1.0 - distance
     else:
         tail = min(0.5, false_links_per_face / max(count - 1, 1))
         seed = min(mean + sd * NormalDist().inv_cdf(1.0 - tail), 0.999)
-    left, right = same_photo_pairs(photos)
+    left, right = pairs
     above = int(np.count_nonzero(np.einsum("ij,ij->i", vectors[left], vectors[right]) > seed)) if len(left) else 0
     return LibraryEstimate(
         faces=count,
@@ -174,10 +185,10 @@ def face_spreads(vectors: NDArray[np.float32], library: NDArray[np.float32], sd:
     rng = np.random.default_rng(SEED)
     cohort = library[np.sort(rng.choice(len(library), min(COHORT, len(library)), replace=False))]
     out = np.empty(len(vectors), np.float32)
-    for start in range(0, len(vectors), 65_536):
-        sims = vectors[start : start + 65_536] @ cohort.T
+    for start in range(0, len(vectors), BLOCK):
+        sims = vectors[start : start + BLOCK] @ cohort.T
         median = np.median(sims, axis=1, keepdims=True)
-        out[start : start + 65_536] = 1.4826 * np.median(np.abs(sims - median), axis=1) / sd
+        out[start : start + BLOCK] = 1.4826 * np.median(np.abs(sims - median), axis=1) / sd
     return np.clip(out, 0.5, 3.0)
 
 
@@ -207,8 +218,6 @@ def shared_fraction(
 
 def same_photo_pairs(photos: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """Every pair of faces that share a photo, ``left < right`` (faces per photo are few: this stays small)."""
-    from .neighbors import first_of_runs
-
     order = np.argsort(photos, kind="stable")
     starts = np.flatnonzero(first_of_runs(photos[order]))
     sizes = np.diff(np.r_[starts, len(photos)])

@@ -101,7 +101,8 @@ def cluster_library(
 
     ``everyone`` is every face of the library when only some are clustered (the impostor statistics are
     measured on all of them)."""
-    library = estimate(vectors, photos, params.distance, params.false_links, everyone, params.impostors)
+    conflicts = same_photo_pairs(photos)
+    library = estimate(vectors, conflicts, params.distance, params.false_links, everyone, params.impostors)
     count = len(vectors)
     if count == 0:
         return np.zeros(0, np.int64), library
@@ -113,7 +114,6 @@ def cluster_library(
             return _dbscan(count, graph, params.min_points), library
         return _average_linkage(vectors, graph, library, 0.0, None, params.tolerance, relax=False)
     graph = knn_graph(vectors, params.k, min_sim=library.lowest_similarity())
-    conflicts = same_photo_pairs(photos)
     everyone = vectors if everyone is None else everyone
     # in a small library the cohort is too often the face's own person: no per-face spreads there
     spreads = face_spreads(vectors, everyone, library.impostor_sd) if len(everyone) >= MIN_LIBRARY else None
@@ -209,33 +209,51 @@ def _average_linkage(
     rounds go on at the size-aware thresholds (:meth:`LibraryEstimate.required`)."""
     count = len(vectors)
     clusters = _Clusters(vectors, spreads)
-    labels = np.arange(count, dtype=np.int64)
-    a, b, s = graph.src, graph.dst, graph.sim.astype(np.float64)
     lowest = library.lowest_similarity() if relax else library.seed_similarity
-    phases = 2 if relax else 1
-    for phase in range(phases):
-        if phase == 1:
-            roots = np.unique(labels)
-            shared, measured = shared_fraction(
-                clusters.sums[roots], clusters.size[roots], library.impostor_mean, library.impostor_sd
-            )
-            if shared is None:
-                library = library.with_shared(1.0, measured)
-                break
-            library = library.with_shared(shared, measured)
-        while len(a):
-            conflict_keys = _conflict_keys(conflicts, labels, count)
-            allowed = _allowed(a, b, s, clusters, closeness, conflict_keys, count)
-            allowed &= s >= library.required(clusters.size[a], clusters.size[b], clusters.spread(a), clusters.spread(b))
-            keep, gone = _merges(a[allowed], b[allowed], s[allowed], tolerance, conflict_keys, count)
-            if not len(keep):
-                break
-            clusters.merge(keep, gone)
-            remap = np.arange(count, dtype=np.int64)
-            remap[gone] = keep
-            labels = remap[labels]
-            a, b, s = _update_pairs(remap[a], remap[b], s, clusters, keep, lowest, count)
+    pairs = graph.src, graph.dst, graph.sim.astype(np.float64)
+    labels, pairs = _rounds(
+        clusters, np.arange(count, dtype=np.int64), pairs, library, closeness, conflicts, tolerance, lowest
+    )
+    if relax:
+        roots = np.unique(labels)
+        shared, measured = shared_fraction(
+            clusters.sums[roots], clusters.size[roots], library.impostor_mean, library.impostor_sd
+        )
+        library = library.with_shared(1.0 if shared is None else shared, measured)
+        if shared is not None:
+            labels, pairs = _rounds(clusters, labels, pairs, library, closeness, conflicts, tolerance, lowest)
     return _smallest_member(labels), library
+
+
+Pairs = tuple[IntArray, IntArray, NDArray[np.float64]]
+
+
+def _rounds(
+    clusters: _Clusters,
+    labels: IntArray,
+    pairs: Pairs,
+    library: LibraryEstimate,
+    closeness: float,
+    conflicts: tuple[IntArray, IntArray] | None,
+    tolerance: float,
+    lowest: float,
+) -> tuple[IntArray, Pairs]:
+    """Merge rounds at ``library``'s thresholds until none is left; candidate pairs below ``lowest`` are dropped."""
+    count = len(labels)
+    a, b, s = pairs
+    while len(a):
+        conflict_keys = _conflict_keys(conflicts, labels, count)
+        allowed = _allowed(a, b, s, clusters, closeness, conflict_keys, count)
+        allowed &= s >= library.required(clusters.size[a], clusters.size[b], clusters.spread(a), clusters.spread(b))
+        keep, gone = _merges(a[allowed], b[allowed], s[allowed], tolerance, conflict_keys, count)
+        if not len(keep):
+            break
+        clusters.merge(keep, gone)
+        remap = np.arange(count, dtype=np.int64)
+        remap[gone] = keep
+        labels = remap[labels]
+        a, b, s = _update_pairs(remap[a], remap[b], s, clusters, keep, lowest, count)
+    return labels, (a, b, s)
 
 
 def _smallest_member(labels: IntArray) -> IntArray:

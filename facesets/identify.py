@@ -130,13 +130,7 @@ def run_cluster(config: ClusterConfig) -> ClusterSummary:
     taken = {row for rows in matched.values() for row, _ in rows}
     rest = np.asarray([i for i in candidates if i not in taken], np.int64)
     summary.clustered = len(rest)
-    params = ClusterParams(
-        config.algorithm,
-        thresholds.cluster,
-        thresholds.closeness,
-        config.min_points,
-        impostors=thresholds.impostors,
-    )
+    params = cluster_params(config.algorithm, thresholds, config.min_points)
     labels, summary.library = cluster_library(table.vectors[rest], table.photos[rest], params, table.vectors)
     groups, dropped = refine(table.vectors, table.keys, rest, labels, thresholds, config.min_faces, summary.library)
     for entry in dropped:
@@ -236,6 +230,13 @@ def _embed_outside(faceset: FaceSet, files: list[Path], embedder: Any) -> NDArra
         )
     vectors: NDArray[np.float32] = embedder(files)
     return vectors
+
+
+def cluster_params(algorithm: Algorithm, thresholds: Thresholds, min_points: int) -> ClusterParams:
+    """The clustering engine's parameters for a model's thresholds (shared with person clustering)."""
+    return ClusterParams(
+        algorithm, thresholds.cluster, thresholds.closeness, min_points, impostors=thresholds.impostors
+    )
 
 
 def match_faces(
@@ -394,14 +395,8 @@ def build_plan(
         "dropped": dropped,
         "processed": sorted({table.hashes[table.photos[i]] for i in candidates}),
     }
-    plan["id"] = plan_id(plan)
+    plan["id"] = blake3.blake3(orjson.dumps(plan, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
     return plan
-
-
-def plan_id(plan: dict[str, Any]) -> str:
-    """The plan's id: a hash of everything else in it."""
-    body = {name: value for name, value in plan.items() if name != "id"}
-    return blake3.blake3(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
 class PackEmbedder:

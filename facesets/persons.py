@@ -32,10 +32,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .calibration import LibraryEstimate
-from .clustering import Algorithm, ClusterParams, cluster_library
+from .clustering import Algorithm, cluster_library
 from .database import DatabaseConfig, connect, copy_to_temp, database_url, with_vectors
 from .errors import ConfigError
-from .identify import match_faces, refine
+from .identify import cluster_params, match_faces, refine
 from .migrations import check_schema
 from .packs import PackIdentity
 from .thresholds import Thresholds, resolve_thresholds
@@ -185,13 +185,7 @@ def plan_persons(
             plan.joins[row] = person
             person_photos[person].add(int(faces.photos[row]))
     rest = np.asarray([row for row in free.tolist() if row not in plan.joins], np.int64)
-    params = ClusterParams(
-        config.algorithm,
-        thresholds.cluster,
-        thresholds.closeness,
-        config.min_points,
-        impostors=thresholds.impostors,
-    )
+    params = cluster_params(config.algorithm, thresholds, config.min_points)
     labels, plan.library = cluster_library(faces.vectors[rest], faces.photos[rest], params, faces.vectors)
     keys = [str(face_id) for face_id in faces.ids.tolist()]
     groups, dropped = refine(faces.vectors, keys, rest, labels, thresholds, config.min_faces, plan.library)

@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .calibration import describe
 from .facesetdir import read_sets
 from .fsio import atomic_write_bytes
 
@@ -114,6 +115,4 @@ def _reasons() -> str:
 
 def _estimate_line(learned: dict[str, Any]) -> str:
     """What clustering learned about the library, in words (empty for plans made before it did)."""
-    from .calibration import describe
-
     return f"<p>Learned from {learned['faces']} faces: {html.escape(describe(learned))}.</p>" if learned else ""

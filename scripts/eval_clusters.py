@@ -105,7 +105,7 @@ def cli_path(cache: Path, keys: list[str | None], truth: list[str], work: Path) 
     set_of = {member["key"]: f"set{entry['set']}" for entry in plan["identities"] for member in entry["members"]}
     result = report([set_of.get(key) if key else None for key in keys], truth)
     result["estimate"] = summary.as_dict()["estimate"]
-    result["cluster_distance"] = result["estimate"].get("seed_distance", plan["thresholds"]["cluster"])
+    result["cluster_distance"] = result["estimate"]["seed_distance"]
     return result
 
 

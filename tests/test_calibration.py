@@ -38,7 +38,7 @@ def test_the_seed_threshold_follows_the_normal_tail_for_the_library_size() -> No
     vectors, _ = library(600, 4)
     photos = np.arange(len(vectors))
     mean, sd = impostor_statistics(vectors)
-    learned = estimate(vectors, photos)
+    learned = estimate(vectors, same_photo_pairs(photos))
     z = NormalDist().inv_cdf(1.0 - FALSE_LINKS_PER_FACE / (len(vectors) - 1))
     assert learned.seed_similarity == pytest.approx(mean + sd * z)
     assert (learned.impostor_mean, learned.impostor_sd, learned.source) == (mean, sd, "library")
@@ -48,8 +48,8 @@ def test_the_seed_threshold_follows_the_normal_tail_for_the_library_size() -> No
 def test_a_larger_library_needs_a_closer_match() -> None:
     small, _ = library(60, 4)
     large, _ = library(6000, 4)
-    seed_small = estimate(small, np.arange(len(small)), prior=(0.0, 0.1)).seed_similarity
-    seed_large = estimate(large, np.arange(len(large)), prior=(0.0, 0.1)).seed_similarity
+    seed_small = estimate(small, same_photo_pairs(np.arange(len(small))), prior=(0.0, 0.1)).seed_similarity
+    seed_large = estimate(large, same_photo_pairs(np.arange(len(large))), prior=(0.0, 0.1)).seed_similarity
     assert seed_large > seed_small + 0.08
 
 
@@ -64,10 +64,10 @@ def test_random_pairs_give_the_strangers_statistics_despite_same_person_pairs() 
 
 def test_a_small_library_uses_the_recognizers_statistics_and_a_given_distance_is_kept() -> None:
     vectors, _ = library(10, 5)
-    learned = estimate(vectors, np.arange(len(vectors)), prior=(0.013, 0.1))
+    learned = estimate(vectors, same_photo_pairs(np.arange(len(vectors))), prior=(0.013, 0.1))
     assert len(vectors) < MIN_LIBRARY and learned.source == "recognizer"
     assert (learned.impostor_mean, learned.impostor_sd) == (0.013, 0.1)
-    given = estimate(vectors, np.arange(len(vectors)), distance=0.6)
+    given = estimate(vectors, same_photo_pairs(np.arange(len(vectors))), distance=0.6)
     assert given.given and given.seed_similarity == pytest.approx(0.4)
 
 
@@ -88,7 +88,7 @@ def test_the_shared_fraction_is_measured_from_clusters() -> None:
 
 def test_larger_clusters_need_less_and_never_less_than_the_floor() -> None:
     vectors, _ = library(300, 10)
-    learned = estimate(vectors, np.arange(len(vectors))).with_shared(0.4, 30)
+    learned = estimate(vectors, same_photo_pairs(np.arange(len(vectors)))).with_shared(0.4, 30)
     one, two, many = learned.required(np.array([1.0, 2.0, 1e9]), np.array([1.0, 2.0, 1e9]))
     assert one == pytest.approx(learned.seed_similarity)
     assert one > two > many >= learned.floor_similarity - 1e-9
