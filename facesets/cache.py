@@ -6,7 +6,9 @@ File members (all loadable with ``allow_pickle=False``):
     model         UTF-8 JSON: the model pack identity (name, files, BLAKE3 of each)
     embeddings    float32 (N, 512), L2-normalised, row i is face i
     meta          structured (N,): image (int32 index into processed), bbox (4 f4), kps (5x2 f4),
-                  score (f4), face_short (f4, short side of the box in original pixels)
+                  score (f4), face_short (f4, short side of the box in original pixels), norm (f4, the
+                  recognizer's raw embedding norm), sharpness (f4, variance of the aligned crop's Laplacian);
+                  caches written before norm and sharpness existed read with NaN there (quality unknown)
     processed     UTF-8 JSON list: every image done, with path, content hash (BLAKE3), size, status
                   (ok | no_face | duplicate | error), reason, width, height, faces, source ids
     path_aliases  UTF-8 JSON list of [linux path, windows path] pairs
@@ -24,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,13 +39,13 @@ from numpy.typing import NDArray
 from .errors import CacheCorruptError, CacheError, CacheModelMismatchError, CacheVersionError
 from .fsio import atomic_writer, exclusive_lock, remove_stale_temps, temp_pattern
 from .packs import PackIdentity
-from .records import FaceRecord, ImageRecord, ImageStatus
+from .records import ImageRecord, ImageStatus
 
 SCHEMA = 2
 EMBEDDING_DIM = 512
-META_DTYPE = np.dtype(
-    [("image", "<i4"), ("bbox", "<f4", (4,)), ("kps", "<f4", (5, 2)), ("score", "<f4"), ("face_short", "<f4")]
-)
+_FIRST_META = [("image", "<i4"), ("bbox", "<f4", (4,)), ("kps", "<f4", (5, 2)), ("score", "<f4"), ("face_short", "<f4")]
+FIRST_META_DTYPE = np.dtype(_FIRST_META)  # before the quality fields: still read
+META_DTYPE = np.dtype([*_FIRST_META, ("norm", "<f4"), ("sharpness", "<f4")])
 REQUIRED = ("schema", "model", "embeddings", "meta", "processed", "path_aliases")
 
 
@@ -75,12 +77,6 @@ class CacheData:
         self.meta = np.concatenate(metas)
         self.embeddings = np.concatenate(vectors).astype(np.float32, copy=False)
 
-    def faces(self) -> Iterator[FaceRecord]:
-        for row, vector in zip(self.meta, self.embeddings, strict=True):
-            yield FaceRecord(
-                int(row["image"]), row["bbox"], row["kps"], float(row["score"]), float(row["face_short"]), vector
-            )
-
     def counts(self) -> dict[str, int]:
         counts = {status.value: 0 for status in ImageStatus}
         for record in self.images:
@@ -93,7 +89,7 @@ def faces_to_arrays(image_index: int, faces: Sequence[Any]) -> tuple[NDArray[Any
     meta = np.zeros(len(faces), META_DTYPE)
     vectors = np.zeros((len(faces), EMBEDDING_DIM), np.float32)
     for row, face in enumerate(faces):
-        meta[row] = (image_index, face.bbox, face.kps, face.score, face.face_short)
+        meta[row] = (image_index, face.bbox, face.kps, face.score, face.face_short, face.norm, face.sharpness)
         vectors[row] = face.embedding
     return meta, vectors
 
@@ -156,7 +152,18 @@ def _parse_members(path: Path, npz: Any, images_only: bool, header_only: bool = 
 
 
 def _read_faces(npz: Any) -> tuple[NDArray[np.void], NDArray[np.float32]]:
-    return np.asarray(npz["meta"]), np.asarray(npz["embeddings"], dtype=np.float32)
+    return upgrade_meta(np.asarray(npz["meta"])), np.asarray(npz["embeddings"], dtype=np.float32)
+
+
+def upgrade_meta(meta: NDArray[Any]) -> NDArray[Any]:
+    """Face rows of a cache written before the quality fields, with NaN (unknown) there; others as they are."""
+    if meta.dtype != FIRST_META_DTYPE:
+        return meta
+    upgraded = np.zeros(len(meta), META_DTYPE)
+    for name in FIRST_META_DTYPE.names or ():
+        upgraded[name] = meta[name]
+    upgraded["norm"] = upgraded["sharpness"] = np.nan
+    return upgraded
 
 
 def _holds_objects(npz: Any) -> bool:

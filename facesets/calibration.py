@@ -27,6 +27,11 @@ that the expected number of strangers above it stays the same whatever the size:
    everyone, so their similarities to strangers spread wider: each face's spread against a fixed random
    cohort of the library (:func:`face_spreads`, libraries of :data:`MIN_LIBRARY` faces or more) scales the
    thresholds of the pairs it is in, by the geometric mean of the two spreads (adaptive score normalisation).
+5. **Poor faces neither seed nor bridge.** The recognizer's raw embedding norm falls with the quality of the
+   crop (blur, size, pose; on the labeled sets its rank correlation with a face's average similarity to its own
+   person is 0.54 and 0.78). A face whose norm lies more than :data:`POOR_Z` robust standard deviations below
+   the library's median (:func:`poor_faces`) is left out of clustering and attached afterwards only to a cluster
+   that alone would take it (:func:`facesets.clustering.cluster_library`).
 
 Everything is deterministic (fixed seeds, canonical order) and costs O(n) time and memory.
 """
@@ -53,6 +58,8 @@ COHORT = 256  # faces each face is compared with to measure its own spread
 MIN_LIBRARY = 500  # faces below which the recognizer's impostor statistics are used, where known
 SEED = 20_231_201
 BLOCK = 65_536  # faces compared with the cohort at once
+POOR_Z = 2.0  # robust standard deviations below the library's median norm that make a face poor
+MIN_NORMS = 20  # faces with a known norm needed to judge any face poor
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,8 @@ class LibraryEstimate:
     same_photo_above_seed: int = 0  # of them, how many are above the seed threshold
     given: bool = False  # the seed threshold came from the command line
     source: str = "library"  # where the impostor statistics come from: "library" or "recognizer"
+    poor_faces: int = 0  # faces left out of clustering for their low norm (see poor_faces)
+    poor_attached: int = 0  # of them, how many one cluster alone took afterwards
 
     @property
     def floor_similarity(self) -> float:
@@ -98,6 +107,9 @@ class LibraryEstimate:
     def with_shared(self, shared: float, clusters: int) -> LibraryEstimate:
         return replace(self, shared=shared, seed_clusters=clusters)
 
+    def with_poor(self, poor: int, attached: int) -> LibraryEstimate:
+        return replace(self, poor_faces=poor, poor_attached=attached)
+
     def lowest_similarity(self) -> float:
         """The least similarity any merge can need, whatever ``rho`` turns out to be: the graph's cut-off."""
         return float(self._scaled(math.sqrt(RHO_FLOOR)))
@@ -117,7 +129,8 @@ def describe(learned: dict[str, Any]) -> str:
         f"single faces join within {learned['seed_distance']:.3f}, large clusters within "
         f"{learned['floor_distance']:.3f} (rho {learned['shared']:.2f}); expected stranger pairs above the "
         f"seed {learned['expected_false_links']:.1f}; same-photo pairs above it "
-        f"{learned['same_photo_above_seed']} of {learned['same_photo_pairs']}"
+        f"{learned['same_photo_above_seed']} of {learned['same_photo_pairs']}; poor faces "
+        f"{learned.get('poor_faces', 0)}, {learned.get('poor_attached', 0)} of them attached"
     )
 
 
@@ -214,6 +227,21 @@ def shared_fraction(
     single = float(np.mean(1.0 / size_product))
     rho = (spread / (sd * sd) - single) / max(1.0 - single, 1e-9)
     return float(min(1.0, max(RHO_FLOOR, rho))), len(big)
+
+
+def poor_faces(norms: NDArray[np.float32] | None) -> NDArray[np.bool_] | None:
+    """Faces whose raw embedding norm is more than :data:`POOR_Z` robust standard deviations (1.4826 x MAD)
+    below the library's median; ``None`` when too few norms are known (caches written before norms were kept
+    hold NaN: such a face is never poor)."""
+    if norms is None:
+        return None
+    known = np.isfinite(norms)
+    if np.count_nonzero(known) < MIN_NORMS:
+        return None
+    middle = float(np.median(norms[known]))
+    sd = 1.4826 * float(np.median(np.abs(norms[known] - middle)))
+    poor: NDArray[np.bool_] = known & (norms < middle - POOR_Z * sd)
+    return poor if poor.any() else None
 
 
 def same_photo_pairs(photos: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:

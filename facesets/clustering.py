@@ -48,6 +48,7 @@ from .calibration import (
     LibraryEstimate,
     estimate,
     face_spreads,
+    poor_faces,
     same_photo_pairs,
     shared_fraction,
 )
@@ -96,11 +97,13 @@ def cluster_library(
     photos: IntArray,
     params: ClusterParams,
     everyone: NDArray[np.float32] | None = None,
+    norms: NDArray[np.float32] | None = None,
 ) -> tuple[IntArray, LibraryEstimate]:
     """:func:`cluster`, with what was learned about the library (thresholds, impostor statistics).
 
     ``everyone`` is every face of the library when only some are clustered (the impostor statistics are
-    measured on all of them)."""
+    measured on all of them); ``norms`` are the faces' raw embedding norms (NaN: unknown), which ``graph``
+    uses to keep poor faces from seeding or bridging clusters."""
     conflicts = same_photo_pairs(photos)
     library = estimate(vectors, conflicts, params.distance, params.false_links, everyone, params.impostors)
     count = len(vectors)
@@ -118,7 +121,15 @@ def cluster_library(
     # in a small library the cohort is too often the face's own person: no per-face spreads there
     spreads = face_spreads(vectors, everyone, library.impostor_sd) if len(everyone) >= MIN_LIBRARY else None
     return _average_linkage(
-        vectors, graph, library, params.closeness, conflicts, params.tolerance, relax=True, spreads=spreads
+        vectors,
+        graph,
+        library,
+        params.closeness,
+        conflicts,
+        params.tolerance,
+        relax=True,
+        spreads=spreads,
+        poor=poor_faces(norms),
     )
 
 
@@ -204,9 +215,11 @@ def _average_linkage(
     tolerance: float,
     relax: bool,
     spreads: NDArray[np.float32] | None = None,
+    poor: NDArray[np.bool_] | None = None,
 ) -> tuple[IntArray, LibraryEstimate]:
     """Merge rounds at the seed threshold; then, with ``relax``, rho is measured on the clusters formed and the
-    rounds go on at the size-aware thresholds (:meth:`LibraryEstimate.required`)."""
+    rounds go on at the size-aware thresholds (:meth:`LibraryEstimate.required`), without the ``poor`` faces
+    the seed rounds left alone, which are attached at the end (:func:`_attach`)."""
     count = len(vectors)
     clusters = _Clusters(vectors, spreads)
     lowest = library.lowest_similarity() if relax else library.seed_similarity
@@ -220,9 +233,56 @@ def _average_linkage(
             clusters.sums[roots], clusters.size[roots], library.impostor_mean, library.impostor_sd
         )
         library = library.with_shared(1.0 if shared is None else shared, measured)
+        alone = None if poor is None else poor & (clusters.size == 1) & (labels == np.arange(count))
+        if alone is not None:
+            a, b, s = pairs
+            keep = ~alone[a] & ~alone[b]
+            pairs = a[keep], b[keep], s[keep]
         if shared is not None:
             labels, pairs = _rounds(clusters, labels, pairs, library, closeness, conflicts, tolerance, lowest)
+        if alone is not None:
+            labels, attached = _attach(labels, clusters, graph, alone, library, closeness, conflicts)
+            library = library.with_poor(int(np.count_nonzero(alone)), attached)
     return _smallest_member(labels), library
+
+
+def _attach(
+    labels: IntArray,
+    clusters: _Clusters,
+    edges: Graph,
+    alone: NDArray[np.bool_],
+    library: LibraryEstimate,
+    closeness: float,
+    conflicts: tuple[IntArray, IntArray] | None,
+) -> tuple[IntArray, int]:
+    """Each face of ``alone`` joins the one cluster its graph edges reach that would take it (the size-aware
+    threshold, relative closeness, no photo in common); a face two clusters would take, or none, stays alone."""
+    count = len(labels)
+    one = alone[edges.src] != alone[edges.dst]
+    src, dst = edges.src[one], edges.dst[one]
+    face = np.where(alone[src], src, dst)
+    target = labels[np.where(alone[src], dst, src)]
+    _, first = np.unique(face * count + target, return_index=True)
+    face, target = face[first], target[first]
+    s = clusters.similarity(face, target)
+    conflict_keys = _conflict_keys(conflicts, labels, count)
+    low, high = np.minimum(face, target), np.maximum(face, target)
+    takes = _allowed(low, high, s, clusters, closeness, conflict_keys, count)
+    takes &= s >= library.required(
+        clusters.size[face], clusters.size[target], clusters.spread(face), clusters.spread(target)
+    )
+    face, target, s = face[takes], target[takes], s[takes]
+    alone = np.bincount(face, minlength=count)[face] == 1
+    face, target, s = face[alone], target[alone], s[alone]
+    best_sim = np.full(count, -np.inf)
+    best_sim[face] = s
+    into, movers = _without_clashes(face, target, best_sim, conflict_keys, count)
+    if not len(movers):
+        return labels, 0
+    clusters.merge(into, movers)
+    remap = np.arange(count, dtype=np.int64)
+    remap[movers] = into
+    return remap[labels], len(movers)
 
 
 Pairs = tuple[IntArray, IntArray, NDArray[np.float64]]

@@ -51,6 +51,8 @@ class Face:
     score: float
     face_short: float
     embedding: FloatArray  # L2-normalised
+    norm: float = math.nan  # the recognizer's raw embedding norm: low on poor crops
+    sharpness: float = math.nan  # variance of the aligned crop's Laplacian: low on blurred or upscaled faces
 
     @property
     def area(self) -> float:
@@ -177,8 +179,12 @@ class Recognizer:
         self.dim = int(session.get_outputs()[0].shape[1])
 
     def embed(self, crops: Sequence[BGRImage]) -> FloatArray:
+        return self.features(crops)[0]
+
+    def features(self, crops: Sequence[BGRImage]) -> tuple[FloatArray, FloatArray]:
+        """The L2-normalised embeddings of ``crops`` and the raw norms they had before normalising."""
         if not crops:
-            return np.zeros((0, self.dim), np.float32)
+            return np.zeros((0, self.dim), np.float32), np.zeros(0, np.float32)
         mean = (self.mean, self.mean, self.mean)
         size = (self.size, self.size)
         blob = np.asarray(cv2.dnn.blobFromImages(list(crops), 1.0 / self.std, size, mean, swapRB=True), np.float32)
@@ -191,7 +197,7 @@ class Recognizer:
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(crops), -1)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         normalised: FloatArray = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-        return normalised
+        return normalised, norms[:, 0].astype(np.float32)
 
 
 Redecode = Callable[[float], DecodedImage]
@@ -220,11 +226,25 @@ class FaceEngine:
         if redecode is not None and image.reducible and needed > image.scale * 1.0001:
             source = redecode(needed)
         crops = [align(source.pixels, kps[i] * source.scale, self.recognizer.size) for i in keep]
-        vectors = self.recognizer.embed(crops)
+        vectors, norms = self.recognizer.features(crops)
         return [
-            Face(boxes[i].astype(np.float32), kps[i].astype(np.float32), float(found.scores[i]), float(shorts[i]), vec)
-            for i, vec in zip(keep, vectors, strict=True)
+            Face(
+                boxes[i].astype(np.float32),
+                kps[i].astype(np.float32),
+                float(found.scores[i]),
+                float(shorts[i]),
+                vectors[row],
+                float(norms[row]),
+                sharpness(crops[row]),
+            )
+            for row, i in enumerate(keep)
         ]
+
+
+def sharpness(crop: BGRImage) -> float:
+    """The variance of the Laplacian of the crop's grey levels: blurred and upscaled faces score low."""
+    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
 
 
 def similarity_transform(src: NDArray[np.float64], dst: NDArray[np.float64]) -> NDArray[np.float64]:

@@ -32,7 +32,7 @@ import orjson
 from numpy.typing import NDArray
 
 from .cache import load_cache
-from .calibration import LibraryEstimate
+from .calibration import LibraryEstimate, poor_faces
 from .clustering import Algorithm, ClusterParams, cluster_library, cohesion, components
 from .errors import CacheModelMismatchError, ConfigError, FaceSetError
 from .facesetdir import FaceSet, face_key, highest_number, read_sets, read_top
@@ -72,6 +72,7 @@ class FaceTable:
     vectors: NDArray[np.float32]
     keys: list[str]
     photos: NDArray[np.int64]  # index into ``hashes``
+    norms: NDArray[np.float32]  # the recognizer's raw embedding norms (NaN: not recorded in the cache)
     hashes: list[str]  # sorted
     faces: list[dict[str, Any]]  # what the plan records about each face
 
@@ -131,8 +132,19 @@ def run_cluster(config: ClusterConfig) -> ClusterSummary:
     rest = np.asarray([i for i in candidates if i not in taken], np.int64)
     summary.clustered = len(rest)
     params = cluster_params(config.algorithm, thresholds, config.min_points)
-    labels, summary.library = cluster_library(table.vectors[rest], table.photos[rest], params, table.vectors)
-    groups, dropped = refine(table.vectors, table.keys, rest, labels, thresholds, config.min_faces, summary.library)
+    labels, summary.library = cluster_library(
+        table.vectors[rest], table.photos[rest], params, table.vectors, table.norms[rest]
+    )
+    groups, dropped = refine(
+        table.vectors,
+        table.keys,
+        rest,
+        labels,
+        thresholds,
+        config.min_faces,
+        summary.library,
+        poor_faces(table.norms[rest]),
+    )
     for entry in dropped:
         summary.dropped[entry["reason"]] += entry["faces"]
     first_new = highest_number(config.sets_dir, top) + 1
@@ -150,6 +162,7 @@ def run_cluster(config: ClusterConfig) -> ClusterSummary:
 def load_faces(paths: Iterable[Path]) -> tuple[PackIdentity, FaceTable]:
     identity: PackIdentity | None = None
     vectors: dict[str, NDArray[np.float32]] = {}
+    norms: dict[str, float] = {}
     faces: dict[str, dict[str, Any]] = {}
     for path in paths:
         data = load_cache(path)
@@ -167,6 +180,7 @@ def load_faces(paths: Iterable[Path]) -> tuple[PackIdentity, FaceTable]:
                 continue
             faces[key] = _face_entry(path, row, record, meta)
             vectors[key] = data.embeddings[row]
+            norms[key] = float(meta["norm"])
     if identity is None:
         raise ConfigError("no face cache given: pass --cache FILE (one or more)")
     keys = sorted(faces)
@@ -175,6 +189,7 @@ def load_faces(paths: Iterable[Path]) -> tuple[PackIdentity, FaceTable]:
         vectors=np.ascontiguousarray(stacked, dtype=np.float32),
         keys=keys,
         photos=np.zeros(len(keys), np.int64),
+        norms=np.asarray([norms[key] for key in keys], np.float32),
         hashes=sorted({faces[key]["hash"] for key in keys}),
         faces=[faces[key] for key in keys],
     )
@@ -294,23 +309,25 @@ def refine(
     thresholds: Thresholds,
     min_faces: int,
     library: LibraryEstimate,
+    poor: NDArray[np.bool_] | None = None,
 ) -> tuple[list[list[tuple[int, float]]], list[dict[str, Any]]]:
     """Apply the gates to each cluster: the kept groups (rows with distances) and what was dropped, why.
 
     ``rows`` index ``vectors`` and ``keys`` (the faces' stable names, used to order the groups); ``library``
-    gives the thresholds the clustering learned, which the gates apply to each member and cluster."""
+    gives the thresholds the clustering learned, which the gates apply to each member and cluster; ``poor``
+    (per row) marks the faces clustering left out for their quality: alone, they count as ``low_quality``."""
     kept: list[list[tuple[int, float]]] = []
     dropped: list[dict[str, Any]] = []
     if not len(rows):
         return kept, dropped
     order = np.argsort(labels, kind="stable")
     bounds = np.r_[np.flatnonzero(first_of_runs(labels[order])), len(labels)]
-    singletons = 0
+    alone: Counter[str] = Counter()
     for start, stop in itertools.pairwise(bounds):
         group = rows[order[start:stop]]
         verdict, members = _gate(vectors[group], group, thresholds, min_faces, library)
         if verdict == "singleton":
-            singletons += 1
+            alone["low_quality" if poor is not None and poor[order[start]] else "singleton"] += 1
             continue
         if verdict:
             dropped.append({"reason": verdict, "faces": len(group), "keys": [keys[i] for i in group[:5]]})
@@ -319,8 +336,7 @@ def refine(
         if outliers:
             dropped.append({"reason": "outlier", "faces": outliers, "keys": []})
         kept.append(members)
-    if singletons:
-        dropped.append({"reason": "singleton", "faces": singletons, "keys": []})
+    dropped += [{"reason": reason, "faces": faces, "keys": []} for reason, faces in sorted(alone.items())]
     kept.sort(key=lambda members: (-len(members), keys[members[0][0]]))
     return kept, dropped
 

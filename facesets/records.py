@@ -67,15 +67,3 @@ class ImageRecord:
 
 
 _STATUSES = {status.value: status for status in ImageStatus}
-
-
-@dataclass(frozen=True)
-class FaceRecord:
-    """One face as stored: ``image`` indexes the cache's image records (``processed``)."""
-
-    image: int
-    bbox: FloatArray
-    kps: FloatArray
-    score: float
-    face_short: float
-    embedding: FloatArray

@@ -106,6 +106,7 @@ def _reasons() -> str:
     return (
         "<h2>Reasons</h2><ul>"
         "<li>singleton: a face like no other face</li>"
+        "<li>low_quality: a poor face (low recognizer norm) that no single cluster would take</li>"
         "<li>outlier: farther than the export distance from its cluster's centre</li>"
         "<li>too_small: fewer faces than the minimum set size</li>"
         "<li>one_photo: fewer distinct shots than the minimum (copies of one photo)</li>"

@@ -4,9 +4,10 @@ The generator is built to look like a real library's embeddings: identity centre
 face's own variation in a 28-d one (so that part of the strangers' similarity belongs to the pair of people
 and part to the single photos, as measured on real photos), a per-face quality (a tenth are poor: blur,
 profile, tiny), long-tailed identity sizes with many singletons, and a fifth of the photos with two faces
-(cannot-link). It prints its genuine/impostor similarity statistics beside those of a real labeled set when
-given one (``--reference CACHE --labels labels.json``, e.g. the cache ``scripts/eval_clusters.py --work``
-keeps for ``../shared/data/celeba``). Each run clusters in a fresh child process, so its peak RSS is the
+(cannot-link), and a raw norm per face that tracks its quality as loosely as on real photos. It prints its
+genuine/impostor similarity statistics beside those of a real labeled set when given one
+(``--reference CACHE --labels labels.json``, e.g. the cache ``scripts/eval_clusters.py --work`` keeps for
+``../shared/data/celeba``). Each run clusters in a fresh child process, so its peak RSS is the
 clustering's alone. The baselines are the original tools' algorithms at their own defaults, on the same data in
 the same run: rbv's connected components at similarity 0.65 and face-sets' average linkage at 0.55.
 An algorithm runs at its default (``graph``: learned from the library) or at ``name@distance``.
@@ -35,9 +36,10 @@ from facesets.evaluation import score
 DIM = 512
 CENTRE_DIMS = 100  # identity centres: the strangers' similarity shared by the pair of people
 FACE_DIMS = 28  # each face's own variation: the part that averages out over many photos
+NORM_NOISE = 0.18  # spread of the raw norm around quality
 
 
-def generate(count: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def generate(count: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     sizes = np.minimum(np.ceil(rng.pareto(1.1, size=count) + 0.5).astype(np.int64), 5000)
     sizes = sizes[np.cumsum(sizes) <= count]
@@ -50,6 +52,8 @@ def generate(count: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray, np.ndar
     # per-face quality q: cos(i, j) ~ q_i q_j for one person; a tenth of the faces are poor (blur, profile, tiny)
     poor = rng.random(count) < 0.1
     quality = np.where(poor, rng.uniform(0.1, 0.45, count), np.sqrt(rng.beta(5.0, 2.5, count)))
+    # the recognizer's raw norm tracks quality, loosely (NORM_NOISE matches data/celeba's rank correlation)
+    norms = (1.0 + quality + NORM_NOISE * rng.standard_normal(count)).astype(np.float32)
     quality = quality.astype(np.float32)[:, None]
     vectors = np.empty((count, DIM), np.float32)
     for start in range(0, count, 100_000):
@@ -60,17 +64,20 @@ def generate(count: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray, np.ndar
         vectors[start:stop] = q * centres[people[start:stop]] + np.sqrt(1 - q * q) * noise
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     order = rng.permutation(count)
-    vectors, people = vectors[order], people[order]
+    vectors, people, norms = vectors[order], people[order], norms[order]
     photos = np.arange(count, dtype=np.int64)
     pairs = rng.choice(count, size=(count // 6, 2), replace=False)  # a fifth of the photos hold two faces
     photos[pairs[:, 1]] = photos[pairs[:, 0]]  # two faces of one photo: different people by construction
     different = people[pairs[:, 0]] != people[pairs[:, 1]]
     photos[pairs[~different, 1]] = pairs[~different, 1]
-    return vectors, people, photos
+    return vectors, people, photos, norms
 
 
-def statistics(vectors: np.ndarray, people: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
-    """Genuine and impostor similarity statistics, and the impostor spread's shared fraction (rho)."""
+def statistics(
+    vectors: np.ndarray, people: np.ndarray, norms: np.ndarray, rng: np.random.Generator
+) -> dict[str, float]:
+    """Genuine and impostor similarity statistics, the impostor spread's shared fraction (rho) and the rank
+    correlation of the raw norm with each face's average similarity to its own person."""
     left, right = rng.integers(0, len(vectors), 200_000), rng.integers(0, len(vectors), 200_000)
     sims = np.einsum("ij,ij->i", vectors[left], vectors[right])
     other = sims[(people[left] != people[right]) & (left != right)]
@@ -87,6 +94,7 @@ def statistics(vectors: np.ndarray, people: np.ndarray, rng: np.random.Generator
         "different_sd": round(float(other.std()), 3),
         "different_p99.9": round(float(np.percentile(other, 99.9)), 3),
         "shared_rho": round(_shared(vectors, people, float(other.var())), 3),
+        "norm_rank_corr": round(_norm_correlation(vectors, people, norms), 3),
         "identities": len(counts),
         "singletons": int((counts == 1).sum()),
     }
@@ -107,6 +115,18 @@ def _shared(vectors: np.ndarray, people: np.ndarray, variance: float) -> float:
     return (float(averages.var()) / variance - single) / (1.0 - single)
 
 
+def _norm_correlation(vectors: np.ndarray, people: np.ndarray, norms: np.ndarray) -> float:
+    """Spearman correlation of the raw norm with the face's average similarity to the rest of its person."""
+    inverse = np.unique(people, return_inverse=True)[1]
+    counts = np.bincount(inverse)
+    sums = np.zeros((len(counts), vectors.shape[1]), np.float64)
+    np.add.at(sums, inverse, vectors)
+    many = counts[inverse] >= 2
+    genuine = (np.einsum("ij,ij->i", vectors[many], sums[inverse[many]]) - 1.0) / (counts[inverse[many]] - 1)
+    norm_rank, genuine_rank = (np.argsort(np.argsort(values)).astype(np.float64) for values in (norms[many], genuine))
+    return float(np.corrcoef(norm_rank, genuine_rank)[0, 1])
+
+
 def reference_statistics(cache: Path, labels: Path) -> dict[str, float]:
     """The same statistics on a real labeled set: each labeled photo's subject face."""
     from facesets.cache import load_cache
@@ -122,18 +142,19 @@ def reference_statistics(cache: Path, labels: Path) -> dict[str, float]:
         if name in truth and len(found):
             rows.append(found[subject_face(data.meta["bbox"][found], record.width, record.height)])
             people.append(truth[name])
-    return statistics(data.embeddings[rows], np.asarray(people), np.random.default_rng(1))
+    return statistics(data.embeddings[rows], np.asarray(people), data.meta["norm"][rows], np.random.default_rng(1))
 
 
 def child(data: str, algorithm: str, distance: float | None) -> None:
     loaded = np.load(data)
-    vectors, photos = loaded["vectors"], loaded["photos"]
+    vectors, photos, norms = loaded["vectors"], loaded["photos"], loaded["norms"]
     started = time.perf_counter()
-    labels, library = cluster_library(vectors, photos, ClusterParams(Algorithm(algorithm), distance))
+    labels, library = cluster_library(vectors, photos, ClusterParams(Algorithm(algorithm), distance), norms=norms)
     elapsed = time.perf_counter() - started
     np.save(data + ".labels.npy", labels)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    learned = {name: library.to_dict()[name] for name in ("seed_distance", "floor_distance", "shared")}
+    names = ("seed_distance", "floor_distance", "shared", "poor_faces", "poor_attached")
+    learned = {name: library.to_dict()[name] for name in names}
     print(json.dumps({"seconds": round(elapsed, 1), "peak_gb": round(peak, 2), **learned}))
 
 
@@ -164,10 +185,11 @@ def main() -> int:
         print(f"real ({args.labels.parent.name}): {reference_statistics(args.reference, args.labels)}", flush=True)
     with tempfile.TemporaryDirectory() as work:
         for count in (int(size) for size in args.sizes.split(",")):
-            vectors, people, photos = generate(count)
-            print(f"synthetic {count:,} faces: {statistics(vectors, people, np.random.default_rng(1))}", flush=True)
+            vectors, people, photos, norms = generate(count)
+            stats = statistics(vectors, people, norms, np.random.default_rng(1))
+            print(f"synthetic {count:,} faces: {stats}", flush=True)
             data = Path(work) / f"faces-{count}.npz"
-            np.savez(data, vectors=vectors, photos=photos)
+            np.savez(data, vectors=vectors, photos=photos, norms=norms)
             del vectors, photos
             results = {}
             for algorithm in args.algorithms.split(","):

@@ -115,7 +115,7 @@ def engine(data: Any, rows: list[int | None], truth: list[str]) -> dict[str, Any
     runs.update({algorithm.value: ClusterParams(algorithm, distance) for algorithm, distance in SEEDS.items()})
     results = {}
     for name, params in runs.items():
-        labels, library = cluster_library(vectors, photos, params)
+        labels, library = cluster_library(vectors, photos, params, norms=data.meta["norm"])
         results[name] = report([f"c{labels[r]}" if r is not None else None for r in rows], truth)
         results[name]["distance"] = round(1.0 - library.seed_similarity, 4)
     return results

@@ -3,7 +3,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesets.cache import CacheData, CacheWriter, journal_dir, journal_segments, load_cache, write_npz
+from facesets.cache import (
+    FIRST_META_DTYPE,
+    META_DTYPE,
+    CacheData,
+    CacheWriter,
+    journal_dir,
+    journal_segments,
+    load_cache,
+    write_npz,
+)
 from facesets.cacheops import cache_summary, extend_cache
 from facesets.errors import CacheCorruptError, CacheModelMismatchError, CacheVersionError, FacesetsError
 from facesets.faces import Face
@@ -23,6 +32,8 @@ def face(seed: int) -> Face:
         0.9,
         28.0,
         vector / np.linalg.norm(vector),
+        float(np.linalg.norm(vector)),
+        100.0 + seed,
     )
 
 
@@ -55,6 +66,29 @@ def test_writer_round_trip(tmp_path: Path) -> None:
     with np.load(path, allow_pickle=False) as npz:
         assert int(npz["schema"]) == 2
         assert set(npz.files) >= {"embeddings", "meta", "processed", "path_aliases", "schema", "model"}
+
+
+def test_face_quality_is_kept_and_a_cache_from_before_it_reads_as_unknown(tmp_path: Path) -> None:
+    path = tmp_path / "c.npz"
+    write_cache(path, [("/a.jpg", "h1", 2)])
+    data = load_cache(path)
+    expected = [face(hash("/a.jpg") % 1000 + i) for i in range(2)]
+    assert data.meta.dtype == META_DTYPE
+    assert data.meta["norm"].tolist() == pytest.approx([one.norm for one in expected])
+    assert data.meta["sharpness"].tolist() == [one.sharpness for one in expected]
+    old = np.zeros(len(data.meta), FIRST_META_DTYPE)
+    for name in FIRST_META_DTYPE.names or ():
+        old[name] = data.meta[name]
+    with np.load(path, allow_pickle=False) as npz:
+        members = {name: npz[name] for name in npz.files}
+    members["meta"] = old
+    legacy = tmp_path / "legacy.npz"
+    np.savez(legacy, **members)
+    upgraded = load_cache(legacy)
+    assert upgraded.meta.dtype == META_DTYPE
+    assert np.isnan(upgraded.meta["norm"]).all() and np.isnan(upgraded.meta["sharpness"]).all()
+    assert upgraded.meta["bbox"].tolist() == data.meta["bbox"].tolist()
+    assert np.array_equal(upgraded.embeddings, data.embeddings)
 
 
 def test_flush_writes_journal_segments_that_readers_fold_in(tmp_path: Path) -> None:

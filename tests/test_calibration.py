@@ -14,11 +14,14 @@ from facesets.calibration import (
     estimate,
     face_spreads,
     impostor_statistics,
+    poor_faces,
     same_photo_pairs,
     shared_fraction,
 )
 from facesets.clustering import Algorithm, ClusterParams, cluster, cluster_library
 from facesets.evaluation import score
+from facesets.identify import refine
+from facesets.thresholds import Thresholds
 
 
 def library(people: int, per_person: int, seed: int = 5, quality: float = 0.78) -> tuple[np.ndarray, np.ndarray]:
@@ -129,3 +132,53 @@ def test_two_faces_of_one_photo_never_share_a_cluster_with_the_learned_default()
     person = set(np.flatnonzero(truth == 0).tolist())
     for face in (0, 1):
         assert set(np.flatnonzero(labels == labels[face]).tolist()) <= person  # no stranger joins either
+
+
+def test_poor_faces_are_low_norm_outliers_and_unknown_norms_never_are() -> None:
+    norms = np.r_[np.linspace(9.0, 11.0, 40), [6.0, np.nan, 8.6]].astype(np.float32)
+    poor = poor_faces(norms)
+    assert poor is not None
+    # median 10, 1.4826 x MAD ~ 0.75: below ~8.5 is poor; NaN (a cache from before norms) is not
+    assert np.flatnonzero(poor).tolist() == [40]
+    assert poor_faces(norms[:10]) is None  # too few norms to judge
+    assert poor_faces(np.full(40, np.nan, np.float32)) is None
+
+
+def _poor_face(towards: list[np.ndarray], weight: float, seed: int) -> np.ndarray:
+    """A face ``weight`` along each of the unit directions ``towards``, the rest noise."""
+    noise = np.random.default_rng(seed).standard_normal(512).astype(np.float32)
+    vector = weight * sum(towards) + math.sqrt(1 - len(towards) * weight**2) * noise / np.linalg.norm(noise)
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+def test_a_poor_face_joins_the_one_cluster_that_takes_it_and_stays_alone_between_two() -> None:
+    vectors, truth = library(60, 8)
+    centre = [vectors[truth == person].mean(axis=0) for person in (0, 1)]
+    centre = [direction / np.linalg.norm(direction) for direction in centre]
+    lone = _poor_face([centre[0]], 0.4, 1)  # like person 0, but below the seed threshold to each of its faces
+    between = _poor_face(centre, 0.43, 2)  # as like person 0 as person 1
+    everyone = np.vstack([vectors, lone, between])
+    photos = np.arange(len(everyone))
+    norms = np.r_[np.random.default_rng(3).normal(10.0, 0.5, len(vectors)), [5.0, 5.0]].astype(np.float32)
+    labels, learned = cluster_library(everyone, photos, ClusterParams(Algorithm.GRAPH), norms=norms)
+    first, second = np.flatnonzero(truth == 0)[0], np.flatnonzero(truth == 1)[0]
+    assert (everyone[-2] @ everyone[: len(vectors)][truth == 0].T).max() < learned.seed_similarity
+    assert labels[-2] == labels[first]
+    assert labels[-1] == len(everyone) - 1  # alone
+    assert (learned.poor_faces, learned.poor_attached) == (2, 1)
+    # without norms both join a cluster: the face between two people lands in one of them
+    plain, _ = cluster_library(everyone, photos, ClusterParams(Algorithm.GRAPH))
+    assert plain[-1] in (plain[first], plain[second])
+
+
+def test_a_poor_face_left_alone_is_reported_as_low_quality() -> None:
+    vectors, _ = library(3, 1)
+    rows = np.arange(3, dtype=np.int64)
+    learned = estimate(vectors, same_photo_pairs(rows), prior=(0.0, 0.1))
+    poor = np.array([True, False, False])
+    kept, dropped = refine(vectors, ["a", "b", "c"], rows, rows, Thresholds(match=0.55), 5, learned, poor)
+    assert kept == []
+    assert dropped == [
+        {"reason": "low_quality", "faces": 1, "keys": []},
+        {"reason": "singleton", "faces": 2, "keys": []},
+    ]

@@ -26,6 +26,19 @@ def test_t1_has_six_faces(engine: FaceEngine, engine_25g: FaceEngine, t1_jpg: Pa
             assert 0.5 <= face.score <= 1.0
             width, height = face.bbox[2] - face.bbox[0], face.bbox[3] - face.bbox[1]
             assert face.face_short == pytest.approx(min(width, height))
+            assert face.norm > 1.0 and face.sharpness > 0.0
+
+
+def test_blur_lowers_the_quality_signals(engine: FaceEngine, faces_dir: Path) -> None:
+    photo = sorted((faces_dir / "celeb5" / "madonna").iterdir())[0]
+    pixels = decode(photo.read_bytes()).pixels
+    sharp = max(engine.analyze(decode(photo.read_bytes())), key=lambda face: face.area)
+    size = max(3, int(sharp.face_short / 8) | 1)
+    ok, blurred_bytes = cv2.imencode(".png", cv2.GaussianBlur(pixels, (size, size), 0))
+    assert ok
+    blurred = max(engine.analyze(decode(blurred_bytes.tobytes())), key=lambda face: face.area)
+    assert blurred.sharpness < 0.5 * sharp.sharpness
+    assert blurred.norm < sharp.norm
 
 
 def subject(faces: list, image_shape: tuple[int, int]) -> np.ndarray:
