@@ -37,16 +37,12 @@ class BackfillStats:
         return asdict(self)
 
 
-def run_backfill(
-    targets: Sequence[Path], caches: Path, database: str | None = None, concurrency: int = 16
-) -> BackfillStats:
+def run_backfill(targets: Sequence[Path], caches: Path, concurrency: int = 16) -> BackfillStats:
     """Stat only (no reads, no models): fill missing file sizes and gallery count/bytes of indexed galleries.
 
     A gallery gets its count and bytes only when every listed file is already indexed, so the gallery
     skip of the next ``index`` never hides a file that was never read.
     """
-    if database:
-        raise ConfigError("--database is not available yet: loading results into PostgreSQL has not landed.")
     started = time.monotonic()
     folders_targets = check_targets(list(targets))
     stats = BackfillStats()

@@ -55,7 +55,8 @@ def _target_options(function: Any) -> Any:
     function = click.option(
         "--database",
         default=None,
-        help="PostgreSQL URL to load results into at the end (not available yet: the loader has not landed).",
+        help="PostgreSQL URL (schema made by `facesets migrate`): at the end, load what this run found into it, "
+        "as `facesets load --caches` does (only what is new is added).",
     )(function)
     function = click.option(
         "--caches",
@@ -256,10 +257,10 @@ def index(
     """
     from .index import IndexConfig, run_index
 
+    _check_store(database)
     config = IndexConfig(
         targets=tuple(targets),
         caches=caches,
-        database=database,
         model_dir=model_dir,
         model_pack=model_pack,
         providers=providers,
@@ -274,7 +275,7 @@ def index(
         no_ml=no_ml,
     )
     stats = run_index(config, progress=False if as_json else None)
-    _emit(stats.as_dict(), as_json)
+    _emit(_load_into(database, caches, stats.as_dict(), galleries_only=False), as_json)
 
 
 @cli.command()
@@ -282,13 +283,36 @@ def index(
 @click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True, help="stat() threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
 def backfill(targets: Sequence[Path], caches: Path, database: str | None, concurrency: int, as_json: bool) -> None:
-    """Stat only, no reads, no models: fill file sizes and gallery count/bytes of galleries already indexed.
+    """Stat only, no reads, no models: fill file sizes and gallery count/bytes of galleries already indexed
+    (with --database, in the database too).
 
-    Example: facesets backfill --target /mnt/d/galleries --caches caches
+    Example: facesets backfill --target /mnt/d/galleries --caches caches --database "$DATABASE_URL"
     """
     from .backfill import run_backfill
 
-    _emit(run_backfill(list(targets), caches, database, concurrency).as_dict(), as_json)
+    _check_store(database)
+    stats = run_backfill(list(targets), caches, concurrency)
+    _emit(_load_into(database, caches, stats.as_dict(), galleries_only=True), as_json)
+
+
+def _check_store(database: str | None) -> None:
+    """Before a long run: the database named by --database is reachable and has the schema."""
+    if database:
+        from .database import DatabaseConfig, open_store
+
+        with open_store(DatabaseConfig(url=database)):
+            pass
+
+
+def _load_into(database: str | None, caches: Path, result: dict[str, Any], galleries_only: bool) -> dict[str, Any]:
+    """The run's counters, and with --database what loading the caches folder into it added."""
+    if not database:
+        return result
+    from .database import DatabaseConfig
+    from .load import LoadConfig, run_load
+
+    loaded = run_load(LoadConfig(DatabaseConfig(url=database), caches=caches, galleries_only=galleries_only))
+    return {**result, "database": loaded.as_dict()}
 
 
 @cli.command()

@@ -120,6 +120,12 @@ def cluster_library(
     everyone = vectors if everyone is None else everyone
     # in a small library the cohort is too often the face's own person: no per-face spreads there
     spreads = face_spreads(vectors, everyone, library.impostor_sd) if len(everyone) >= MIN_LIBRARY else None
+    poor = poor_faces(norms)
+    late = None
+    if poor is not None:  # two poor faces never link: blurred strangers are alike in their blur
+        one, both = poor[graph.src] != poor[graph.dst], poor[graph.src] & poor[graph.dst]
+        late = Graph(graph.src[one], graph.dst[one], graph.sim[one])
+        graph = Graph(graph.src[~both], graph.dst[~both], graph.sim[~both])
     return _average_linkage(
         vectors,
         graph,
@@ -129,7 +135,8 @@ def cluster_library(
         params.tolerance,
         relax=True,
         spreads=spreads,
-        poor=poor_faces(norms),
+        poor=poor,
+        late=late,
     )
 
 
@@ -216,10 +223,12 @@ def _average_linkage(
     relax: bool,
     spreads: NDArray[np.float32] | None = None,
     poor: NDArray[np.bool_] | None = None,
+    late: Graph | None = None,
 ) -> tuple[IntArray, LibraryEstimate]:
     """Merge rounds at the seed threshold; then, with ``relax``, rho is measured on the clusters formed and the
     rounds go on at the size-aware thresholds (:meth:`LibraryEstimate.required`), without the ``poor`` faces
-    the seed rounds left alone, which are attached at the end (:func:`_attach`)."""
+    the seed rounds left alone, which are attached at the end (:func:`_attach`) over the ``late`` edges (those
+    between a poor face and another)."""
     count = len(vectors)
     clusters = _Clusters(vectors, spreads)
     lowest = library.lowest_similarity() if relax else library.seed_similarity
@@ -240,8 +249,8 @@ def _average_linkage(
             pairs = a[keep], b[keep], s[keep]
         if shared is not None:
             labels, pairs = _rounds(clusters, labels, pairs, library, closeness, conflicts, tolerance, lowest)
-        if alone is not None:
-            labels, attached = _attach(labels, clusters, graph, alone, library, closeness, conflicts)
+        if alone is not None and late is not None:
+            labels, attached = _attach(labels, clusters, late, alone, library, closeness, conflicts)
             library = library.with_poor(int(np.count_nonzero(alone)), attached)
     return _smallest_member(labels), library
 

@@ -99,6 +99,22 @@ def open_store(config: DatabaseConfig) -> Iterator[Any]:
         yield conn
 
 
+URL_EXAMPLE = "postgresql://user:password@host:5432/dbname"
+
+
+def check_url(url: str) -> None:
+    """Refuse, with an example, what is not a PostgreSQL URL or key=value connection string."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme and scheme not in ("postgresql", "postgres"):
+        raise DatabaseError(f"--database takes a PostgreSQL URL, not a {scheme}:// one: like {URL_EXAMPLE}")
+    try:
+        conninfo_to_dict(url)
+    except Exception:
+        raise DatabaseError(f"--database is not a PostgreSQL URL: it looks like {URL_EXAMPLE}") from None
+
+
 def connect(url: str, **options: Any) -> Any:
     """A psycopg connection, or :class:`DatabaseError` naming the problem.
 
@@ -106,6 +122,7 @@ def connect(url: str, **options: Any) -> Any:
     (without autocommit, psycopg nests it as a savepoint in one long implicit transaction)."""
     import psycopg
 
+    check_url(url)
     options.setdefault("autocommit", True)
     try:
         return psycopg.connect(url, connect_timeout=10, **options)

@@ -37,7 +37,7 @@ import orjson
 
 from .clip import DEFAULT_CLIP_MODEL, ClipIdentity, clip_identity, resolve_clip
 from .clipstore import ClipStore
-from .errors import CacheError, ConfigError, ImageLoadError
+from .errors import CacheError, ConfigError, ImageLoadError, ModelPackError
 from .galleries import Gallery, check_targets, gallery_folders, gallery_totals, list_gallery
 from .indexstate import GalleryRow, IndexState, KnownFile
 from .packs import DEFAULT_PACK, ModelPack, PackIdentity, resolve_pack
@@ -67,7 +67,6 @@ NO_ML = PackIdentity("none", "none", "0" * 64, "none", "0" * 64)
 class IndexConfig:
     targets: tuple[Path, ...]
     caches: Path = Path("caches")
-    database: str | None = None
     model_dir: Path | None = None
     model_pack: str = DEFAULT_PACK
     providers: tuple[str, ...] = ()
@@ -150,21 +149,14 @@ class _Galleries:
 
 def run_index(config: IndexConfig, progress: bool | None = None) -> IndexStats:
     """Index every gallery under the targets; return the counters."""
-    if config.database:
-        raise ConfigError(
-            "--database is not available yet: loading results into PostgreSQL has not landed (facesets migrate "
-            "already creates the schema). Index without it; the state and caches under --caches are what the "
-            "loader will read."
-        )
     started = time.monotonic()
     targets = check_targets(list(config.targets))
     config.caches.mkdir(parents=True, exist_ok=True)
-    pack = None if config.no_ml else resolve_pack(config.model_dir, config.model_pack)
-    identity = pack.identity() if pack else NO_ML
     clip = None if config.no_ml or config.no_clip else _ClipParts.open(config)
     state = IndexState(config.caches / STATE_FILE)
     stats = IndexStats()
     try:
+        pack, identity = _face_model(state, config)
         _check_model(state, identity, config)
         if config.ml_purge:
             _purge(state, targets, config.caches / FACE_CACHE, identity, clip)
@@ -182,15 +174,33 @@ def run_index(config: IndexConfig, progress: bool | None = None) -> IndexStats:
     return stats
 
 
+def _face_model(state: IndexState, config: IndexConfig) -> tuple[ModelPack | None, PackIdentity]:
+    """The face model pack and its identity. A missing pack is only an error once an image needs it: a caches
+    folder that already records its model can be re-indexed (every file known) without the pack at hand."""
+    if config.no_ml:
+        return None, NO_ML
+    try:
+        pack = resolve_pack(config.model_dir, config.model_pack)
+    except ModelPackError:
+        recorded = state.get_meta("face_model")
+        if recorded is None:
+            raise
+        return None, PackIdentity.from_dict(orjson.loads(recorded))
+    return pack, pack.identity()
+
+
 def _check_model(state: IndexState, identity: PackIdentity, config: IndexConfig) -> None:
     recorded = state.get_meta("face_model")
     if recorded is None:
         state.set_meta("face_model", orjson.dumps(identity.to_dict()).decode())
         return
-    previous = PackIdentity.from_dict(orjson.loads(recorded))
+    _require_model(PackIdentity.from_dict(orjson.loads(recorded)), identity, config.caches)
+
+
+def _require_model(previous: PackIdentity, identity: PackIdentity, caches: Path) -> None:
     if not previous.same_models(identity):
         raise ConfigError(
-            f"{config.caches} was indexed with model pack {previous.describe()}, not {identity.describe()}: "
+            f"{caches} was indexed with model pack {previous.describe()}, not {identity.describe()}: "
             "embedding spaces never mix. Use another --caches folder for this model pack."
         )
 
@@ -239,7 +249,8 @@ class _Run:
     ) -> None:
         self.config = config
         self.state = state
-        self.pack = pack
+        self.ml = not config.no_ml
+        self.pack = pack  # None with ML on: resolved when the first image needs the face models
         self.identity = identity
         self.clip = clip
         self.clip_claimed: set[str] = set()
@@ -325,7 +336,9 @@ class _Run:
                 from .faces import build_engine
                 from .runtime import RuntimeOptions, available_providers, choose_providers
 
-                assert self.pack is not None
+                if self.pack is None:
+                    self.pack = resolve_pack(self.config.model_dir, self.config.model_pack)
+                    _require_model(self.identity, self.pack.identity(), self.config.caches)
                 providers = choose_providers(available_providers(), self.config.providers)
                 self._engine = build_engine(self.pack, RuntimeOptions(tuple(providers), 1))
             return self._engine
@@ -369,7 +382,7 @@ class _Run:
             need_clip = self.clip is not None and digest not in self.clip_claimed and not self.clip.store.has(digest)
             self.clip_claimed.add(digest)
         done = Done(item, digest, deduped=known, need_clip=need_clip, size=len(data))
-        if (known and not need_clip) or self.pack is None:
+        if (known and not need_clip) or not self.ml:
             return done, b"", None
         try:
             image = decode(data, max_pixels=self.config.max_pixels)
@@ -383,12 +396,13 @@ class _Run:
         from .decode import decode
 
         done, data, image = loaded
-        if image is None or self.pack is None:
+        if image is None or not self.ml:
             return done
         max_pixels = self.config.max_pixels
+        engine = None if done.deduped else self.engine()  # a missing model pack ends the run, not the image
         try:
-            if not done.deduped:
-                done.faces = self.engine().analyze(image, lambda scale: decode(data, scale, max_pixels))
+            if engine is not None:
+                done.faces = engine.analyze(image, lambda scale: decode(data, scale, max_pixels))
             if done.need_clip:
                 done.clip_vector = self.clip_visual().embed([image])[0]
         except ImageLoadError as exc:
@@ -463,6 +477,12 @@ class _Run:
 
     def run(self, targets: Sequence[Path], progress: bool | None) -> None:
         folders, reads = self.plan(targets)
+        if not self.stats.galleries_seen:
+            raise ConfigError(
+                f"no gallery found under {', '.join(map(str, targets))}: index works on galleries (folders with an "
+                "index.json and a tn/ folder). For plain folders of photos use `facesets queue add --queue "
+                "queue.json FOLDER` and then `facesets embed --queue queue.json --cache caches/faces.npz`."
+            )
         bar = Progress(reads, "index", enabled=progress) if folders else None
         workers = max(1, self.config.concurrency)
         io_workers = self.config.io_concurrency or 2 * workers

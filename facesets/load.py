@@ -75,6 +75,7 @@ class LoadConfig:
     batch: int = 5_000
     sets: Path | None = None  # facesets_swap_ready/: each canonical set maps to a person
     workers: int = 2  # connections writing face batches at once
+    galleries_only: bool = False  # the gallery index state alone (backfill: sizes and gallery stats)
 
 
 @dataclass
@@ -101,10 +102,13 @@ class LoadStats:
 def run_load(config: LoadConfig) -> LoadStats:
     started = time.monotonic()
     stats = LoadStats()
-    caches = [path for path in [config.caches / FACE_CACHE] if path.exists()] + list(config.extra_caches)
-    state, clip = config.caches / STATE_FILE, config.caches / CLIP_STORE
-    sets = config.sets if config.sets is not None and config.sets.is_dir() else None
-    if not caches and not state.exists() and not clip.exists() and sets is None:
+    state = config.caches / STATE_FILE
+    caches, clip, sets = [], None, None
+    if not config.galleries_only:
+        caches = [path for path in [config.caches / FACE_CACHE] if path.exists()] + list(config.extra_caches)
+        clip = config.caches / CLIP_STORE if (config.caches / CLIP_STORE).exists() else None
+        sets = config.sets if config.sets is not None and config.sets.is_dir() else None
+    if not caches and not state.exists() and clip is None and sets is None:
         raise DatabaseError(
             f"nothing to load: no {FACE_CACHE}, {STATE_FILE} or {CLIP_STORE} in {config.caches}, no --cache and "
             "no face-set folder"
@@ -120,7 +124,7 @@ def run_load(config: LoadConfig) -> LoadStats:
                 _load_face_cache(url, conn, load_cache(path), config, stats)
             if state.exists():
                 _load_galleries(conn, state, config.batch, stats)
-            if clip.exists():
+            if clip is not None:
                 _load_clip(conn, clip, config.clip_model, config.batch, stats)
             if sets is not None:
                 load_face_sets(conn, sets, stats)

@@ -11,7 +11,7 @@ import pytest
 
 from facesets.backfill import run_backfill
 from facesets.cache import journal_segments, load_cache
-from facesets.errors import CacheError, ConfigError
+from facesets.errors import CacheError, ConfigError, ModelPackError
 from facesets.index import FACE_CACHE, STATE_FILE, IndexConfig, run_index
 from facesets.indexstate import IndexState
 from tests.conftest import REPO
@@ -198,19 +198,16 @@ def test_bad_targets(tmp_path: Path, pack_dir: Path, problem: str) -> None:
 
 def test_empty_tree_and_odd_names(tmp_path: Path, pack_dir: Path, faces_dir: Path) -> None:
     root = tmp_path / "root"
-    root.mkdir()
-    assert counters(index(tmp_path, pack_dir, root))["galleries_seen"] == 0
+    (root / "plain").mkdir(parents=True)
+    (root / "plain" / "photo.jpg").write_bytes((faces_dir / "deepface" / "img1.jpg").read_bytes())
+    with pytest.raises(ConfigError, match=r"no gallery found under .*facesets queue add"):
+        index(tmp_path, pack_dir, root)
     gallery = make_gallery(root / "g", {"ok.jpg": faces_dir / "deepface" / "img1.jpg"})
     (gallery / "empty.jpg").write_bytes(b"")
     os.close(os.open(os.fsencode(gallery) + b"/bad-\xff.jpg", os.O_CREAT | os.O_WRONLY))
     stats = index(tmp_path, pack_dir, root)
     assert (stats["files_stated"], stats["files_embedded"], stats["files_failed"]) == (2, 1, 1)
     assert stats["skip_reasons"] == {"file name is not valid UTF-8": 1}
-
-
-def test_database_option_is_not_available_yet(tmp_path: Path, pack_dir: Path, tree: Path) -> None:
-    with pytest.raises(ConfigError, match="--database is not available yet"):
-        index(tmp_path, pack_dir, tree, database="postgresql://localhost/x")
 
 
 def test_full_disk_keeps_previous_state_and_cache(
@@ -423,3 +420,16 @@ def test_file_replaced_while_being_read(
     state.close()
     assert (known.image_hash, known.file_size) == (blake3.blake3(replacement).hexdigest(), len(replacement))
     assert index(tmp_path, pack_dir, tree)["files_read"] == 0
+
+
+def test_a_reindex_of_known_files_needs_no_model_pack(
+    tmp_path: Path, pack_dir: Path, tree: Path, faces_dir: Path
+) -> None:
+    first = index(tmp_path, pack_dir, tree)
+    missing = tmp_path / "no-such-pack"
+    again = index(tmp_path, missing, tree, reindex=True)
+    assert again["files_read"] == first["files_read"] and again["files_embedded"] == 0
+    make_gallery(tree / "chunk2" / "new", {"n.jpg": faces_dir / "deepface" / "img5.jpg"})
+    with pytest.raises(ModelPackError, match="model pack folder not found"):
+        index(tmp_path, missing, tree)
+    assert index(tmp_path, pack_dir, tree)["files_embedded"] == 1  # the failed run recorded nothing of it
