@@ -21,6 +21,15 @@ def _print_json(value: Any) -> None:
     click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
 
 
+def _print_rows(rows: list[dict[str, Any]], as_lines: bool) -> None:
+    """Rows as one JSON array (``--json``) or one JSON object per line (``--nl``)."""
+    if not as_lines:
+        _print_json(rows)
+        return
+    for row in rows:
+        click.echo(orjson.dumps(row).decode())
+
+
 @click.group()
 def persons() -> None:
     """Look at, name, merge, reset and correct the persons of the database.
@@ -31,8 +40,10 @@ def persons() -> None:
 
 @persons.command("list")
 @database_options
+@click.option("--hidden", is_flag=True, help="List the hidden persons instead (see `persons hide`).")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def persons_list(database: str | None, data: Path, as_json: bool) -> None:
+@click.option("--nl", "as_lines", is_flag=True, help="Print one JSON object per line.")
+def persons_list(database: str | None, data: Path, hidden: bool, as_json: bool, as_lines: bool) -> None:
     """Every person with its name, faces (by hand = from face sets or assigned by hand), photos and face sets.
 
     Example: facesets persons list
@@ -40,9 +51,9 @@ def persons_list(database: str | None, data: Path, as_json: bool) -> None:
     from .personops import list_persons
 
     with _store(database, data) as conn:
-        rows = list_persons(conn)
-    if as_json:
-        _print_json([row.to_dict() for row in rows])
+        rows = list_persons(conn, hidden)
+    if as_json or as_lines:
+        _print_rows([row.to_dict() for row in rows], as_lines)
         return
     click.echo(f"{'person':>7}  {'faces':>6}  {'by hand':>7}  {'photos':>6}  name / face sets")
     for row in rows:
@@ -56,7 +67,8 @@ def persons_list(database: str | None, data: Path, as_json: bool) -> None:
 @database_options
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Faces to list.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def persons_show(person: str, database: str | None, data: Path, limit: int, as_json: bool) -> None:
+@click.option("--nl", "as_lines", is_flag=True, help="Print one JSON object per line.")
+def persons_show(person: str, database: str | None, data: Path, limit: int, as_json: bool, as_lines: bool) -> None:
     """The faces of PERSON: face number (for `persons not`), photo path, score, who assigned it.
 
     Example: facesets persons show Ann
@@ -65,8 +77,8 @@ def persons_show(person: str, database: str | None, data: Path, limit: int, as_j
 
     with _store(database, data) as conn:
         faces = person_faces(conn, resolve_person(conn, person), limit)
-    if as_json:
-        _print_json([face.to_dict() for face in faces])
+    if as_json or as_lines:
+        _print_rows([face.to_dict() for face in faces], as_lines)
         return
     for face in faces:
         where = ", ".join(face.paths) or face.image
@@ -77,7 +89,8 @@ def persons_show(person: str, database: str | None, data: Path, limit: int, as_j
 @click.argument("person")
 @click.argument("name")
 @database_options
-def persons_name(person: str, name: str, database: str | None, data: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def persons_name(person: str, name: str, database: str | None, data: Path, as_json: bool) -> None:
     """Give PERSON the name NAME (names are unique, any case).
 
     Example: facesets persons name 12 "Ann Smith"
@@ -87,7 +100,11 @@ def persons_name(person: str, name: str, database: str | None, data: Path) -> No
     with _store(database, data) as conn:
         person_id = resolve_person(conn, person)
         name_person(conn, person_id, name)
-    click.echo(f"person {person_id} is now {' '.join(name.split())!r}")
+    named = " ".join(name.split())
+    if as_json:
+        _print_json({"person": person_id, "name": named})
+        return
+    click.echo(f"person {person_id} is now {named}")
 
 
 @persons.command("merge")
@@ -109,13 +126,15 @@ def persons_merge(keep: str, others: tuple[str, ...], database: str | None, data
 
 @persons.command("reset")
 @click.option("--person", default=None, help="Reset this person only (default: every person).")
+@click.option("--names", is_flag=True, help="Reset named and merged persons too (their clustering faces go).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @database_options
 @click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
-def persons_reset(person: str | None, yes: bool, database: str | None, data: Path, as_json: bool) -> None:
+def persons_reset(person: str | None, names: bool, yes: bool, database: str | None, data: Path, as_json: bool) -> None:
     """Undo clustering: unassign the faces it assigned and remove persons left with no face.
 
-    Faces from face sets or assigned by hand stay, and so do their persons' names.
+    Named persons and persons others were merged into are kept whole (naming and merging are your work) unless
+    --names is given. Faces from face sets or assigned by hand always stay, and so do their persons' names.
 
     Example: facesets persons reset --person 17 --yes
     """
@@ -126,14 +145,15 @@ def persons_reset(person: str | None, yes: bool, database: str | None, data: Pat
         what = f"person {person_id}" if person_id is not None else "every person"
         if not yes:
             click.confirm(f"Unassign the faces clustering gave {what}?", abort=True)
-        emit(reset_persons(conn, person_id), as_json)
+        emit(reset_persons(conn, person_id, names), as_json)
 
 
 @persons.command("not")
 @click.argument("face", type=int)
 @click.argument("person")
 @database_options
-def persons_not(face: int, person: str, database: str | None, data: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def persons_not(face: int, person: str, database: str | None, data: Path, as_json: bool) -> None:
     """Record that FACE (a number from `persons show`) is not PERSON; no clustering will put it back.
 
     Example: facesets persons not 4711 Ann
@@ -142,6 +162,9 @@ def persons_not(face: int, person: str, database: str | None, data: Path) -> Non
 
     with _store(database, data) as conn:
         result = not_person(conn, face, resolve_person(conn, person))
+    if as_json:
+        _print_json(result)
+        return
     action = "unassigned and recorded" if result["unassigned"] else "recorded"
     click.echo(f"face {face} is not person {result['person']}: {action}")
 
@@ -149,17 +172,89 @@ def persons_not(face: int, person: str, database: str | None, data: Path) -> Non
 @persons.command("assign")
 @click.argument("face", type=int)
 @click.argument("person")
+@click.option("--move-other", is_flag=True, help="If PERSON has another face of the same photo, unassign that one.")
 @database_options
-def persons_assign(face: int, person: str, database: str | None, data: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def persons_assign(face: int, person: str, move_other: bool, database: str | None, data: Path, as_json: bool) -> None:
     """Put FACE in PERSON by hand (kept by reset and by clustering).
+
+    A photo shows a person once: when PERSON already has another face of FACE's photo this is refused, unless
+    --move-other takes that face out of PERSON.
 
     Example: facesets persons assign 4711 Ann
     """
     from .personops import assign_face, resolve_person
 
     with _store(database, data) as conn:
-        result = assign_face(conn, face, resolve_person(conn, person))
-    click.echo(f"face {face} is person {result['person']} (by hand)")
+        result = assign_face(conn, face, resolve_person(conn, person), move_other)
+    if as_json:
+        _print_json(result)
+        return
+    moved = f"; face {', '.join(map(str, result['moved_out']))} moved out of it" if result["moved_out"] else ""
+    click.echo(f"face {face} is person {result['person']} (by hand){moved}")
+
+
+@persons.command("unassigned")
+@database_options
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Faces to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--nl", "as_lines", is_flag=True, help="Print one JSON object per line.")
+def persons_unassigned(database: str | None, data: Path, limit: int, as_json: bool, as_lines: bool) -> None:
+    """Faces with no person, each with the person whose centre is nearest (its cosine distance).
+
+    Use `persons assign FACE PERSON` to take a candidate, `persons not FACE PERSON` to rule it out.
+
+    Example: facesets persons unassigned --limit 20
+    """
+    from .personops import unassigned_faces
+
+    with _store(database, data) as conn:
+        total, faces = unassigned_faces(conn, limit)
+    if as_json:
+        _print_json({"unassigned": total, "faces": [face.to_dict() for face in faces]})
+        return
+    if as_lines:
+        _print_rows([face.to_dict() for face in faces], True)
+        return
+    click.echo(f"{total} faces have no person" + (f"; the first {len(faces)}:" if faces else ""))
+    for face in faces:
+        where = ", ".join(face.paths) or face.image
+        if face.candidate is None:
+            best = "no candidate"
+        else:
+            label = f"{face.candidate} ({face.candidate_name})" if face.candidate_name else str(face.candidate)
+            best = f"nearest {label} at {face.distance:.3f}"
+        click.echo(f"{face.face:>9}  {face.score:.3f}  {best:<36} {where}")
+
+
+@persons.command("hide")
+@click.argument("person")
+@database_options
+def persons_hide(person: str, database: str | None, data: Path) -> None:
+    """Hide PERSON: out of `persons list` (see `list --hidden`), and clustering adds no face to it.
+
+    Example: facesets persons hide 31
+    """
+    _set_hidden(person, database, data, True)
+
+
+@persons.command("unhide")
+@click.argument("person")
+@database_options
+def persons_unhide(person: str, database: str | None, data: Path) -> None:
+    """Show PERSON again in `persons list`; clustering may add faces to it again.
+
+    Example: facesets persons unhide 31
+    """
+    _set_hidden(person, database, data, False)
+
+
+def _set_hidden(person: str, database: str | None, data: Path, hidden: bool) -> None:
+    from .personops import hide_person, resolve_person
+
+    with _store(database, data) as conn:
+        result = hide_person(conn, resolve_person(conn, person), hidden)
+    click.echo(f"person {result['person']} is {'hidden' if hidden else 'shown'}")
 
 
 def _search_options(function: Any) -> Any:

@@ -134,6 +134,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE UNIQUE INDEX person_names_unique ON person_names(lower(name))",
         ),
     ),
+    Migration(
+        4,
+        "hidden and merged persons",
+        (
+            # hidden: out of `persons list` and never joined by clustering; merged: another person was merged
+            # into it by hand, so `persons reset` keeps it whole, as it keeps a named person
+            "ALTER TABLE persons ADD COLUMN hidden BOOLEAN NOT NULL DEFAULT false, "
+            "ADD COLUMN merged BOOLEAN NOT NULL DEFAULT false",
+        ),
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -121,7 +121,8 @@ def run_person_cluster(config: PersonClusterConfig) -> PersonClusterStats:
                 return stats
             thresholds = resolve_thresholds(identity, overrides)
             faces = read_faces(conn)
-            plan = plan_persons(faces, read_not_person(conn, faces), thresholds, config)
+            hidden = {int(row[0]) for row in conn.execute("SELECT id FROM persons WHERE hidden")}
+            plan = plan_persons(faces, read_not_person(conn, faces), thresholds, config, hidden)
             _summarise(stats, faces, plan, thresholds)
             write_plan(conn, faces, plan, stats)
         finally:
@@ -172,12 +173,19 @@ def read_not_person(conn: Any, faces: FaceRows) -> dict[int, set[int]]:
 
 
 def plan_persons(
-    faces: FaceRows, forbidden: dict[int, set[int]], thresholds: Thresholds, config: PersonClusterConfig
+    faces: FaceRows,
+    forbidden: dict[int, set[int]],
+    thresholds: Thresholds,
+    config: PersonClusterConfig,
+    hidden: set[int] | None = None,
 ) -> PersonPlan:
-    """Which unassigned faces join which person, and which form new persons (pure: no database)."""
+    """Which unassigned faces join which person, and which form new persons (pure: no database). ``hidden``
+    persons are never joined."""
     plan = PersonPlan()
     assigned = faces.persons >= 0
     centres, person_photos = person_centres(faces)
+    for person in hidden or ():
+        centres.pop(person, None)
     free = np.flatnonzero(~assigned)
     matched = match_faces(faces.vectors, faces.photos, free, centres, person_photos, thresholds.match, forbidden)
     for person, found in matched.items():

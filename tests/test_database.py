@@ -24,7 +24,7 @@ def test_migrate_from_empty_creates_the_schema(database: str) -> None:
         with pytest.raises(SchemaError, match="run `facesets migrate` first"):
             check_schema(conn)
         applied = migrate(conn)
-        assert [m.version for m in applied] == [1, 2, 3] and check_schema(conn) == LATEST == 3
+        assert [m.version for m in applied] == [1, 2, 3, 4] and check_schema(conn) == LATEST == 4
         assert tables(conn) >= {
             "galleries",
             "images",
@@ -43,7 +43,7 @@ def test_migrate_from_empty_creates_the_schema(database: str) -> None:
         assert "USING hnsw (embedding vector_cosine_ops)" in indexes["face_detections_embedding"]
         assert "USING hnsw (embedding vector_cosine_ops)" in indexes["clip_embeddings_embedding"]
         assert migrate(conn) == []  # safe to run twice
-        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == 3
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == 4
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -96,7 +96,12 @@ def test_concurrent_migrate_from_two_processes(database: str) -> None:
     assert [run.returncode for run in runs] == [0, 0], outputs
     assert sum("applied migration 1" in out for out, _ in outputs) == 1
     with connect(database) as conn:
-        assert conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall() == [(1,), (2,), (3,)]
+        assert conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall() == [
+            (1,),
+            (2,),
+            (3,),
+            (4,),
+        ]
 
 
 def test_newer_schema_is_refused(database: str) -> None:

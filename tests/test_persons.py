@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -142,9 +143,16 @@ def test_persons_commands(
     assert main(["persons", "reset", "--database", database]) != 0
     with connect(database) as conn:
         assert resolve_person(conn, "Ann Smith") == first
+    capsys.readouterr()
     assert main(["persons", "reset", "--yes", "--database", database, "--json"]) == 0
+    out = capsys.readouterr().out  # Ann (named, and a merge) is kept whole; the third person goes
+    ann_faces = len(people_of(database)[first])
+    assert ann_faces == 12 and '"faces_unassigned": 5' in out and '"persons_removed": 1' in out
+    with connect(database) as conn:
+        assert resolve_person(conn, "Ann Smith") == first
+    assert main(["persons", "reset", "--names", "--yes", "--database", database, "--json"]) == 0
     out = capsys.readouterr().out
-    assert '"faces_unassigned": 17' in out and '"persons_removed": 2' in out
+    assert '"faces_unassigned": 12' in out and '"persons_removed": 1' in out
     with connect(database) as conn, pytest.raises(PersonError, match="no person"):
         resolve_person(conn, "Ann Smith")
 
@@ -157,8 +165,10 @@ def test_reset_keeps_hand_work_and_names(database: str, library: Path, tmp_path:
         person = conn.execute("SELECT person_id FROM face_persons WHERE face_id = %s", (elton,)).fetchone()[0]
         name_person(conn, person, "Elton")
         conn.execute("UPDATE face_persons SET assigned_by = 'manual' WHERE face_id = %s", (elton,))
-        result = reset_persons(conn, None)
-        assert result == {"faces_unassigned": 16, "persons_removed": 2, "persons_kept": 1}
+        assert reset_persons(conn, None) == {"faces_unassigned": 12, "persons_removed": 2, "persons_kept": 1}
+        assert len(people_of(database)[person]) == 5  # named: kept whole
+        result = reset_persons(conn, None, names=True)
+        assert result == {"faces_unassigned": 4, "persons_removed": 0, "persons_kept": 1}
         assert resolve_person(conn, "elton") == person
         with pytest.raises(PersonError, match="at least one person"):
             merge_persons(conn, person, [person])
@@ -186,3 +196,81 @@ def test_face_sets_load_as_persons(database: str, library: Path, tmp_path: Path)
         assert resolve_person(conn, "faceset_002") == rows[1][1]
     stats = run_person_cluster(PersonClusterConfig(config))  # the sets' persons are taken as they are
     assert stats.new_persons == 0
+
+
+def test_assign_refuses_a_second_face_of_the_same_photo(
+    database: str, library: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = loaded(database, library, tmp_path)
+    run_person_cluster(PersonClusterConfig(config))
+    madonna = face_ids_of(database, "madonna")
+    with connect(database) as conn:
+        person = conn.execute("SELECT person_id FROM face_persons WHERE face_id = %s", (madonna[1],)).fetchone()[0]
+        twin = conn.execute(
+            "INSERT INTO face_detections(image_id, box, keypoints, score, face_short, model, embedding) "
+            "SELECT image_id, '{1,1,9,9}', keypoints, score, face_short, model, embedding FROM face_detections "
+            "WHERE id = %s RETURNING id",
+            (madonna[1],),
+        ).fetchone()[0]
+    assert main(["persons", "assign", str(twin), str(person), "--database", database]) == 1
+    err = capsys.readouterr().err
+    assert f"already has face {madonna[1]} of the same photo" in err and "madonna" in err and "--move-other" in err
+    with connect(database) as conn:
+        assert conn.execute("SELECT count(*) FROM face_persons WHERE face_id = %s", (twin,)).fetchone()[0] == 0
+    assert main(["persons", "assign", str(twin), str(person), "--move-other", "--database", database, "--json"]) == 0
+    assert f'"moved_out": [\n    {madonna[1]}\n  ]' in capsys.readouterr().out
+    with connect(database) as conn:
+        rows = conn.execute(
+            "SELECT face_id, assigned_by FROM face_persons WHERE face_id = ANY(%s) ORDER BY face_id",
+            ([madonna[1], twin],),
+        ).fetchall()
+    assert rows == [(twin, "manual")]
+
+
+def test_unassigned_faces_with_their_candidates_and_hidden_persons(
+    database: str, library: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = loaded(database, library, tmp_path)
+    run_person_cluster(PersonClusterConfig(config))
+    elton = face_ids_of(database, "elton_john")
+    with connect(database) as conn:
+        person = conn.execute("SELECT person_id FROM face_persons WHERE face_id = %s", (elton[1],)).fetchone()[0]
+        conn.execute("DELETE FROM face_persons WHERE face_id = %s", (elton[2],))
+        free = [
+            int(r[0])
+            for r in conn.execute(
+                "SELECT id FROM face_detections f "
+                "WHERE NOT EXISTS (SELECT 1 FROM face_persons a WHERE a.face_id = f.id) ORDER BY id"
+            )
+        ]
+    assert elton[2] in free
+    capsys.readouterr()
+    assert main(["persons", "unassigned", "--database", database, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["unassigned"] == len(free) and [face["face"] for face in listed["faces"]] == free
+    mine = next(face for face in listed["faces"] if face["face"] == elton[2])
+    assert mine["candidate"] == person and 0.0 <= mine["distance"] < 0.6
+    assert main(["persons", "unassigned", "--limit", "1", "--database", database, "--nl"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["face"] == free[0]
+    # hidden: out of the list, never a candidate, never joined by clustering
+    assert main(["persons", "hide", str(person), "--database", database]) == 0
+    capsys.readouterr()
+    assert main(["persons", "list", "--database", database, "--json"]) == 0
+    assert person not in [row["id"] for row in json.loads(capsys.readouterr().out)]
+    assert main(["persons", "list", "--hidden", "--database", database, "--json"]) == 0
+    assert [row["id"] for row in json.loads(capsys.readouterr().out)] == [person]
+    assert main(["persons", "unassigned", "--database", database, "--json"]) == 0
+    mine = next(face for face in json.loads(capsys.readouterr().out)["faces"] if face["face"] == elton[2])
+    assert mine["candidate"] != person
+    hidden = run_person_cluster(PersonClusterConfig(config))
+    with connect(database) as conn:
+        assert conn.execute("SELECT person_id FROM face_persons WHERE face_id = %s", (elton[2],)).fetchone() is None
+    assert hidden.joined_persons == 0
+    assert main(["persons", "unhide", str(person), "--database", database]) == 0
+    shown = run_person_cluster(PersonClusterConfig(config))
+    with connect(database) as conn:
+        assert conn.execute("SELECT person_id FROM face_persons WHERE face_id = %s", (elton[2],)).fetchone() == (
+            person,
+        )
+    assert shown.joined_persons == 1
