@@ -104,13 +104,19 @@ def read_npz(path: Path, images_only: bool = False, header_only: bool = False) -
     journal position (cheap on a cache of millions of images).
     """
     try:
-        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as npz:
-            try:
-                data = _parse_members(path, npz, images_only or header_only, header_only)
-            except (ValueError, orjson.JSONDecodeError) as exc:
-                if _holds_objects(npz):
-                    raise CacheCorruptError(_corrupt(path, _PICKLED)) from exc
-                raise
+        with open(path, "rb") as handle:
+            _require_archive(path, handle.read(4))
+            handle.seek(0)
+            npz_file = np.load(handle, allow_pickle=False)
+            if not isinstance(npz_file, np.lib.npyio.NpzFile):
+                raise CacheCorruptError(f"{path} is not a face cache: it is a single NumPy array, not an .npz archive")
+            with npz_file as npz:
+                try:
+                    data = _parse_members(path, npz, images_only or header_only, header_only)
+                except (ValueError, orjson.JSONDecodeError) as exc:
+                    if _holds_objects(npz):
+                        raise CacheCorruptError(_corrupt(path, _PICKLED)) from exc
+                    raise
     except CacheError:
         raise
     except (OSError, EOFError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as exc:
@@ -186,9 +192,20 @@ def _check_shapes(path: Path, data: CacheData) -> None:
 
 
 def _corrupt(path: Path, why: str) -> str:
-    return (
-        f"{path} is not a readable facesets cache ({why}). It was left untouched: move it away or pass another --cache."
-    )
+    return f"{path} is not a readable facesets cache ({why}). It was left untouched: move it away or use another file."
+
+
+def _require_archive(path: Path, start: bytes) -> None:
+    """A face cache is a zip archive (.npz): say what the file is instead when it is not one."""
+    if start[:2] == b"PK":
+        return
+    if not start:
+        what = "it is empty"
+    elif start[:1] in (b"{", b"["):
+        what = "it is a JSON file (a queue? `facesets queue info` reads queues)"
+    else:
+        what = "it is not an .npz archive"
+    raise CacheCorruptError(f"{path} is not a face cache: {what}. It was left untouched.")
 
 
 def _version_message(path: Path, schema: int) -> str:
@@ -218,7 +235,10 @@ def load_cache(path: Path, images_only: bool = False) -> CacheData:
     base = read_npz(path, images_only) if path.exists() else None
     data = fold_journal(path, base, images_only)
     if data is None:
-        raise CacheError(f"cache {path} does not exist")
+        raise CacheError(
+            f"cache {path} does not exist: `facesets embed --queue queue.json --cache {path}` makes it from a queue "
+            "(`facesets queue add`), `facesets index` from galleries"
+        )
     if base is None or data.journal_seq != base.journal_seq:
         data = sorted_by_path(data)
     return data
@@ -241,10 +261,10 @@ def fold_journal(path: Path, base: CacheData | None, images_only: bool = False) 
 
 
 def require_same_model(expected: PackIdentity, found: PackIdentity, where: Path) -> None:
-    if not expected.same_models(found):
+    if not expected.same_recognizer(found):
         raise CacheModelMismatchError(
-            f"{where} was made with model pack {found.describe()}, but this cache uses {expected.describe()}: "
-            "embedding spaces never mix. Use a separate cache for each model pack."
+            f"{where} was made with model pack {found.describe()}, but this run uses {expected.describe()}: "
+            "embeddings of different recognizers never mix. Use a separate cache for each recognizer."
         )
 
 
@@ -308,6 +328,10 @@ class CacheWriter:
     def __init__(self, path: Path, identity: PackIdentity) -> None:
         self.path = Path(path)
         self.identity = identity
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # "created or resumed"
+        except OSError as exc:
+            raise CacheError(f"cannot create the folder of {self.path}: {exc.strerror or exc}") from exc
         self._lock = contextlib.ExitStack()
         self._lock.enter_context(exclusive_lock(self.path.with_name(self.path.name + ".lock")))
         try:

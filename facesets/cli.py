@@ -402,7 +402,7 @@ def load(
     "--cache",
     "caches",
     multiple=True,
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    type=click.Path(path_type=Path, dir_okay=False),
     help="Face cache(s) to cluster into a plan (repeatable; all made by one model). Without --cache, the "
     "faces of the database are clustered into persons.",
 )
@@ -685,16 +685,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FacesetsError as exc:
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+            return _interrupted()
         click.echo("aborted", err=True)
         return 1
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
     except KeyboardInterrupt:
-        click.echo("interrupted: what was flushed is kept; run the same command again to continue", err=True)
-        return 130
+        return _interrupted()
     return code if isinstance(code, int) else 0
+
+
+def _interrupted() -> int:
+    click.echo("interrupted: what was flushed is kept; run the same command again to continue", err=True)
+    return 130
 
 
 def run() -> None:

@@ -286,10 +286,17 @@ def _print_hits(hits: list[Any], as_json: bool) -> None:
 
 
 def _clip_folder(conn: Any, clip_dir: Path | None, clip_model: str | None) -> Path:
-    from .clip import DEFAULT_CLIP_MODEL, resolve_clip
+    from .clip import resolve_clip
+    from .errors import DatabaseError
 
     held = conn.execute("SELECT identity->>'name' FROM models WHERE purpose = 'clip'").fetchone()
-    return resolve_clip(clip_dir, clip_model or (held[0] if held else DEFAULT_CLIP_MODEL))
+    if held is None:
+        raise DatabaseError(
+            "the database holds no CLIP vectors, so there is nothing to search: index the photos with a CLIP "
+            "model (`facesets index`, the model under ~/.cache/facesets/clip/NAME or --clip-dir DIR), then "
+            "`facesets load --caches caches` loads their vectors"
+        )
+    return resolve_clip(clip_dir, clip_model or held[0])
 
 
 @click.command("search")

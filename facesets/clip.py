@@ -46,8 +46,14 @@ def clip_folders(name: str, env: Mapping[str, str] | None = None) -> list[Path]:
     return [root / name for root in roots]
 
 
-def resolve_clip(clip_dir: Path | None, name: str = DEFAULT_CLIP_MODEL, env: Mapping[str, str] | None = None) -> Path:
-    """The CLIP model folder, or :class:`ModelPackError` saying where we looked and how to get one."""
+SKIP_HINT = " --no-clip skips CLIP embeddings."
+
+
+def resolve_clip(
+    clip_dir: Path | None, name: str = DEFAULT_CLIP_MODEL, env: Mapping[str, str] | None = None, hint: str = ""
+) -> Path:
+    """The CLIP model folder, or :class:`ModelPackError` saying where we looked and how to get one (and
+    ``hint``, what else the command can do)."""
     folders = [Path(clip_dir).expanduser()] if clip_dir is not None else clip_folders(name, env)
     for folder in folders:
         if (folder / "visual" / "model.onnx").is_file():
@@ -57,7 +63,7 @@ def resolve_clip(clip_dir: Path | None, name: str = DEFAULT_CLIP_MODEL, env: Map
         f"CLIP model {name!r} not found. Looked for:\n{looked}\n"
         f"Download Immich's ONNX export of it on a machine with internet access (the Hugging Face repository "
         f"immich-app/{name}, folders visual/ and textual/) into ~/.cache/facesets/clip/{name}, or point "
-        f"${CLIP_ROOT_ENV} at the folder that holds it, or pass --clip-dir DIR. --no-clip skips CLIP embeddings."
+        f"${CLIP_ROOT_ENV} at the folder that holds it, or pass --clip-dir DIR.{hint}"
     )
 
 

@@ -168,7 +168,7 @@ def load_faces(paths: Iterable[Path]) -> tuple[PackIdentity, FaceTable]:
         data = load_cache(path)
         if identity is None:
             identity = data.identity
-        elif not identity.same_models(data.identity):
+        elif not identity.same_recognizer(data.identity):
             raise CacheModelMismatchError(
                 f"{path} was made by {data.identity.describe()}, the first cache by {identity.describe()}: "
                 "embeddings of different models cannot be clustered together; cluster each model's caches apart"
@@ -441,7 +441,7 @@ class PackEmbedder:
 
     def check(self) -> None:
         """Refuse a pack of other models than the caches' (their embeddings would not compare)."""
-        if self.expected is not None and not self.pack.identity().same_models(self.expected):
+        if self.expected is not None and not self.pack.identity().same_recognizer(self.expected):
             raise CacheModelMismatchError(
                 f"--model-dir/--model-pack gives {self.pack.identity().describe()}, but the caches were made by "
                 f"{self.expected.describe()}: pass the pack that made the caches"

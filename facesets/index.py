@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import blake3
 import orjson
 
-from .clip import DEFAULT_CLIP_MODEL, ClipIdentity, clip_identity, resolve_clip
+from .clip import DEFAULT_CLIP_MODEL, SKIP_HINT, ClipIdentity, clip_identity, resolve_clip
 from .clipstore import ClipStore
 from .errors import CacheError, ConfigError, ImageLoadError, ModelPackError
 from .galleries import Gallery, check_targets, gallery_folders, gallery_totals, list_gallery
@@ -198,7 +198,7 @@ def _check_model(state: IndexState, identity: PackIdentity, config: IndexConfig)
 
 
 def _require_model(previous: PackIdentity, identity: PackIdentity, caches: Path) -> None:
-    if not previous.same_models(identity):
+    if not previous.same_recognizer(identity):
         raise ConfigError(
             f"{caches} was indexed with model pack {previous.describe()}, not {identity.describe()}: "
             "embedding spaces never mix. Use another --caches folder for this model pack."
@@ -232,7 +232,7 @@ class _ClipParts:
 
     @classmethod
     def open(cls, config: IndexConfig) -> _ClipParts:
-        folder = resolve_clip(config.clip_dir, config.clip_model)
+        folder = resolve_clip(config.clip_dir, config.clip_model, hint=SKIP_HINT)
         identity = clip_identity(folder)
         return cls(folder, identity, ClipStore(config.caches / CLIP_STORE, identity))
 

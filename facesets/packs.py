@@ -82,12 +82,10 @@ class PackIdentity:
     def from_dict(cls, data: Mapping[str, Any]) -> PackIdentity:
         return cls(**{key: str(data[key]) for key in cls.__dataclass_fields__})
 
-    def same_models(self, other: PackIdentity) -> bool:
-        """The same detector and recognizer bytes (the pack's folder name may differ).
-
-        Two packs that share a recognizer still differ: their detectors place the keypoints that align
-        each face, so their embeddings of the same face differ too."""
-        return (self.detector_blake3, self.recognizer_blake3) == (other.detector_blake3, other.recognizer_blake3)
+    def same_recognizer(self, other: PackIdentity) -> bool:
+        """The same recognizer bytes, hence one embedding space (the pack's name and detector may differ: two
+        packs that share a recognizer embed a face into the same space, a detector only moves its crop a little)."""
+        return self.recognizer_blake3 == other.recognizer_blake3
 
     def describe(self) -> str:
         return f"{self.name} ({self.recognizer} {self.recognizer_blake3[:12]})"

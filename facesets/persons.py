@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 from .calibration import LibraryEstimate
 from .clustering import Algorithm, cluster_library
 from .database import DatabaseConfig, connect, copy_to_temp, database_url, with_vectors
-from .errors import ConfigError
+from .errors import ConfigError, DatabaseError
 from .identify import cluster_params, match_faces, refine
 from .migrations import check_schema
 from .packs import PackIdentity
@@ -116,9 +116,11 @@ def run_person_cluster(config: PersonClusterConfig) -> PersonClusterStats:
         conn.execute("SELECT pg_advisory_lock(%s)", (CLUSTER_LOCK,))
         try:
             identity = face_model(conn)
-            if identity is None:
-                stats.elapsed = round(time.monotonic() - started, 3)
-                return stats
+            if identity is None or conn.execute("SELECT NOT EXISTS (SELECT 1 FROM face_detections)").fetchone()[0]:
+                raise DatabaseError(
+                    "the database holds no faces to cluster: `facesets load --caches caches` (or `facesets index "
+                    "--database`) loads them first"
+                )
             thresholds = resolve_thresholds(identity, overrides)
             faces = read_faces(conn)
             hidden = {int(row[0]) for row in conn.execute("SELECT id FROM persons WHERE hidden")}

@@ -155,8 +155,9 @@ def run_stage(config: StageConfig, progress: Callable[[], Progress] | None = Non
     """Stage one user's library; see the module docstring. Raises on fatal problems after saving state."""
     if not USER_LABEL.match(config.user):
         raise ConfigError(f"user label {config.user!r} must be letters, digits, '.', '_' or '-' (at most 64)")
-    config.staging.mkdir(parents=True, exist_ok=True)
-    state = StageState.open(config.state_path, config.user)
+    if not config.dry_run:
+        config.staging.mkdir(parents=True, exist_ok=True)
+    state = StageState.open(config.state_path, config.user, read_only=config.dry_run)
     try:
         with ImmichClient(config.url, config.key, _client_options(config)) as client:
             _check_owner(config, client, state)

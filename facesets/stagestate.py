@@ -87,17 +87,20 @@ class StageState:
         return self.path.with_name(self.path.name + ".journal")
 
     @classmethod
-    def open(cls, path: Path, user: str) -> StageState:
-        """Lock, read (snapshot + journal) and compact; a missing file gives an empty state."""
+    def open(cls, path: Path, user: str, read_only: bool = False) -> StageState:
+        """Lock, read (snapshot + journal) and compact; a missing file gives an empty state. ``read_only`` (a dry
+        run) reads without locking, compacting or creating anything."""
         state = cls(path, user)
-        state.path.parent.mkdir(parents=True, exist_ok=True)
-        state._lock.enter_context(exclusive_lock(state.path.with_name(state.path.name + ".lock")))
+        if not read_only:
+            state.path.parent.mkdir(parents=True, exist_ok=True)
+            state._lock.enter_context(exclusive_lock(state.path.with_name(state.path.name + ".lock")))
         try:
             if state.path.exists():
                 state._read_snapshot()
             if state.journal.exists():
                 state._replay_journal()
-                state.compact()
+                if not read_only:
+                    state.compact()
         except BaseException:
             state.close()
             raise

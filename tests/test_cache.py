@@ -140,16 +140,29 @@ def test_other_model_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "c.npz"
     write_cache(path, [("/a.jpg", "h1", 1)])
     before = path.read_bytes()
-    with pytest.raises(CacheModelMismatchError, match="embedding spaces never mix"):
+    with pytest.raises(
+        CacheModelMismatchError,
+        match=r"made with model pack p \(rec.onnx rrrrrrrrrrrr\), but this run "
+        r"uses q \(rec2.onnx ssssssssssss\): embeddings of different recognizers never mix",
+    ):
         CacheWriter(path, OTHER)
     assert path.read_bytes() == before
+
+
+def test_another_pack_with_the_same_recognizer_shares_the_cache(tmp_path: Path) -> None:
+    master, other = tmp_path / "master.npz", tmp_path / "other.npz"
+    write_cache(master, [("/a.jpg", "h1", 1)])
+    same_space = PackIdentity("p2", "det2.onnx", "e" * 64, "rec.onnx", "r" * 64)
+    write_cache(other, [("/b.jpg", "h2", 1)], identity=same_space)
+    extend_cache(master, [other])
+    assert [r.path for r in load_cache(master).images] == ["/a.jpg", "/b.jpg"]
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage", b"PK\x03\x04broken zip"])
 def test_corrupt_cache_is_refused_and_untouched(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "c.npz"
     path.write_bytes(content)
-    with pytest.raises(CacheCorruptError, match=r"is not a readable facesets cache.*left untouched"):
+    with pytest.raises(CacheCorruptError, match=r"is not a (readable facesets|face) cache.*left untouched"):
         CacheWriter(path, IDENTITY)
     assert path.read_bytes() == content
 

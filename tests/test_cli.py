@@ -5,6 +5,7 @@ from pathlib import Path
 import click
 import pytest
 
+from facesets.cache import load_cache
 from facesets.cli import cli, main
 from tests.conftest import REPO
 
@@ -62,7 +63,12 @@ def test_fatal_errors_are_messages_with_exit_code_1(tmp_path: Path, capsys: pyte
     assert "error: queue" in capsys.readouterr().err
     (tmp_path / "bad.npz").write_bytes(b"junk")
     assert main(["cache", "info", str(tmp_path / "bad.npz")]) == 1
-    assert "is not a readable facesets cache" in capsys.readouterr().err
+    assert "bad.npz is not a face cache: it is not an .npz archive" in capsys.readouterr().err
+    (tmp_path / "queue.json").write_text('{"format": "facesets.queue", "version": 1, "entries": []}')
+    assert main(["cache", "info", str(tmp_path / "queue.json")]) == 1
+    err = capsys.readouterr().err
+    assert "queue.json is not a face cache: it is a JSON file" in err
+    assert "allow_pickle" not in err and "--cache" not in err
 
 
 def test_missing_model_pack_message(
@@ -112,3 +118,22 @@ def test_progress_line_has_rate_and_eta() -> None:
     silent.advance()
     silent.close()
     assert quiet.getvalue() == ""
+
+
+def test_cluster_before_embed_names_the_command_that_makes_the_cache(
+    chdir_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["cluster", "--cache", "caches/faces.npz"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cache caches/faces.npz does not exist: `facesets embed --queue queue.json")
+
+
+def test_embed_creates_the_cache_folder(
+    chdir_tmp: Path, pack_dir: Path, sample_photos: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    (chdir_tmp / "photos").mkdir()
+    (chdir_tmp / "photos" / "a.jpg").write_bytes(sample_photos[0].read_bytes())
+    assert main(["queue", "add", "--queue", "queue.json", "photos"]) == 0
+    args = ["embed", "--queue", "queue.json", "--cache", "caches/faces.npz", "--model-dir", str(pack_dir), "--json"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert load_cache(chdir_tmp / "caches" / "faces.npz").images[0].status.value == "ok"

@@ -250,3 +250,33 @@ def test_pack_with_the_same_recognizer_but_another_detector_is_refused(
     )
     assert code == 1
     assert "embedding spaces never mix" in capsys.readouterr().err
+
+
+def test_ctrl_c_exits_130_with_the_resume_hint_and_the_rerun_finishes(
+    tmp_path: Path, pack_dir: Path, faces_dir: Path
+) -> None:
+    photos = sorted((faces_dir / "celeb5").rglob("*.jpg"))[:40]
+    write_queue(tmp_path / "queue.json", [QueueEntry(str(p), None, "", p.stat().st_size, {}) for p in photos])
+    base = ["embed", "--queue", "queue.json", "--cache", "c.npz", "--model-dir", str(pack_dir), "--flush-every", "5"]
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "facesets", *base],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not journal_segments(tmp_path / "c.npz") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGINT)
+    _, err = victim.communicate(timeout=120)
+    assert victim.returncode == 130, err
+    assert "interrupted: what was flushed is kept; run the same command again to continue" in err
+    assert "Traceback" not in err and "aborted" not in err
+    kept = len(load_cache(tmp_path / "c.npz").images)
+    assert 5 <= kept < 40
+    again = run_cli([*base, "--json"], tmp_path)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert orjson.loads(out)["already_done"] == kept and len(load_cache(tmp_path / "c.npz").images) == 40

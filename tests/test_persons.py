@@ -274,3 +274,10 @@ def test_unassigned_faces_with_their_candidates_and_hidden_persons(
             person,
         )
     assert shown.joined_persons == 1
+
+
+def test_cluster_of_a_store_with_no_faces_says_to_load_them(database: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with connect(database) as conn:
+        migrate(conn)
+    assert main(["cluster", "--database", database]) == 1
+    assert capsys.readouterr().err.startswith("error: the database holds no faces to cluster: `facesets load")

@@ -123,3 +123,15 @@ def test_a_text_tower_of_another_model_is_refused(
     (visual_only / "visual" / "model.onnx").write_bytes((clip / "visual" / "model.onnx").read_bytes())
     assert main(["search", QUERY, "--database", database, "--clip-dir", str(visual_only)]) == 1
     assert "needs the CLIP model's text tower" in capsys.readouterr().err
+
+
+def test_search_on_a_store_without_clip_vectors_says_how_to_add_them(
+    database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with connect(database) as conn:
+        migrate(conn)
+    assert main(["search", "a dog", "--database", database]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the database holds no CLIP vectors") and "facesets load" in err
+    assert "--no-clip" not in err

@@ -114,7 +114,11 @@ def test_dry_run_downloads_and_writes_nothing(
     stats = summary(capsys)
     assert stats["would_stage"] == 10 and stats["staged_count"] == 0 and stats["skipped_no_big_face"] == 3
     assert not [path for _, path in server.log if path.endswith("/original")]
-    assert sorted(p.name for p in (workdir / "staging").iterdir()) == ["state-peter.json.lock"]
+    assert not (workdir / "staging").exists()  # writes nothing: no folder, state, queue or lock file
+    assert stage(server) == 0
+    files = {path: path.read_bytes() for path in (workdir / "staging").rglob("*") if path.is_file()}
+    assert stage(server, "--dry-run") == 0
+    assert {path: path.read_bytes() for path in (workdir / "staging").rglob("*") if path.is_file()} == files
 
 
 def test_transient_faults_are_retried_to_the_same_result(
