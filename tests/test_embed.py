@@ -277,6 +277,6 @@ def test_ctrl_c_exits_130_with_the_resume_hint_and_the_rerun_finishes(
     kept = len(load_cache(tmp_path / "c.npz").images)
     assert 5 <= kept < 40
     again = run_cli([*base, "--json"], tmp_path)
-    out, err = again.communicate(timeout=300)
-    assert again.returncode == 0, err
+    out, rerun_err = again.communicate(timeout=300)
+    assert again.returncode == 0, rerun_err
     assert orjson.loads(out)["already_done"] == kept and len(load_cache(tmp_path / "c.npz").images) == 40
