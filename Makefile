@@ -27,13 +27,19 @@ demo-immich: $(VENV)/.installed
 	$(BIN)/python scripts/demo.py --immich --shared $(SHARED)
 
 # The per-user workflow (USER=peter): stage from Immich, then the finalize steps; each can be run alone.
+# USER must be given on the command line: the login name in the environment is not an Immich user label.
+require_user = $(if $(filter command line,$(origin USER)),,$(error USER= is required: make $@ USER=peter (the user label of the Immich library)))
+
 stage: $(VENV)/.installed
+	$(require_user)
 	$(BIN)/python work/immich_stage.py --user $(USER)
 
 embed cluster export load: $(VENV)/.installed
+	$(require_user)
 	$(BIN)/python -m facesets finalize --user $(USER) --steps $@
 
 finalize: $(VENV)/.installed
+	$(require_user)
 	bash work/finalize_immich.sh $(USER)
 
 bench-embed: $(VENV)/.installed

@@ -29,15 +29,40 @@ ALGORITHMS = ("graph", "average", "components", "dbscan")  # clustering.Algorith
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="facesets")
-@click.option("-v", "--verbose", count=True, help="More messages: -v for progress notes, -vv for debugging.")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="More messages: -v for progress notes, -vv for debugging (before or after the command's name).",
+)
 def cli(verbose: int) -> None:
     """Turn photo libraries into searchable faces and identities.
 
     Stages pass versioned files to each other (queue.json -> face cache .npz), so each can run on
     another machine and resume after a crash. See the README for the whole workflow.
     """
+    set_verbosity(verbose)
+
+
+VERBOSE = {"-v": 1, "-vv": 2, "-vvv": 3, "--verbose": 1}
+
+
+def set_verbosity(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+
+
+def _take_verbosity(argv: list[str]) -> tuple[int, list[str]]:
+    """-v/-vv/--verbose anywhere before a ``--``, counted and taken out (so ``facesets embed -v`` works)."""
+    verbose, rest = 0, list[str]()
+    for position, arg in enumerate(argv):
+        if arg == "--":
+            return verbose, rest + argv[position:]
+        if arg in VERBOSE:
+            verbose += VERBOSE[arg]
+        else:
+            rest.append(arg)
+    return verbose, rest
 
 
 def _parse_sizes(value: str) -> tuple[int, ...]:
@@ -491,8 +516,6 @@ def cluster_command(
     """
     from .clustering import Algorithm
     from .database import DatabaseConfig
-    from .identify import ClusterConfig, PackEmbedder, run_cluster
-    from .packs import resolve_pack
     from .persons import PersonClusterConfig, run_person_cluster
 
     context = click.get_current_context()
@@ -515,6 +538,46 @@ def cluster_command(
         raise click.UsageError(
             "--database and --threshold cluster the database; --cache clusters face caches: pick one"
         )
+    summary = _cluster_caches(
+        caches,
+        sets_dir,
+        plan,
+        algorithm,
+        match_distance,
+        cluster_distance,
+        export_distance,
+        closeness,
+        min_faces,
+        min_points,
+        reconsider,
+        model_dir,
+        model_pack,
+        providers,
+    )
+    _emit(_learned_in_words(summary, as_json), as_json)
+
+
+def _cluster_caches(
+    caches: Sequence[Path],
+    sets_dir: Path,
+    plan: Path,
+    algorithm: str,
+    match_distance: float | None,
+    cluster_distance: float | None,
+    export_distance: float | None,
+    closeness: float | None,
+    min_faces: int | None,
+    min_points: int,
+    reconsider: bool,
+    model_dir: Path | None,
+    model_pack: str,
+    providers: tuple[str, ...],
+) -> dict[str, Any]:
+    """`facesets cluster --cache`: the plan written, its summary returned."""
+    from .clustering import Algorithm
+    from .identify import ClusterConfig, PackEmbedder, run_cluster
+    from .packs import resolve_pack
+
     explicit_pack = model_dir is not None or model_pack != DEFAULT_PACK
     embedder = PackEmbedder(
         resolve_pack(model_dir, model_pack) if explicit_pack else lambda: resolve_pack(None, model_pack), providers
@@ -533,7 +596,7 @@ def cluster_command(
         reconsider=reconsider,
         embedder=embedder,
     )
-    _emit(_learned_in_words(run_cluster(config).as_dict(), as_json), as_json)
+    return run_cluster(config).as_dict()
 
 
 def _learned_in_words(summary: dict[str, Any], as_json: bool) -> dict[str, Any]:
@@ -584,10 +647,56 @@ def export_command(
 
     Example: facesets export --plan clusters.json
     """
+    _emit(_export_plan(plan, sets_dir, split_eras, era_years, min_era_faces, no_report, io_concurrency), as_json)
+
+
+def _export_plan(
+    plan: Path,
+    sets_dir: Path | None,
+    split_eras: bool,
+    era_years: int,
+    min_era_faces: int | None,
+    no_report: bool,
+    io_concurrency: int,
+) -> dict[str, Any]:
     from .export import ExportConfig, run_export
 
     config = ExportConfig(plan, sets_dir, split_eras, era_years, min_era_faces, not no_report, io_concurrency)
-    _emit(run_export(config).as_dict(), as_json)
+    return run_export(config).as_dict()
+
+
+EXPORT_OPTIONS = ("split_eras", "era_years", "min_era_faces", "no_report", "io_concurrency")
+
+
+def cluster_then_export(prog_name: str) -> click.Command:
+    """`facesets cluster --cache ...` and then `facesets export` of the plan it wrote, as one command (the
+    original tool's step, ``work/cluster_immich.py``): the cache-mode options of cluster and export's own."""
+    cluster_params = [p for p in cluster_command.params if p.name not in ("database", "data", "threshold")]
+    export_params = [p for p in export_command.params if p.name in EXPORT_OPTIONS]
+
+    def callback(**options: Any) -> None:
+        if not options["caches"]:
+            raise click.UsageError("--cache is required: the face cache(s) to cluster (e.g. caches/peter.npz)")
+        cluster_options = {p.name: options[p.name] for p in cluster_params if p.name != "as_json" and p.name}
+        clustered = _learned_in_words(_cluster_caches(**cluster_options), options["as_json"])
+        exported = _export_plan(options["plan"], options["sets_dir"], *(options[name] for name in EXPORT_OPTIONS))
+        if options["as_json"]:
+            _emit({"cluster": clustered, "export": exported}, True)
+            return
+        click.echo("cluster")
+        _emit(clustered, False)
+        click.echo("export")
+        _emit(exported, False)
+
+    return click.Command(
+        prog_name,
+        params=[*cluster_params, *export_params],
+        callback=callback,
+        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+        help="Cluster the face caches into a plan (as `facesets cluster --cache`), then export it into the face "
+        "sets (as `facesets export`): the original tool's cluster step.\n\n"
+        f"Example: python work/{prog_name} --cache caches/peter.npz --sets facesets_swap_ready",
+    )
 
 
 @cli.group()
@@ -678,10 +787,15 @@ cli.add_command(similar_command)
 cli.add_command(finalize_command)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI and map errors to messages and exit codes; returns the exit code."""
+def main(argv: Sequence[str] | None = None, command: click.Command | None = None, prog_name: str = "facesets") -> int:
+    """Run the CLI (or one ``command`` of it under ``prog_name``, for the scripts of work/) and map errors to
+    messages and exit codes; returns the exit code."""
+    verbose, args = _take_verbosity(list(sys.argv[1:] if argv is None else argv))
+    set_verbosity(verbose)
+    if command is None:
+        command, args = cli, ["-v"] * verbose + args
     try:
-        code = cli.main(args=list(argv) if argv is not None else None, prog_name="facesets", standalone_mode=False)
+        code = command.main(args=args, prog_name=prog_name, standalone_mode=False)
     except FacesetsError as exc:
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code

@@ -44,8 +44,26 @@ def _steps(_context: click.Context, _parameter: click.Parameter, value: str) -> 
     type=click.Path(path_type=Path, file_okay=False),
     help="Windows-side work folder as seen from WSL, e.g. /mnt/c/face_embed (also $WIN_ROOT).",
 )
-@click.option("--win-python", envvar="WIN_PYTHON", help="The Windows Python, e.g. C:\\Python311\\python.exe.")
-@click.option("--staging", type=click.Path(path_type=Path, file_okay=False), default=Path("staging"), show_default=True)
+@click.option(
+    "--win-python",
+    envvar="WIN_PYTHON",
+    help="The Windows Python that runs `-m facesets embed`, e.g. C:\\face_embed\\.venv\\Scripts\\python.exe "
+    "(also $WIN_PYTHON).",
+)
+@click.option(
+    "--win-worker",
+    envvar="WIN_WORKER",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Run this work/embed_worker.py of a checkout (as seen from WSL) instead, when facesets is not installed "
+    "on the Windows side (also $WIN_WORKER).",
+)
+@click.option(
+    "--staging",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("staging"),
+    show_default=True,
+    help="The staging folder: queue-<user>.json, and finalize-<user>.json where the finished steps are recorded.",
+)
 @click.option(
     "--caches",
     type=click.Path(path_type=Path, file_okay=False),
@@ -74,6 +92,7 @@ def finalize_command(
     embed_where: str,
     win_root: Path | None,
     win_python: str | None,
+    win_worker: Path | None,
     staging: Path,
     caches: Path,
     sets_dir: Path,
@@ -106,7 +125,7 @@ def finalize_command(
         if not win_root or not win_python:
             raise ConfigError("--embed windows needs --win-root (WIN_ROOT) and --win-python (WIN_PYTHON)")
         options = ("--providers", ",".join(providers)) if providers else ()
-        side = WindowsSide(win_root, win_python, options=options)
+        side = WindowsSide(win_root, win_python, win_worker, options=options)
     config = FinalizeConfig(
         user=user,
         staging=staging,

@@ -1,7 +1,7 @@
 """The Windows side of ``finalize`` under WSL: the embed worker runs with the Windows Python on the GPU.
 
     queue-<user>.json ──copy (Windows paths)──▶ WIN_ROOT/queue-<user>.json
-    WIN_PYTHON work\\embed_worker.py --queue ... --cache ...      (through WSL interop: powershell.exe)
+    WIN_PYTHON -m facesets embed --queue ... --cache ...      (through WSL interop: powershell.exe)
     WIN_ROOT/<user>.npz ──read, verify, write atomically──▶ caches/<user>.npz
 
 The boundary is small on purpose: a function that maps a Linux path to its Windows form and a function that
@@ -25,8 +25,6 @@ from .paths import require_windows
 from .queue import QueueEntry, read_queue, write_queue
 
 log = logging.getLogger(__name__)
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def running_under_wsl(proc_version: Path = Path("/proc/version")) -> bool:
@@ -58,8 +56,10 @@ def powershell(command: Sequence[str]) -> int:
 class WindowsSide:
     root: Path  # WIN_ROOT as seen from Linux, e.g. /mnt/c/face_embed
     python: str  # WIN_PYTHON, e.g. C:\\Python311\\python.exe or py
-    worker: Path = REPO / "work" / "embed_worker.py"  # a checkout the Windows Python can read
-    options: tuple[str, ...] = ()  # more embed_worker options (--providers dml,cpu ...)
+    # None: `-m facesets embed` (facesets installed on the Windows side); else WIN_WORKER, the path of
+    # work/embed_worker.py in a checkout the Windows Python can read
+    worker: Path | None = None
+    options: tuple[str, ...] = ()  # more embed options (--providers dml,cpu ...)
     to_windows: Callable[[str], str] = require_windows
     run: Callable[[Sequence[str]], int] = field(default=powershell)
 
@@ -69,9 +69,10 @@ class WindowsSide:
         remote_queue = self.root / f"queue-{user}.json"
         remote_cache = self.root / f"{user}.npz"
         write_queue(remote_queue, self._windows_entries(queue))
+        program = ["-m", "facesets", "embed"] if self.worker is None else [self.to_windows(str(self.worker.absolute()))]
         command = [
             self.python,
-            self.to_windows(str(self.worker.absolute())),
+            *program,
             "--queue",
             self.to_windows(str(remote_queue.absolute())),
             "--cache",
@@ -108,9 +109,9 @@ class WindowsSide:
 
 
 def side_from_environment(env: dict[str, str] | None = None) -> WindowsSide | None:
-    """WIN_ROOT and WIN_PYTHON, when both are set."""
+    """WIN_ROOT and WIN_PYTHON, when both are set (and WIN_WORKER, when the worker is a checkout's script)."""
     env = dict(os.environ) if env is None else env
-    root, python = env.get("WIN_ROOT"), env.get("WIN_PYTHON")
+    root, python, worker = env.get("WIN_ROOT"), env.get("WIN_PYTHON"), env.get("WIN_WORKER")
     if not root or not python:
         return None
-    return WindowsSide(Path(root), python)
+    return WindowsSide(Path(root), python, Path(worker) if worker else None)

@@ -137,3 +137,36 @@ def test_embed_creates_the_cache_folder(
     args = ["embed", "--queue", "queue.json", "--cache", "caches/faces.npz", "--model-dir", str(pack_dir), "--json"]
     assert main(args) == 0, capsys.readouterr().err
     assert load_cache(chdir_tmp / "caches" / "faces.npz").images[0].status.value == "ok"
+
+
+def _commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
+    found: list[tuple[tuple[str, ...], click.Command]] = []
+    for name, command in group.commands.items():
+        found.append(((*path, name), command))
+        if isinstance(command, click.Group):
+            found += _commands(command, (*path, name))
+    return found
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    missing = [
+        f"facesets {' '.join(path)} {param.opts[0]}"
+        for path, command in _commands(cli)
+        for param in command.params
+        if isinstance(param, click.Option) and not param.hidden and not (param.help or "").strip()
+    ]
+    assert missing == []
+
+
+def test_verbose_goes_before_or_after_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    (tmp_path / "q.json").write_text('{"format": "facesets.queue", "version": 1, "entries": []}')
+    for argv in (["-v", "queue", "info", str(tmp_path / "q.json")], ["queue", "info", str(tmp_path / "q.json"), "-v"]):
+        logging.getLogger().setLevel(logging.WARNING)
+        assert main(argv) == 0
+        assert logging.getLogger().level == logging.INFO
+    assert main(["queue", "info", str(tmp_path / "q.json"), "-vv"]) == 0
+    assert logging.getLogger().level == logging.DEBUG
+    assert main(["queue", "info", str(tmp_path / "q.json")]) == 0
+    assert logging.getLogger().level == logging.WARNING

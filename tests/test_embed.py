@@ -228,7 +228,7 @@ def test_worker_runs_with_only_the_windows_modules(tmp_path: Path, pack_dir: Pat
     assert orjson.loads(result.stdout)["faces"] == 1
 
 
-def test_pack_with_the_same_recognizer_but_another_detector_is_refused(
+def test_a_pack_with_the_same_recognizer_adds_to_the_cache(
     tmp_path: Path, pack_dir: Path, sample_photos: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     photos = tmp_path / "photos"
@@ -236,20 +236,14 @@ def test_pack_with_the_same_recognizer_but_another_detector_is_refused(
     (photos / "a.jpg").write_bytes(sample_photos[0].read_bytes())
     make_queue(photos, tmp_path / "queue.json")
     run_embed(config(tmp_path, pack_dir))
-    other_pack = pack_dir.parent / "scrfd2.5g-mbf"
-    code = main(
-        [
-            "embed",
-            "--queue",
-            str(tmp_path / "queue.json"),
-            "--cache",
-            str(tmp_path / "faces.npz"),
-            "--model-dir",
-            str(other_pack),
-        ]
-    )
-    assert code == 1
-    assert "embedding spaces never mix" in capsys.readouterr().err
+    (photos / "b.jpg").write_bytes(sample_photos[1].read_bytes())
+    make_queue(photos, tmp_path / "queue.json")
+    other_pack = pack_dir.parent / "scrfd2.5g-mbf"  # another detector, the same recognizer: one embedding space
+    args = ["embed", "--queue", str(tmp_path / "queue.json"), "--cache", str(tmp_path / "faces.npz")]
+    assert main([*args, "--model-dir", str(other_pack), "--json"]) == 0, capsys.readouterr().err
+    stats = orjson.loads(capsys.readouterr().out)
+    assert (stats["already_done"], stats["embedded"]) == (1, 1)
+    assert sorted(Path(r.path).name for r in load_cache(tmp_path / "faces.npz").images) == ["a.jpg", "b.jpg"]
 
 
 def test_ctrl_c_exits_130_with_the_resume_hint_and_the_rerun_finishes(

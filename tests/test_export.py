@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import errno
+import json
+import os
 import shutil
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ from facesets.export import ExportConfig, run_export
 from facesets.identify import ClusterConfig, PackEmbedder, run_cluster
 from facesets.packs import ModelPack
 from facesets.queue import append_entries, scan_folders
+from tests.conftest import REPO
 
 PEOPLE = {"madonna": 2012, "elton_john": 2016, "jerry_seinfeld": 2021}
 PHOTOS = 6
@@ -245,3 +250,34 @@ def test_a_model_without_thresholds_needs_them_on_the_command_line() -> None:
     assert (given.match, given.cluster, given.export, given.closeness) == (0.4, 0.5, 0.45, 0.5)
     with pytest.raises(ConfigError, match="--cluster-distance must be between 0 and 2, got 5"):
         resolve_thresholds(unknown, {"match": 0.4, "cluster": 5.0, "export": 0.45, "closeness": None})
+
+
+def _script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, str(REPO / "work" / name), *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
+
+
+def test_cluster_immich_clusters_then_exports_with_any_option_spelling(library: Path, tmp_path: Path) -> None:
+    done = _script("cluster_immich.py", f"--cache={library}", "--plan=other.json", "--sets=s2", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["cluster"]["new_sets"] == len(PEOPLE) and summary["export"]["new_sets"]
+    assert (tmp_path / "other.json").is_file() and not (tmp_path / "clusters.json").exists()
+    assert sorted(p.name for p in (tmp_path / "s2").glob("faceset_*")) == summary["export"]["new_sets"]
+    missing = _script("cluster_immich.py", "--sets", "s3", cwd=tmp_path)
+    assert missing.returncode == 2 and "--cache is required" in missing.stderr and not (tmp_path / "s3").exists()
+
+
+@pytest.mark.parametrize("script", ["cluster_immich.py", "immich_stage.py", "embed_worker.py"])
+def test_work_scripts_name_themselves_in_their_usage(script: str, tmp_path: Path) -> None:
+    done = _script(script, "--help", cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.startswith(f"Usage: {script} [OPTIONS]")
+    assert "facesets" not in done.stdout.splitlines()[0]
+    if script == "cluster_immich.py":
+        assert (
+            "then export it" in " ".join(done.stdout.split())
+            and "--split-eras" in done.stdout
+            and "--database" not in done.stdout
+        )

@@ -83,8 +83,8 @@ def test_finalize_end_to_end_with_the_windows_side(
     summary = run_finalize(config(workdir, database, side))
     assert summary.ran == ["embed", "cluster", "export", "load"] and summary.skipped == []
     command = fake.commands[0]
-    assert command[:2] == ["python.exe", to_fake_windows(str(REPO / "work" / "embed_worker.py"))]
-    assert command[2:] == ["--queue", to_fake_windows(str(workdir / "win" / "queue-peter.json")), "--cache",
+    assert command[:4] == ["python.exe", "-m", "facesets", "embed"]  # an installed facesets runs it
+    assert command[4:] == ["--queue", to_fake_windows(str(workdir / "win" / "queue-peter.json")), "--cache",
                            to_fake_windows(str(workdir / "win" / "peter.npz"))]  # fmt: skip
     remote_queue = orjson.loads((workdir / "win" / "queue-peter.json").read_bytes())["entries"]
     assert all(entry["windows_path"] == to_fake_windows(entry["path"]) for entry in remote_queue)
@@ -135,6 +135,39 @@ def test_the_windows_side_refuses_paths_it_cannot_read(workdir: Path, pack_dir: 
     side = WindowsSide(workdir / "win", "python.exe", run=FakeWindows(pack_dir))
     with pytest.raises(PathMappingError, match=r"1 queued file\(s\) have no Windows form"):
         side.embed(queue, workdir / "caches" / "peter.npz", "peter")
+
+
+def test_a_checkouts_worker_script_runs_when_win_worker_names_it(
+    workdir: Path,  # noqa: F811
+    pack_dir: Path,
+    sample_photos: list[Path],
+) -> None:
+    from facesets.queue import scan_folders, write_queue
+    from facesets.winside import side_from_environment
+
+    (workdir / "photos").mkdir()
+    (workdir / "photos" / "a.jpg").write_bytes(sample_photos[0].read_bytes())
+    queue = workdir / "queue-peter.json"
+    write_queue(queue, scan_folders([workdir / "photos"]).entries)
+    script = REPO / "work" / "embed_worker.py"
+    found = side_from_environment({"WIN_ROOT": str(workdir / "win"), "WIN_PYTHON": "py", "WIN_WORKER": str(script)})
+    assert found is not None and found.worker == script
+    assert side_from_environment({"WIN_ROOT": str(workdir / "win"), "WIN_PYTHON": "py"}) == WindowsSide(
+        workdir / "win", "py"
+    )
+    fake = FakeWindows(pack_dir)
+    side = WindowsSide(workdir / "win", "py", script, to_windows=to_fake_windows, run=fake)
+    side.embed(queue, workdir / "caches" / "peter.npz", "peter")
+    assert fake.commands[0][:2] == ["py", to_fake_windows(str(script))]
+    assert load_cache(workdir / "caches" / "peter.npz").images[0].status.value == "ok"
+
+
+def test_make_per_user_targets_need_user_on_the_command_line() -> None:
+    for target in ("stage", "embed", "finalize"):
+        result = subprocess.run(["make", "-n", "-C", str(REPO), target], capture_output=True, text=True)
+        assert result.returncode != 0 and f"USER= is required: make {target} USER=peter" in result.stderr
+    given = subprocess.run(["make", "-n", "-C", str(REPO), "finalize", "USER=nic"], capture_output=True, text=True)
+    assert given.returncode == 0 and "bash work/finalize_immich.sh nic" in given.stdout
 
 
 def test_wsl_detection(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """Cluster and export, as the original tool's step: ``python work/cluster_immich.py --cache caches/peter.npz``.
 
-Takes the options of ``facesets cluster`` (see ``--help``), then applies the plan with ``facesets export``.
+Clusters the caches into a plan (the options of ``facesets cluster --cache``), then exports that plan into the
+face sets (the options of ``facesets export``); see ``--help``.
 """
 
 from __future__ import annotations
@@ -10,16 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from facesets.cli import main
-
-
-def run(argv: list[str]) -> int:
-    code = main(["cluster", *argv])
-    if code or any(arg in ("-h", "--help") for arg in argv):
-        return code
-    plan = argv[argv.index("--plan") + 1] if "--plan" in argv else "clusters.json"
-    return main(["export", "--plan", plan])
-
+from facesets.cli import cluster_then_export, main
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:], cluster_then_export("cluster_immich.py"), "cluster_immich.py"))

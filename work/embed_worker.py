@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from facesets.cli import main
+from facesets.cli import embed, main
 
 if __name__ == "__main__":
-    sys.exit(main(["embed", *sys.argv[1:]]))
+    sys.exit(main(sys.argv[1:], embed, "embed_worker.py"))
