@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from .cache import (
 )
 from .fsio import exclusive_lock
 from .packs import PackIdentity
+from .progress import Progress
 from .records import ImageRecord, ImageStatus
 
 
@@ -35,15 +36,23 @@ class ExtendStats:
         return dict(self.__dict__)
 
 
-def extend_cache(master: Path, parts: Sequence[Path]) -> ExtendStats:
+def extend_cache(master: Path, parts: Sequence[Path], progress: Callable[[int], Progress] | None = None) -> ExtendStats:
     """Fold ``parts`` into ``master`` (created if missing): dedup by content hash, aliases merged, atomic.
 
-    Every part must come from the same recognizer as the master; a mismatch changes nothing.
+    Every part must come from the same recognizer as the master; a mismatch changes nothing. ``progress(total)``
+    makes a bar over the parts read.
     """
     master = Path(master)
     stats = ExtendStats()
     with exclusive_lock(master.with_name(master.name + ".lock")):
-        loaded = [load_cache(part) for part in parts]
+        bar = progress(len(parts)) if progress else None
+        loaded = []
+        for part in parts:
+            loaded.append(load_cache(part))
+            if bar:
+                bar.advance()
+        if bar:
+            bar.close()
         exists = master.exists() or bool(journal_segments(master))
         merged = load_cache(master) if exists else CacheData(identity=loaded[0].identity)
         for part, data in zip(parts, loaded, strict=True):

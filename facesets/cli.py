@@ -300,7 +300,7 @@ def index(
         no_ml=no_ml,
     )
     stats = run_index(config, progress=False if as_json else None)
-    _emit(_load_into(database, caches, stats.as_dict(), galleries_only=False), as_json)
+    _emit(_load_into(database, caches, stats.as_dict(), False, as_json), as_json)
 
 
 @cli.command()
@@ -317,7 +317,7 @@ def backfill(targets: Sequence[Path], caches: Path, database: str | None, concur
 
     _check_store(database)
     stats = run_backfill(list(targets), caches, concurrency)
-    _emit(_load_into(database, caches, stats.as_dict(), galleries_only=True), as_json)
+    _emit(_load_into(database, caches, stats.as_dict(), True, as_json), as_json)
 
 
 def _check_store(database: str | None) -> None:
@@ -329,23 +329,27 @@ def _check_store(database: str | None) -> None:
             pass
 
 
-def _load_into(database: str | None, caches: Path, result: dict[str, Any], galleries_only: bool) -> dict[str, Any]:
+def _load_into(
+    database: str | None, caches: Path, result: dict[str, Any], galleries_only: bool, as_json: bool
+) -> dict[str, Any]:
     """The run's counters, and with --database what loading the caches folder into it added."""
     if not database:
         return result
     from .database import DatabaseConfig
     from .load import LoadConfig, run_load
 
-    loaded = run_load(LoadConfig(DatabaseConfig(url=database), caches=caches, galleries_only=galleries_only))
+    config = LoadConfig(DatabaseConfig(url=database), caches=caches, galleries_only=galleries_only)
+    loaded = run_load(config, progress=_bar("load", "face", as_json))
     return {**result, "database": loaded.as_dict()}
 
 
 @cli.command()
 @database_options
-def migrate(database: str | None, data: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the migrations applied and the schema version as JSON.")
+def migrate(database: str | None, data: Path, as_json: bool) -> None:
     """Create or update the database schema (numbered migrations; safe to run twice or concurrently).
 
-    Example: facesets migrate --database postgresql://faces@db.lan/faces?sslmode=require
+    Example: facesets migrate --database 'postgresql://faces@db.lan/faces?sslmode=require'
     """
     from .database import DatabaseConfig, connect, database_url, describe
     from .migrations import LATEST
@@ -353,6 +357,10 @@ def migrate(database: str | None, data: Path) -> None:
 
     with database_url(DatabaseConfig(database, data)) as url, connect(url) as conn:
         applied = run_migrations(conn)
+        if as_json:
+            done = [{"version": migration.version, "name": migration.name} for migration in applied]
+            _emit({"database": describe(url), "applied": done, "schema": LATEST}, True)
+            return
         for migration in applied:
             click.echo(f"applied migration {migration.version}: {migration.name}")
         click.echo(f"{describe(url)}: schema at version {LATEST}" + ("" if applied else " (already up to date)"))
@@ -419,7 +427,7 @@ def load(
     config = LoadConfig(
         DatabaseConfig(database, data), caches, tuple(extra_caches), clip_model, batch, sets_dir, workers
     )
-    _emit(run_load(config).as_dict(), as_json)
+    _emit(run_load(config, progress=_bar("load", "face", as_json)).as_dict(), as_json)
 
 
 @cli.command("cluster")
@@ -532,7 +540,8 @@ def cluster_command(
             min_faces or 3,
             min_points,
         )
-        _emit(_learned_in_words(run_person_cluster(person_config).as_dict(), as_json), as_json)
+        stats = run_person_cluster(person_config, progress=_bar("cluster", "face", as_json))
+        _emit(_learned_in_words(stats.as_dict(), as_json), as_json)
         return
     if explicit_database or threshold is not None:
         raise click.UsageError(
@@ -553,6 +562,7 @@ def cluster_command(
         model_dir,
         model_pack,
         providers,
+        as_json,
     )
     _emit(_learned_in_words(summary, as_json), as_json)
 
@@ -572,6 +582,7 @@ def _cluster_caches(
     model_dir: Path | None,
     model_pack: str,
     providers: tuple[str, ...],
+    as_json: bool = False,
 ) -> dict[str, Any]:
     """`facesets cluster --cache`: the plan written, its summary returned."""
     from .clustering import Algorithm
@@ -596,7 +607,14 @@ def _cluster_caches(
         reconsider=reconsider,
         embedder=embedder,
     )
-    return run_cluster(config).as_dict()
+    return run_cluster(config, progress=_bar("cluster", "face", as_json)).as_dict()
+
+
+def _bar(label: str, unit: str, as_json: bool) -> Any:
+    """A progress factory for a stage (a bar on a terminal), none with --json."""
+    from .progress import Progress
+
+    return None if as_json else lambda total: Progress(total, label, unit)
 
 
 def _learned_in_words(summary: dict[str, Any], as_json: bool) -> dict[str, Any]:
@@ -647,7 +665,8 @@ def export_command(
 
     Example: facesets export --plan clusters.json
     """
-    _emit(_export_plan(plan, sets_dir, split_eras, era_years, min_era_faces, no_report, io_concurrency), as_json)
+    summary = _export_plan(plan, sets_dir, split_eras, era_years, min_era_faces, no_report, io_concurrency, as_json)
+    _emit(summary, as_json)
 
 
 def _export_plan(
@@ -658,11 +677,12 @@ def _export_plan(
     min_era_faces: int | None,
     no_report: bool,
     io_concurrency: int,
+    as_json: bool = False,
 ) -> dict[str, Any]:
     from .export import ExportConfig, run_export
 
     config = ExportConfig(plan, sets_dir, split_eras, era_years, min_era_faces, not no_report, io_concurrency)
-    return run_export(config).as_dict()
+    return run_export(config, progress=_bar("export", "face", as_json)).as_dict()
 
 
 EXPORT_OPTIONS = ("split_eras", "era_years", "min_era_faces", "no_report", "io_concurrency")
@@ -730,7 +750,8 @@ def cache_extend(master: Path, parts: Sequence[Path], as_json: bool) -> None:
     """
     from .cacheops import extend_cache
 
-    _emit({"master": str(master), **extend_cache(master, list(parts)).as_dict()}, as_json)
+    stats = extend_cache(master, list(parts), progress=_bar("extend", "cache", as_json))
+    _emit({"master": str(master), **stats.as_dict()}, as_json)
 
 
 @cli.group()
@@ -748,7 +769,8 @@ def queue() -> None:
 )
 @click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--io-concurrency", type=click.IntRange(min=1), default=4, show_default=True, help="Hashing threads.")
-def queue_add(queue_path: Path, folders: Sequence[Path], io_concurrency: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON (no progress bar).")
+def queue_add(queue_path: Path, folders: Sequence[Path], io_concurrency: int, as_json: bool) -> None:
     """Queue every image file under FOLDERS (hashed with BLAKE3); already queued paths are kept once.
 
     Example: facesets queue add --queue queue.json /mnt/d/photos
@@ -756,18 +778,22 @@ def queue_add(queue_path: Path, folders: Sequence[Path], io_concurrency: int) ->
     from .progress import Progress
     from .queue import append_entries, scan_folders
 
-    result = scan_folders(list(folders), io_concurrency, progress=lambda total: Progress(total, "hash", "file"))
+    bar = None if as_json else lambda total: Progress(total, "hash", "file")
+    result = scan_folders(list(folders), io_concurrency, progress=bar)
     for path, why in result.skipped:
         log.warning("skipping %s: %s", path, why)
     added = append_entries(queue_path, result.entries)
-    click.echo(
-        f"{queue_path}: {added} added, {len(result.entries) - added} already queued, {len(result.skipped)} skipped"
-    )
+    counts = {"added": added, "already_queued": len(result.entries) - added, "skipped": len(result.skipped)}
+    if as_json:
+        _emit({"queue": str(queue_path), **counts}, True)
+        return
+    click.echo(f"{queue_path}: {added} added, {counts['already_queued']} already queued, {len(result.skipped)} skipped")
 
 
 @queue.command("info")
 @click.argument("queue_path", metavar="QUEUE", type=click.Path(path_type=Path, dir_okay=False))
-def queue_info(queue_path: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+def queue_info(queue_path: Path, as_json: bool) -> None:
     """Count the entries of a queue.json.
 
     Example: facesets queue info queue.json
@@ -777,6 +803,9 @@ def queue_info(queue_path: Path) -> None:
     entries = read_queue(queue_path)
     windows = sum(1 for entry in entries if entry.windows_path)
     total = sum(entry.size for entry in entries)
+    if as_json:
+        _emit({"queue": str(queue_path), "entries": len(entries), "bytes": total, "with_windows_path": windows}, True)
+        return
     click.echo(f"{queue_path}: {len(entries)} entries, {total / 1e6:.1f} MB, {windows} with a Windows path")
 
 

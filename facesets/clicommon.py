@@ -15,15 +15,28 @@ from .progress import Progress
 
 
 def emit(data: dict[str, Any], as_json: bool) -> None:
-    """Print a summary: aligned ``key  value`` lines, or indented JSON with ``--json``."""
+    """Print a summary: aligned ``key  value`` lines a person reads, or indented JSON with ``--json``."""
     if as_json:
         click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
         return
-    width = max(len(key) for key in data)
+    width = max((len(key) for key in data), default=0)
     for key, value in data.items():
-        if isinstance(value, dict):
-            value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
-        click.echo(f"{key:<{width}}  {value}")
+        click.echo(f"{key:<{width}}  {human(key, value)}")
+
+
+def human(key: str, value: Any) -> str:
+    """One summary value in words: lists joined, yes/no, seconds with their unit, nested counters as k=v."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={human(k, v)}" for k, v in value.items()) or "-"
+    if isinstance(value, list | tuple):
+        return ", ".join(human(key, item) for item in value) or "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, int | float) and (key == "elapsed" or key.endswith("seconds")):
+        return f"{value:.1f} s"
+    return str(value)
 
 
 def database_options(function: Any) -> Any:

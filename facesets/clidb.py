@@ -230,35 +230,41 @@ def persons_unassigned(database: str | None, data: Path, limit: int, as_json: bo
 @persons.command("hide")
 @click.argument("person")
 @database_options
-def persons_hide(person: str, database: str | None, data: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def persons_hide(person: str, database: str | None, data: Path, as_json: bool) -> None:
     """Hide PERSON: out of `persons list` (see `list --hidden`), and clustering adds no face to it.
 
     Example: facesets persons hide 31
     """
-    _set_hidden(person, database, data, True)
+    _set_hidden(person, database, data, True, as_json)
 
 
 @persons.command("unhide")
 @click.argument("person")
 @database_options
-def persons_unhide(person: str, database: str | None, data: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def persons_unhide(person: str, database: str | None, data: Path, as_json: bool) -> None:
     """Show PERSON again in `persons list`; clustering may add faces to it again.
 
     Example: facesets persons unhide 31
     """
-    _set_hidden(person, database, data, False)
+    _set_hidden(person, database, data, False, as_json)
 
 
-def _set_hidden(person: str, database: str | None, data: Path, hidden: bool) -> None:
+def _set_hidden(person: str, database: str | None, data: Path, hidden: bool, as_json: bool) -> None:
     from .personops import hide_person, resolve_person
 
     with _store(database, data) as conn:
         result = hide_person(conn, resolve_person(conn, person), hidden)
+    if as_json:
+        _print_json(result)
+        return
     click.echo(f"person {result['person']} is {'hidden' if hidden else 'shown'}")
 
 
 def _search_options(function: Any) -> Any:
     function = providers_option(function)
+    function = click.option("--nl", "as_lines", is_flag=True, help="Print one JSON object per hit and line.")(function)
     function = click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")(function)
     function = click.option(
         "--clip-model", default=None, help="CLIP model folder name (default: the model the database holds)."
@@ -275,9 +281,9 @@ def _search_options(function: Any) -> Any:
     return database_options(function)
 
 
-def _print_hits(hits: list[Any], as_json: bool) -> None:
-    if as_json:
-        _print_json([hit.to_dict() for hit in hits])
+def _print_hits(hits: list[Any], as_json: bool, as_lines: bool) -> None:
+    if as_json or as_lines:
+        _print_rows([hit.to_dict() for hit in hits], as_lines)
         return
     for hit in hits:
         where = ", ".join(hit.paths) or hit.image
@@ -311,6 +317,7 @@ def search_command(
     clip_dir: Path | None,
     clip_model: str | None,
     as_json: bool,
+    as_lines: bool,
     providers: tuple[str, ...],
 ) -> None:
     """Images ranked by how well they match TEXT (CLIP), best first: score and paths (and Immich assets).
@@ -329,7 +336,7 @@ def search_command(
         check_clip_model(conn, folder)
         vector = ClipText(folder, RuntimeOptions(chosen, 1)).embed(text)
         hits = nearest_images(conn, vector, limit, person_id)
-    _print_hits(hits, as_json)
+    _print_hits(hits, as_json, as_lines)
 
 
 @click.command("similar")
@@ -344,6 +351,7 @@ def similar_command(
     clip_dir: Path | None,
     clip_model: str | None,
     as_json: bool,
+    as_lines: bool,
     providers: tuple[str, ...],
 ) -> None:
     """Images that look like IMAGE (CLIP), best first; IMAGE itself is left out.
@@ -357,4 +365,4 @@ def similar_command(
         person_id = resolve_person(conn, person) if person is not None else None
         vector, digest = image_vector(conn, image, lambda: _clip_folder(conn, clip_dir, clip_model), providers)
         hits = nearest_images(conn, vector, limit, person_id, exclude=digest)
-    _print_hits(hits, as_json)
+    _print_hits(hits, as_json, as_lines)

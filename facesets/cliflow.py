@@ -140,6 +140,7 @@ def finalize_command(
         embed_side=side,
         split_eras=split_eras,
         min_faces=min_faces,
+        progress=not as_json,
     )
     summary = run_finalize(config, announce=lambda line: click.echo(line, err=True))
     result = summary.as_dict()

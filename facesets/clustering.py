@@ -34,7 +34,7 @@ canonical order first (:func:`canonical_order`), which makes the result independ
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -98,25 +98,27 @@ def cluster_library(
     params: ClusterParams,
     everyone: NDArray[np.float32] | None = None,
     norms: NDArray[np.float32] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[IntArray, LibraryEstimate]:
     """:func:`cluster`, with what was learned about the library (thresholds, impostor statistics).
 
     ``everyone`` is every face of the library when only some are clustered (the impostor statistics are
     measured on all of them); ``norms`` are the faces' raw embedding norms (NaN: unknown), which ``graph``
-    uses to keep poor faces from seeding or bridging clusters."""
+    uses to keep poor faces from seeding or bridging clusters; ``progress(n)`` is told of each block of ``n``
+    faces whose neighbours were searched."""
     conflicts = same_photo_pairs(photos)
     library = estimate(vectors, conflicts, params.distance, params.false_links, everyone, params.impostors)
     count = len(vectors)
     if count == 0:
         return np.zeros(0, np.int64), library
     if params.algorithm is not Algorithm.GRAPH:
-        graph = knn_graph(vectors, params.k, min_sim=library.seed_similarity)
+        graph = knn_graph(vectors, params.k, min_sim=library.seed_similarity, progress=progress)
         if params.algorithm is Algorithm.COMPONENTS:
             return components(count, graph.src, graph.dst), library
         if params.algorithm is Algorithm.DBSCAN:
             return _dbscan(count, graph, params.min_points), library
         return _average_linkage(vectors, graph, library, 0.0, None, params.tolerance, relax=False)
-    graph = knn_graph(vectors, params.k, min_sim=library.lowest_similarity())
+    graph = knn_graph(vectors, params.k, min_sim=library.lowest_similarity(), progress=progress)
     everyone = vectors if everyone is None else everyone
     # in a small library the cohort is too often the face's own person: no per-face spreads there
     spreads = face_spreads(vectors, everyone, library.impostor_sd) if len(everyone) >= MIN_LIBRARY else None

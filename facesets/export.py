@@ -47,6 +47,7 @@ from .facesetdir import (
 from .fsio import atomic_write_bytes, exclusive_lock
 from .identify import PLAN_FORMAT
 from .paths import to_linux
+from .progress import Progress
 from .report import write_report
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,8 @@ def read_plan(path: Path) -> dict[str, Any]:
     return plan
 
 
-def run_export(config: ExportConfig, progress: Callable[[int], None] | None = None) -> ExportSummary:
+def run_export(config: ExportConfig, progress: Callable[[int], Progress] | None = None) -> ExportSummary:
+    """Apply the plan (see the module docstring); ``progress(total)`` makes the bar over the plan's faces."""
     plan = read_plan(config.plan)
     root = Path(config.sets_dir or plan["sets_dir"])
     _create(root)
@@ -104,9 +106,11 @@ def run_export(config: ExportConfig, progress: Callable[[int], None] | None = No
         _remove_partials(root)
         _check_numbers(root, top, plan)
         params = {"plan": plan["id"], "algorithm": plan["algorithm"], "thresholds": plan["thresholds"]}
-        touched = [
-            _apply_identity(root, identity, params, summary, config, progress) for identity in plan["identities"]
-        ]
+        bar = progress(sum(len(identity["members"]) for identity in plan["identities"])) if progress else None
+        advance = bar.advance if bar else None
+        touched = [_apply_identity(root, identity, params, summary, config, advance) for identity in plan["identities"]]
+        if bar:
+            bar.close()
         if config.split_eras:
             for faceset in touched:
                 _rebuild_eras(root, faceset, config.era_years, config.min_era_faces or int(plan["min_faces"]))
@@ -164,6 +168,8 @@ def _apply_identity(
     faceset = read_set(number, folder)
     known = {member.key for member in faceset.members}
     todo = [face for face in identity["members"] if face["key"] not in known]
+    if progress:
+        progress(len(identity["members"]) - len(todo))
     added = _write_crops(folder, todo, summary, config.io_concurrency, progress)
     faceset.members.extend(added)
     write_set_manifest(faceset, params)
@@ -187,17 +193,18 @@ def _write_crops(
     for face in faces:
         by_source[face["source"]].append(face)
     added: list[Member] = []
+    items = sorted(by_source.items())
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for result in pool.map(lambda item: _crops_of(folder, *item), sorted(by_source.items())):
-            members, reason = result
+        results = pool.map(lambda item: _crops_of(folder, *item), items)
+        for (_, of_source), (members, reason) in zip(items, results, strict=True):
+            if progress:
+                progress(len(of_source))
             if reason:
                 summary.faces_skipped += 1
                 summary.skip_reasons[reason] = summary.skip_reasons.get(reason, 0) + 1
                 continue
             added.extend(members)
             summary.faces_written += len(members)
-            if progress:
-                progress(len(members))
     return added
 
 

@@ -31,6 +31,7 @@ from .database import DatabaseConfig
 from .errors import ConfigError, StateError
 from .fsio import atomic_write_json
 from .packs import DEFAULT_PACK
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,11 @@ class FinalizeConfig:
     embed_side: Any = None  # a winside.WindowsSide, or None: embed here
     split_eras: bool = False
     min_faces: int = 5  # smallest new face set
+    progress: bool = False  # a bar for each step (on a terminal)
+
+    def bar(self, label: str, unit: str) -> Callable[[int], Progress] | None:
+        """The progress factory a step hands to its stage, or None."""
+        return (lambda total: Progress(total, f"{self.user}: {label}", unit)) if self.progress else None
 
     @property
     def queue(self) -> Path:
@@ -181,7 +187,7 @@ def _embed(config: FinalizeConfig) -> dict[str, Any]:
         model_pack=config.model_pack,
         providers=config.providers,
     )
-    return {"where": "local", **run_embed(embed_config).as_dict()}
+    return {"where": "local", **run_embed(embed_config, progress=config.bar("embed", "img")).as_dict()}
 
 
 def _cluster(config: FinalizeConfig) -> dict[str, Any]:
@@ -196,13 +202,14 @@ def _cluster(config: FinalizeConfig) -> dict[str, Any]:
         min_faces=config.min_faces,
         embedder=embedder,
     )
-    return run_cluster(cluster_config).as_dict()
+    return run_cluster(cluster_config, progress=config.bar("cluster", "face")).as_dict()
 
 
 def _export(config: FinalizeConfig) -> dict[str, Any]:
     from .export import ExportConfig, run_export
 
-    return run_export(ExportConfig(config.plan, config.sets_dir, split_eras=config.split_eras)).as_dict()
+    export_config = ExportConfig(config.plan, config.sets_dir, split_eras=config.split_eras)
+    return run_export(export_config, progress=config.bar("export", "face")).as_dict()
 
 
 def _load(config: FinalizeConfig) -> dict[str, Any]:
@@ -213,7 +220,8 @@ def _load(config: FinalizeConfig) -> dict[str, Any]:
     with database_url(config.database) as url:
         with connect(url) as conn:
             migrate(conn)
-        return run_load(LoadConfig(DatabaseConfig(url), config.caches, (config.cache,), sets=config.sets_dir)).as_dict()
+        load_config = LoadConfig(DatabaseConfig(url), config.caches, (config.cache,), sets=config.sets_dir)
+        return run_load(load_config, progress=config.bar("load", "face")).as_dict()
 
 
 RUNNERS: dict[Step, Callable[[FinalizeConfig], dict[str, Any]]] = {

@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from .facesetdir import FaceSet, face_key, highest_number, read_sets, read_top
 from .fsio import atomic_write_bytes
 from .neighbors import first_of_runs, knn_graph
 from .packs import PackIdentity
+from .progress import Progress
 from .thresholds import Thresholds, resolve_thresholds
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ class ClusterSummary:
         }
 
 
-def run_cluster(config: ClusterConfig) -> ClusterSummary:
+def run_cluster(config: ClusterConfig, progress: Callable[[int], Progress] | None = None) -> ClusterSummary:
     identity, table = load_faces(config.caches)
     check_embedder_model(config.embedder, identity)
     thresholds = resolve_thresholds(
@@ -132,9 +133,12 @@ def run_cluster(config: ClusterConfig) -> ClusterSummary:
     rest = np.asarray([i for i in candidates if i not in taken], np.int64)
     summary.clustered = len(rest)
     params = cluster_params(config.algorithm, thresholds, config.min_points)
+    bar = progress(len(rest)) if progress else None
     labels, summary.library = cluster_library(
-        table.vectors[rest], table.photos[rest], params, table.vectors, table.norms[rest]
+        table.vectors[rest], table.photos[rest], params, table.vectors, table.norms[rest], bar.advance if bar else None
     )
+    if bar:
+        bar.close()
     groups, dropped = refine(
         table.vectors,
         table.keys,

@@ -31,7 +31,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,6 +48,7 @@ from .errors import DatabaseError
 from .index import CLIP_STORE, FACE_CACHE, STATE_FILE
 from .loadsets import load_face_sets
 from .migrations import check_schema
+from .progress import Progress
 
 CLIP_DIM = 512
 LOAD_LOCK = 0x6C6F6164  # "load"
@@ -99,7 +100,8 @@ class LoadStats:
         return asdict(self)
 
 
-def run_load(config: LoadConfig) -> LoadStats:
+def run_load(config: LoadConfig, progress: Callable[[int], Progress] | None = None) -> LoadStats:
+    """Load what ``config`` names (see the module docstring); ``progress(total)`` makes a bar per face cache."""
     started = time.monotonic()
     stats = LoadStats()
     state = config.caches / STATE_FILE
@@ -121,7 +123,7 @@ def run_load(config: LoadConfig) -> LoadStats:
             restore_bulk_constraints(url, conn)
             _drop_indexes_of_empty_tables(conn)
             for path in caches:
-                _load_face_cache(url, conn, load_cache(path), config, stats)
+                _load_face_cache(url, conn, load_cache(path), config, stats, progress)
             if state.exists():
                 _load_galleries(conn, state, config.batch, stats)
             if clip is not None:
@@ -230,7 +232,14 @@ def _batches(count: int, size: int) -> Iterator[range]:
         yield range(start, min(count, start + size))
 
 
-def _load_face_cache(url: str, conn: Any, data: CacheData, config: LoadConfig, stats: LoadStats) -> None:
+def _load_face_cache(
+    url: str,
+    conn: Any,
+    data: CacheData,
+    config: LoadConfig,
+    stats: LoadStats,
+    progress: Callable[[int], Progress] | None = None,
+) -> None:
     """The cache's batches, each in its own transaction, over ``config.workers`` connections at once (while
     one connection's server process writes, another batch is encoded or written)."""
     identity = data.identity.to_dict()
@@ -238,13 +247,16 @@ def _load_face_cache(url: str, conn: Any, data: CacheData, config: LoadConfig, s
     stats.faces_seen += len(data.meta)
     batches = list(_face_batches(data, config.batch))
     bulk = _start_bulk(conn)
+    bar = progress(sum(len(batch.faces) for batch in batches)) if progress else None
     try:
-        _write_batches(url, data, config, batches, bulk, stats)
+        _write_batches(url, data, config, batches, bulk, stats, bar)
     except BaseException:
         if bulk:  # the batches written are kept: give them their constraints, without hiding the failure
             with contextlib.suppress(Exception):
                 restore_bulk_constraints(url, conn)
         raise
+    if bar:
+        bar.close()
     if bulk:
         restore_bulk_constraints(url, conn)
 
@@ -256,6 +268,7 @@ def _write_batches(
     batches: list[_Batch],
     bulk: bool,
     stats: LoadStats,
+    bar: Progress | None = None,
 ) -> None:
     connections: queue.Queue[Any] = queue.Queue()
     for _ in range(min(config.workers, len(batches))):
@@ -263,11 +276,13 @@ def _write_batches(
     try:
         with ThreadPoolExecutor(max_workers=max(1, connections.qsize())) as pool:
             failed = threading.Event()
-            futures = [pool.submit(_load_batch, connections, failed, data, batch, bulk) for batch in batches]
+            futures = {pool.submit(_load_batch, connections, failed, data, batch, bulk): batch for batch in batches}
             try:
                 for future in as_completed(futures):
                     for name, value in future.result().items():
                         setattr(stats, name, getattr(stats, name) + value)
+                    if bar:
+                        bar.advance(len(futures[future].faces))
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise

@@ -20,6 +20,7 @@ graph, and everything built on it, does not depend on the order the faces arrive
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,15 +48,25 @@ class Graph:
         return len(self.src)
 
 
-def knn_graph(vectors: NDArray[np.float32], k: int = DEFAULT_K, min_sim: float = -1.0) -> Graph:
-    """The symmetrised k-nearest-neighbour graph of L2-normalised ``vectors``, edges below ``min_sim`` dropped."""
+def knn_graph(
+    vectors: NDArray[np.float32],
+    k: int = DEFAULT_K,
+    min_sim: float = -1.0,
+    progress: Callable[[int], None] | None = None,
+) -> Graph:
+    """The symmetrised k-nearest-neighbour graph of L2-normalised ``vectors``, edges below ``min_sim`` dropped;
+    ``progress(n)`` is told of each block of ``n`` faces searched."""
     count = len(vectors)
     k = min(k, count - 1)
     if k <= 0:
         return _empty_graph()
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     search = _exact_search if count <= EXACT_LIMIT else _ivf_search
-    parts = [_edges(block_start, ids, sims, min_sim) for block_start, ids, sims in search(vectors, k)]
+    parts = []
+    for block_start, ids, sims in search(vectors, k):
+        parts.append(_edges(block_start, ids, sims, min_sim))
+        if progress:
+            progress(len(ids))
     src = np.concatenate([part[0] for part in parts])
     dst = np.concatenate([part[1] for part in parts])
     sim = np.concatenate([part[2] for part in parts])

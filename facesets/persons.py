@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ from .errors import ConfigError, DatabaseError
 from .identify import cluster_params, match_faces, refine
 from .migrations import check_schema
 from .packs import PackIdentity
+from .progress import Progress
 from .thresholds import Thresholds, resolve_thresholds
 
 log = logging.getLogger(__name__)
@@ -106,7 +108,9 @@ class PersonClusterStats:
         return asdict(self)
 
 
-def run_person_cluster(config: PersonClusterConfig) -> PersonClusterStats:
+def run_person_cluster(
+    config: PersonClusterConfig, progress: Callable[[int], Progress] | None = None
+) -> PersonClusterStats:
     started = time.monotonic()
     overrides = config.overrides()
     stats = PersonClusterStats()
@@ -124,7 +128,7 @@ def run_person_cluster(config: PersonClusterConfig) -> PersonClusterStats:
             thresholds = resolve_thresholds(identity, overrides)
             faces = read_faces(conn)
             hidden = {int(row[0]) for row in conn.execute("SELECT id FROM persons WHERE hidden")}
-            plan = plan_persons(faces, read_not_person(conn, faces), thresholds, config, hidden)
+            plan = plan_persons(faces, read_not_person(conn, faces), thresholds, config, hidden, progress)
             _summarise(stats, faces, plan, thresholds)
             write_plan(conn, faces, plan, stats)
         finally:
@@ -180,6 +184,7 @@ def plan_persons(
     thresholds: Thresholds,
     config: PersonClusterConfig,
     hidden: set[int] | None = None,
+    progress: Callable[[int], Progress] | None = None,
 ) -> PersonPlan:
     """Which unassigned faces join which person, and which form new persons (pure: no database). ``hidden``
     persons are never joined."""
@@ -196,7 +201,12 @@ def plan_persons(
             person_photos[person].add(int(faces.photos[row]))
     rest = np.asarray([row for row in free.tolist() if row not in plan.joins], np.int64)
     params = cluster_params(config.algorithm, thresholds, config.min_points)
-    labels, plan.library = cluster_library(faces.vectors[rest], faces.photos[rest], params, faces.vectors)
+    bar = progress(len(rest)) if progress else None
+    labels, plan.library = cluster_library(
+        faces.vectors[rest], faces.photos[rest], params, faces.vectors, progress=bar.advance if bar else None
+    )
+    if bar:
+        bar.close()
     keys = [str(face_id) for face_id in faces.ids.tolist()]
     groups, dropped = refine(faces.vectors, keys, rest, labels, thresholds, config.min_faces, plan.library)
     for entry in dropped:

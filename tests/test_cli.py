@@ -41,10 +41,50 @@ def test_readme_examples_parse(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_make_targets_are_documented() -> None:
-    targets = re.findall(r"^([a-z][a-z-]+):", (REPO / "Makefile").read_text(), flags=re.MULTILINE)
+    targets = re.findall(r"^([a-z][a-z -]+):", (REPO / "Makefile").read_text(), flags=re.MULTILINE)
+    targets = [name for line in targets for name in line.split()]
     for target in targets:
         if target != "clean":
             assert f"make {target}" in README, target
+    named = set(re.findall(r"`make ([a-z][a-z-]*)|^\s+make ([a-z][a-z-]*)", README, flags=re.MULTILINE))
+    assert {name for pair in named for name in pair if name} <= set(targets)
+
+
+def _command(path: list[str]) -> click.Command:
+    command: click.Command = cli
+    for name in path:
+        assert isinstance(command, click.Group)
+        command = command.commands[name]
+    return command
+
+
+def _options(command: click.Command) -> set[str]:
+    return {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)} | {"--help", "-h"}
+
+
+def test_readme_examples_use_options_their_command_has() -> None:
+    examples = re.findall(r"^    (?:\$ )?facesets (.+)$", README, flags=re.MULTILINE)
+    groups = {name for name, command in cli.commands.items() if isinstance(command, click.Group)}
+    for example in examples:
+        words = shlex.split(example.split(" #")[0])
+        path = words[:2] if words[0] in groups else words[:1]
+        known = _options(_command(path)) | _options(cli)
+        used = {word.split("=")[0] for word in words[len(path) :] if word.startswith("-")}
+        assert used <= known, f"{example}: {sorted(used - known)}"
+
+
+def test_no_help_text_or_readme_line_names_a_missing_option_or_an_unlanded_feature() -> None:
+    everything = _options(cli)
+    helps = []
+    for _path, command in _commands(cli):
+        everything |= _options(command)
+        helps.append(command.help or "")
+        helps += [param.help or "" for param in command.params if isinstance(param, click.Option)]
+    for text in [*helps, README]:
+        for stale in ("not available yet", "has not landed", "not landed", "once the loader lands"):
+            assert stale not in text, stale
+    named = {option for text in helps for option in re.findall(r"(?<![\w-])--[a-z][a-z-]+", text)}
+    assert named <= everything, sorted(named - everything)
 
 
 def test_fatal_errors_are_messages_with_exit_code_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -120,6 +160,23 @@ def test_progress_line_has_rate_and_eta() -> None:
     assert quiet.getvalue() == ""
 
 
+def test_progress_fits_the_terminal_and_its_eta_follows_the_recent_rate() -> None:
+    from facesets.progress import WINDOW, Progress
+
+    bar = Progress(1000, "embed", enabled=False)
+    bar.started = 0.0
+    bar._samples.clear()
+    bar._samples.append((0.0, 0))
+    bar.done = 10  # 10 images in the first 100 s, then 90 in the next 10 s
+    bar.rate(100.0)
+    bar.done = 100
+    assert abs(bar.rate(100.0 + WINDOW / 3) - 90 / (WINDOW / 3)) < 1e-6
+    for columns in (50, 80, 200):
+        line = bar.line(100.0 + WINDOW / 3, columns)
+        assert len(line) <= columns - 1 and "100/1000" in line and "ETA 0:01:40" in line
+    assert "[" not in bar.line(111.0, 30) and len(bar.line(111.0, 30)) <= 29  # too narrow for a bar
+
+
 def test_cluster_before_embed_names_the_command_that_makes_the_cache(
     chdir_tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -170,3 +227,43 @@ def test_verbose_goes_before_or_after_the_command(tmp_path: Path, capsys: pytest
     assert logging.getLogger().level == logging.DEBUG
     assert main(["queue", "info", str(tmp_path / "q.json")]) == 0
     assert logging.getLogger().level == logging.WARNING
+
+
+def test_human_summaries_have_no_python_reprs_and_times_have_units(capsys: pytest.CaptureFixture[str]) -> None:
+    from facesets.clicommon import emit
+
+    emit({"new_sets": ["faceset_001", "faceset_002"], "already_applied": False, "elapsed": 62.812, "none": []}, False)
+    assert capsys.readouterr().out.splitlines() == [
+        "new_sets         faceset_001, faceset_002",
+        "already_applied  no",
+        "elapsed          62.8 s",
+        "none             -",
+    ]
+
+
+def test_queue_commands_print_json(
+    tmp_path: Path, sample_photos: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "a.jpg").write_bytes(sample_photos[0].read_bytes())
+    queue = str(tmp_path / "q.json")
+    capsys.readouterr()
+    assert main(["queue", "add", "--queue", queue, str(tmp_path / "lib"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"queue": queue, "added": 1, "already_queued": 0, "skipped": 0}
+    assert main(["queue", "info", queue, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["entries"] == 1 and info["bytes"] == sample_photos[0].stat().st_size and info["with_windows_path"] == 0
+
+
+def test_every_command_that_prints_a_result_takes_json() -> None:
+    without = [" ".join(path) for path, command in _commands(cli) if not isinstance(command, click.Group)]
+    without = [name for name in without if "--json" not in _options(_command(name.split()))]
+    assert without == []
+
+
+def test_readme_quotes_every_url_with_an_ampersand() -> None:
+    for line in README.splitlines():
+        for url in re.findall(r"\S*://\S*&\S*", line):
+            assert url.startswith(("'", "`'")) or url.strip("`").startswith("'"), line
