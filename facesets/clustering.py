@@ -124,10 +124,9 @@ def cluster_library(
     spreads = face_spreads(vectors, everyone, library.impostor_sd) if len(everyone) >= MIN_LIBRARY else None
     poor = poor_faces(norms)
     late = None
-    if poor is not None:  # two poor faces never link: blurred strangers are alike in their blur
-        one, both = poor[graph.src] != poor[graph.dst], poor[graph.src] & poor[graph.dst]
-        late = Graph(graph.src[one], graph.dst[one], graph.sim[one])
-        graph = Graph(graph.src[~both], graph.dst[~both], graph.sim[~both])
+    if poor is not None:  # the edges a poor face may be attached over, kept apart (a small share of the graph)
+        touching = poor[graph.src] | poor[graph.dst]
+        late = Graph(graph.src[touching], graph.dst[touching], graph.sim[touching])
     return _average_linkage(
         vectors,
         graph,
@@ -230,7 +229,7 @@ def _average_linkage(
     """Merge rounds at the seed threshold; then, with ``relax``, rho is measured on the clusters formed and the
     rounds go on at the size-aware thresholds (:meth:`LibraryEstimate.required`), without the ``poor`` faces
     the seed rounds left alone, which are attached at the end (:func:`_attach`) over the ``late`` edges (those
-    between a poor face and another)."""
+    of the poor faces)."""
     count = len(vectors)
     clusters = _Clusters(vectors, spreads)
     lowest = library.lowest_similarity() if relax else library.seed_similarity

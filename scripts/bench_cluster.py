@@ -192,10 +192,19 @@ def child(data: str, algorithm: str, distance: float | None) -> None:
     labels, library = cluster_library(vectors, photos, ClusterParams(Algorithm(algorithm), distance), norms=norms)
     elapsed = time.perf_counter() - started
     np.save(data + ".labels.npy", labels)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    peak = _own_peak_gb()
     names = ("seed_distance", "floor_distance", "shared", "poor_faces", "poor_attached")
     learned = {name: library.to_dict()[name] for name in names}
     print(json.dumps({"seconds": round(elapsed, 1), "peak_gb": round(peak, 2), **learned}))
+
+
+def _own_peak_gb() -> float:
+    """This process's peak resident memory since it started (VmHWM; getrusage's maximum also counts what a
+    forked child inherited from its parent before exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024**2
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 def run(data: Path, people: np.ndarray, algorithm: str, distance: float | None) -> dict[str, float]:
