@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 from collections.abc import Sequence
@@ -17,8 +18,9 @@ from .clidb import persons, search_command, similar_command
 from .cliflow import finalize_command
 from .clip import CLIP_ROOT_ENV, DEFAULT_CLIP_MODEL
 from .errors import FacesetsError
+from .messages import SafeFormatter, safe
 from .packs import DEFAULT_PACK
-from .settings import DEFAULT_DET_SIZES, DEFAULT_MAX_PIXELS, Mode
+from .settings import DEFAULT_DET_SIZES, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Mode
 
 # Stage modules (numpy, OpenCV, onnxruntime behind them) are imported inside the commands that use them,
 # so that `--help` and runs with nothing to do start fast.
@@ -48,8 +50,11 @@ VERBOSE = {"-v": 1, "-vv": 2, "-vvv": 3, "--verbose": 1}
 
 
 def set_verbosity(verbose: int) -> None:
+    """Log records to stderr at the level ``-v`` asks for, each line without secrets or control characters."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("%(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def _take_verbosity(argv: list[str]) -> tuple[int, list[str]]:
@@ -168,6 +173,13 @@ def _target_options(function: Any) -> Any:
     show_default=True,
     help="Refuse images with more pixels than this (decompression-bomb guard).",
 )
+@click.option(
+    "--max-bytes",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_BYTES,
+    show_default=True,
+    help="Refuse files larger than this before reading them (a sparse file or a device named like a photo).",
+)
 @click.option("--retry-errors", is_flag=True, help="Try again images recorded as load errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def embed(
@@ -183,6 +195,7 @@ def embed(
     mode: str,
     flush_every: int,
     max_pixels: int,
+    max_bytes: int,
     retry_errors: bool,
     as_json: bool,
 ) -> None:
@@ -208,6 +221,7 @@ def embed(
         mode=Mode(mode),
         flush_every=flush_every,
         max_pixels=max_pixels,
+        max_bytes=max_bytes,
         retry_errors=retry_errors,
     )
     stats = run_embed(config, progress=lambda total: Progress(total, "embed", enabled=None if not as_json else False))
@@ -253,6 +267,13 @@ def embed(
     show_default=True,
     help="Images per commit of the cache journal and the state: a kill loses at most this many.",
 )
+@click.option(
+    "--max-bytes",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_BYTES,
+    show_default=True,
+    help="Refuse files larger than this before reading them (a sparse file or a device named like a photo).",
+)
 @click.option("--no-ml", is_flag=True, hidden=True, help="Benchmarks: time the skip machinery without models.")
 @click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
 def index(
@@ -270,6 +291,7 @@ def index(
     clip_model: str,
     clip_dir: Path | None,
     no_clip: bool,
+    max_bytes: int,
     no_ml: bool,
     as_json: bool,
 ) -> None:
@@ -297,6 +319,7 @@ def index(
         clip_model=clip_model,
         clip_dir=clip_dir,
         no_clip=no_clip,
+        max_bytes=max_bytes,
         no_ml=no_ml,
     )
     stats = run_index(config, progress=False if as_json else None)
@@ -826,7 +849,7 @@ def main(argv: Sequence[str] | None = None, command: click.Command | None = None
     try:
         code = command.main(args=args, prog_name=prog_name, standalone_mode=False)
     except FacesetsError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {safe(str(exc))}", err=True)
         return exc.exit_code
     except click.exceptions.Abort as exc:
         if isinstance(exc.__cause__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
@@ -834,7 +857,9 @@ def main(argv: Sequence[str] | None = None, command: click.Command | None = None
         click.echo("aborted", err=True)
         return 1
     except click.ClickException as exc:
-        exc.show()
+        shown = io.StringIO()
+        exc.show(file=shown)
+        click.echo("\n".join(safe(line) for line in shown.getvalue().splitlines()), err=True)
         return exc.exit_code
     except KeyboardInterrupt:
         return _interrupted()

@@ -99,7 +99,7 @@ def open_store(config: DatabaseConfig) -> Iterator[Any]:
         yield conn
 
 
-URL_EXAMPLE = "postgresql://user:password@host:5432/dbname"
+URL_EXAMPLE = "postgresql://user@host:5432/dbname"
 
 
 def check_url(url: str) -> None:

@@ -37,6 +37,11 @@ _configured = threading.Lock()
 _done = False
 
 
+# The formats facesets reads. Pillow is never asked to try the others: some (EPS) would run an external program.
+FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "TIFF", "BMP", "GIF", "HEIF", "AVIF")
+_formats: tuple[str, ...] = ()  # those of FORMATS this Pillow has (set by configure_libraries)
+
+
 def configure_libraries() -> None:
     """Register the HEIC/HEIF opener, hand the decompression-bomb check to our own guard, and keep OpenCV
     single-threaded (facesets runs its own decode and inference pools; OpenCV's pool would oversubscribe).
@@ -55,6 +60,9 @@ def configure_libraries() -> None:
         except ImportError:  # HEIC then fails per image with a reason that says what to install
             pass
         Image.MAX_IMAGE_PIXELS = None
+        Image.init()
+        global _formats
+        _formats = tuple(name for name in FORMATS if name in Image.OPEN)  # MPO is JPEG's in newer Pillows
         cv2.setNumThreads(1)
         _done = True
 
@@ -162,7 +170,7 @@ def _orient(pixels: BGRImage, orientation: int) -> BGRImage:
 def _open(data: bytes) -> Image.Image:
     configure_libraries()
     try:
-        return Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data), formats=_formats)
     except UnidentifiedImageError as exc:
         raise ImageLoadError(_unidentified_reason(data)) from exc
     except (OSError, ValueError, SyntaxError) as exc:

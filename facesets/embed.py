@@ -32,7 +32,7 @@ from .progress import Progress
 from .queue import QueueEntry, read_queue
 from .records import ImageRecord, ImageStatus
 from .runtime import RuntimeOptions, available_providers, choose_providers, is_cpu_only
-from .settings import DEFAULT_DET_SIZES, DEFAULT_MAX_PIXELS, Mode
+from .settings import DEFAULT_DET_SIZES, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Mode
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class EmbedConfig:
     mode: Mode = Mode.REFERENCE
     flush_every: int = 200
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES  # files larger than this are refused before they are read
     retry_errors: bool = False
 
 
@@ -158,7 +159,7 @@ class _Stages:
 
     def load(self, entry: QueueEntry) -> Loaded:
         try:
-            data = read_image(entry.local_path())
+            data = read_image(entry.local_path(), self.config.max_bytes)
         except ImageLoadError as exc:
             return Loaded(entry, error=exc.reason)
         digest = blake3.blake3(data).hexdigest()

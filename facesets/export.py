@@ -16,6 +16,7 @@ import errno
 import io
 import logging
 import os
+import re
 import shutil
 import time
 from collections import defaultdict
@@ -84,11 +85,29 @@ class ExportSummary:
         return dict(self.__dict__)
 
 
+HASH = re.compile(r"^[0-9a-f]{64}$")
+
+
 def read_plan(path: Path) -> dict[str, Any]:
+    """The plan, its fields checked: every value that names a file (set numbers, photo hashes, boxes) must be
+    what cluster writes, so a hand-edited or hostile plan cannot make export write outside the sets folder."""
     plan = read_json(path, PLAN_FORMAT)
     for name in ("id", "identities", "thresholds", "processed", "sets_dir"):
         if name not in plan:
             raise FaceSetError(f"{path} has no {name!r}: it is not a complete cluster plan; run facesets cluster again")
+    try:
+        for identity in plan["identities"]:
+            if not isinstance(identity["set"], int) or isinstance(identity["set"], bool) or identity["set"] < 1:
+                raise ValueError(f"set number {identity['set']!r}")
+            for face in identity["members"]:
+                if not isinstance(face["hash"], str) or not HASH.match(face["hash"]):
+                    raise ValueError(f"photo hash {str(face['hash'])[:80]!r}")
+                if len(face["bbox"]) != 4 or not all(isinstance(v, int | float) for v in face["bbox"]):
+                    raise ValueError(f"box {str(face['bbox'])[:80]!r}")
+                if not isinstance(face["source"], str) or not isinstance(face["key"], str):
+                    raise ValueError("source or key")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FaceSetError(f"{path} is not a valid cluster plan ({exc}): run facesets cluster again") from None
     return plan
 
 
@@ -242,6 +261,7 @@ def _local_path(source: str) -> Path:
 
 
 def _crop_name(face: dict[str, Any]) -> str:
+    """A crop's file name: hex and digits only (:func:`read_plan` checked the fields), never a path."""
     x1, y1 = (round(value) for value in face["bbox"][:2])
     return f"{face['hash'][:16]}_{x1}_{y1}.jpg"
 

@@ -44,7 +44,7 @@ from .packs import DEFAULT_PACK, ModelPack, PackIdentity, resolve_pack
 from .pipeline import bounded_map, read_image
 from .progress import Progress
 from .records import ImageRecord, ImageStatus
-from .settings import DEFAULT_MAX_PIXELS
+from .settings import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -76,6 +76,7 @@ class IndexConfig:
     ml_purge: bool = False
     flush_every: int = 200
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES  # files larger than this are refused before they are read
     clip_model: str = DEFAULT_CLIP_MODEL
     clip_dir: Path | None = None
     no_clip: bool = False
@@ -372,7 +373,7 @@ class _Run:
 
         path = os.path.join(item.gallery, item.filename)
         try:
-            data = read_image(path)
+            data = read_image(path, self.config.max_bytes)
         except ImageLoadError as exc:
             return Done(item, error=exc.reason), b"", None
         digest = blake3.blake3(data).hexdigest()

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import blake3
 import orjson
 
-from .errors import QueueError
+from .errors import ImageLoadError, QueueError
 from .fsio import atomic_write_json, exclusive_lock
 from .paths import to_windows
+from .pipeline import hash_file
 from .progress import Progress
 
 FORMAT = "facesets.queue"
@@ -128,14 +128,6 @@ def append_entries(path: Path, entries: Iterable[QueueEntry]) -> int:
         return len(added)
 
 
-def content_hash(path: str | Path) -> str:
-    hasher = blake3.blake3()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            hasher.update(chunk)
-    return hasher.hexdigest()
-
-
 def iter_image_files(folder: Path, on_skip: Callable[[Path, str], None]) -> Iterator[Path]:
     """Image files under ``folder`` by extension, in sorted order; unreadable folders are reported and skipped."""
     seen: set[tuple[int, int]] = set()
@@ -183,10 +175,9 @@ def scan_folders(
     def entry_for(file: Path) -> QueueEntry | None:
         absolute = str(file.absolute())
         try:
-            size = file.stat().st_size
-            digest = content_hash(file)
-        except OSError as exc:
-            skipped.append((absolute, exc.strerror or str(exc)))
+            digest, size = hash_file(file)
+        except ImageLoadError as exc:
+            skipped.append((absolute, exc.reason))
             return None
         return QueueEntry(absolute, to_windows(absolute), digest, size, {"kind": "folder"})
 

@@ -6,6 +6,9 @@ from enum import StrEnum
 
 # Refuse images with more pixels than this, read from the header before decoding (decompression bombs).
 DEFAULT_MAX_PIXELS = 200_000_000
+# Refuse files larger than this before reading them (a sparse file or a device named like a photo); far above
+# any real photo (a 100 MP 16-bit TIFF is about 600 MB).
+DEFAULT_MAX_BYTES = 1 << 30
 # Detector input sizes for detectors with a dynamic input: InsightFace 2's FaceAnalysis default.
 DEFAULT_DET_SIZES = (128, 640)
 

@@ -40,6 +40,7 @@ from .immich import (
     TransientError,
     hashed_copy,
 )
+from .messages import printable
 from .paths import to_windows
 from .progress import Progress
 from .queue import QueueEntry, append_entries
@@ -48,6 +49,7 @@ from .stagestate import Outcome, SeenAsset, StageState
 
 log = logging.getLogger(__name__)
 USER_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ASSET_ID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 # Immich's own generated files, which external libraries sometimes index as assets.
 GENERATED = re.compile(r"(^|/)(thumbs|encoded-video)/|-(preview|thumbnail|fullsize)\.(jpe?g|webp)$", re.IGNORECASE)
 
@@ -105,6 +107,7 @@ class StageStats:
     skipped_faces_error: int = 0
     skipped_gone: int = 0
     skipped_unsafe_path: int = 0
+    skipped_bad_id: int = 0
     adopted: int = 0
     would_stage: int = 0
     downloaded_bytes: int = 0
@@ -266,6 +269,9 @@ class Stager:
         return Candidate(asset, self.claims.claim(path, asset.id), page)
 
     def _skip_reason(self, asset: Asset) -> str | None:
+        if not ASSET_ID.match(asset.id):  # untrusted: it names files and URLs, so only a UUID passes
+            log.warning("skipping an asset whose id is not a UUID: %s", printable(asset.id[:80]))
+            return "skipped_bad_id"
         if asset.id in self.state.seen:
             return "already_done"
         if asset.type is AssetType.VIDEO:

@@ -148,5 +148,14 @@ def test_unreadable_file_is_a_reason(photo: Image.Image) -> None:
 def test_read_error_is_a_reason() -> None:
     with pytest.raises(ImageLoadError, match="unreadable: Input/output error"):
         read_image("/proc/self/mem")
-    with pytest.raises(ImageLoadError, match="unreadable: Is a directory"):
+    with pytest.raises(ImageLoadError, match=r"not a regular file \(a folder\)"):
         read_image("/")
+
+
+def test_only_the_supported_formats_are_opened() -> None:
+    from facesets.decode import FORMATS, decode
+
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    with pytest.raises(ImageLoadError, match="not an image"):
+        decode(eps)  # an EPS named .jpg: Pillow's EPS plugin (Ghostscript) is never tried
+    assert "EPS" not in FORMATS and {"JPEG", "PNG", "HEIF"} <= set(FORMATS)

@@ -274,3 +274,39 @@ def test_ctrl_c_exits_130_with_the_resume_hint_and_the_rerun_finishes(
     out, rerun_err = again.communicate(timeout=300)
     assert again.returncode == 0, rerun_err
     assert orjson.loads(out)["already_done"] == kept and len(load_cache(tmp_path / "c.npz").images) == 40
+
+
+def test_fifos_devices_and_huge_files_are_counted_errors_in_bounded_time(
+    tmp_path: Path, pack_dir: Path, sample_photos: list[Path]
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("good.jpg", "fifo.jpg", "zero.jpg", "big.jpg"):
+        (photos / name).write_bytes(sample_photos[0].read_bytes())
+    make_queue(photos, tmp_path / "queue.json")
+    (photos / "fifo.jpg").unlink()
+    os.mkfifo(photos / "fifo.jpg")  # replaced by a FIFO after queueing: opening it must not block
+    (photos / "zero.jpg").unlink()
+    (photos / "zero.jpg").symlink_to("/dev/zero")
+    with open(photos / "big.jpg", "r+b") as handle:
+        handle.truncate(5 << 30)  # a 5 GB sparse file
+    started = time.monotonic()
+    stats = run_embed(config(tmp_path, pack_dir))
+    assert time.monotonic() - started < 60
+    assert stats.embedded == 1 and stats.errors == 3
+    reasons = {Path(r.path).name: r.reason for r in load_cache(tmp_path / "faces.npz").images}
+    assert reasons["fifo.jpg"] == "not a regular file (a FIFO)"
+    assert reasons["zero.jpg"] == "not a regular file (a character device)"
+    assert reasons["big.jpg"] == f"too large: {5 << 30:,} bytes, over --max-bytes {1 << 30:,}"
+    small = run_embed(config(tmp_path, pack_dir, cache=tmp_path / "small.npz", max_bytes=1000))
+    assert small.errors == 4 and small.embedded == 0
+
+
+def test_queue_add_skips_what_is_not_a_regular_file(tmp_path: Path, sample_photos: list[Path]) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "good.jpg").write_bytes(sample_photos[0].read_bytes())
+    os.mkfifo(photos / "fifo.jpg")
+    (photos / "zero.jpg").symlink_to("/dev/zero")
+    result = scan_folders([photos])
+    assert [Path(entry.path).name for entry in result.entries] == ["good.jpg"]

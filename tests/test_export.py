@@ -281,3 +281,23 @@ def test_work_scripts_name_themselves_in_their_usage(script: str, tmp_path: Path
             and "--split-eras" in done.stdout
             and "--database" not in done.stdout
         )
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("hash", "../../../ESCAPED"), ("hash", "a" * 63 + "/"), ("bbox", ["../x", 0, 1, 1]), ("set", "../1")],
+)
+def test_a_hostile_plan_writes_nothing_outside_the_sets(library: Path, tmp_path: Path, field: str, value: Any) -> None:
+    sets, plan_path = tmp_path / "sets", tmp_path / "clusters.json"
+    run_cluster(ClusterConfig(caches=(library,), sets_dir=sets, plan=plan_path, min_faces=3))
+    plan = orjson.loads(plan_path.read_bytes())
+    if field == "set":
+        plan["identities"][0]["set"] = value
+    else:
+        plan["identities"][0]["members"][0][field] = value
+    plan_path.write_bytes(orjson.dumps(plan))
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(FaceSetError, match="is not a valid cluster plan"):
+        run_export(ExportConfig(plan_path))
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+    assert not list(tmp_path.parent.rglob("ESCAPED*"))

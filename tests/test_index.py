@@ -433,3 +433,14 @@ def test_a_reindex_of_known_files_needs_no_model_pack(
     with pytest.raises(ModelPackError, match="model pack folder not found"):
         index(tmp_path, missing, tree)
     assert index(tmp_path, pack_dir, tree)["files_embedded"] == 1  # the failed run recorded nothing of it
+
+
+def test_a_fifo_or_device_in_a_gallery_is_a_counted_failure(tmp_path: Path, pack_dir: Path, faces_dir: Path) -> None:
+    root = tmp_path / "root"
+    gallery = make_gallery(root / "g", {"ok.jpg": faces_dir / "deepface" / "img1.jpg"})
+    os.mkfifo(gallery / "photo.jpg")
+    (gallery / "random.jpg").symlink_to("/dev/urandom")
+    started = time.monotonic()
+    stats = index(tmp_path, pack_dir, root)
+    assert time.monotonic() - started < 60
+    assert (stats["files_embedded"], stats["files_failed"]) == (1, 2)

@@ -108,5 +108,5 @@ def test_index_refuses_a_database_without_the_schema_before_any_work(
 def test_a_database_option_that_is_not_a_postgresql_url(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["migrate", "--database", url]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: --database") and "postgresql://user:password@host:5432/dbname" in err
+    assert err.startswith("error: --database") and "postgresql://user@host:5432/dbname" in err
     assert "Traceback" not in err

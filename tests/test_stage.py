@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -338,3 +339,21 @@ def test_state_from_another_format_is_refused(
     assert stage(server) == 1
     assert "cannot be read" in capsys.readouterr().err
     assert (workdir / "staging" / "state-peter.json").read_text() == "{torn"
+
+
+def test_asset_ids_that_are_not_uuids_never_touch_a_path(
+    workdir: Path, library: Library, checker: SpecChecker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    victim = workdir / "victim"
+    victim.write_text("keep me")
+    hostile = [
+        dataclasses.replace(library.staged[0], id="../../victim"),
+        dataclasses.replace(library.staged[1], id="../escaped"),
+        library.staged[2],
+    ]
+    with FakeImmich(hostile, [PETER, NIC]) as fake:
+        assert stage(fake) == 0
+    stats = summary(capsys)
+    assert stats["skipped_bad_id"] == 2 and stats["staged_count"] == 1
+    assert victim.read_text() == "keep me" and not (workdir / "escaped").exists()
+    assert not any(path.endswith("victim") or "escaped" in path for _, path in fake.log)
