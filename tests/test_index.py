@@ -405,10 +405,10 @@ def test_file_replaced_while_being_read(
     target = tree / "chunk1" / "a" / "2.jpg"
     replacement = (faces_dir / "deepface" / "img7.jpg").read_bytes()
 
-    def replaced_during_read(path: str) -> bytes:
+    def replaced_during_read(path: str, max_bytes: int) -> bytes:
         if path == str(target):
             target.write_bytes(replacement)
-        return real_read(path)
+        return real_read(path, max_bytes)
 
     monkeypatch.setattr("facesets.index.read_image", replaced_during_read)
     index(tmp_path, pack_dir, tree)
