@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import blake3
 import cv2
 import numpy as np
 from PIL import Image
@@ -46,8 +47,9 @@ from .facesetdir import (
     write_top,
 )
 from .fsio import atomic_write_bytes, exclusive_lock
-from .identify import PLAN_FORMAT
+from .identify import PLAN_FORMAT, SETS_LOCK
 from .paths import to_linux
+from .pipeline import read_image
 from .progress import Progress
 from .report import write_report
 
@@ -117,11 +119,12 @@ def run_export(config: ExportConfig, progress: Callable[[int], Progress] | None 
     root = Path(config.sets_dir or plan["sets_dir"])
     _create(root)
     summary = ExportSummary(plan=plan["id"])
-    with exclusive_lock(root / ".facesets.lock"):
+    with exclusive_lock(root / SETS_LOCK):
         top = read_top(root)
         if plan["id"] in top.applied_plans or _changes_nothing(plan, top):
             summary.already_applied = True
             return summary
+        _check_made_against(root, top, plan)
         _remove_partials(root)
         _check_numbers(root, top, plan)
         params = {"plan": plan["id"], "algorithm": plan["algorithm"], "thresholds": plan["thresholds"]}
@@ -137,6 +140,19 @@ def run_export(config: ExportConfig, progress: Callable[[int], Progress] | None 
             summary.report = str(write_report(root, plan, summary.as_dict()))
         _commit(root, top, plan, summary)
     return summary
+
+
+def _check_made_against(root: Path, top: TopManifest, plan: dict[str, Any]) -> None:
+    """A plan made against other sets than these (another plan applied since) would put faces in the wrong sets."""
+    if "made_against" not in plan:  # a plan from before this check
+        return
+    current = top.applied_plans[-1] if top.applied_plans else ""
+    if plan["made_against"] != current:
+        then = f"after plan {plan['made_against']}" if plan["made_against"] else "before any plan"
+        raise FaceSetError(
+            f"the plan {plan['id']} was made against {root} as it was {then}, but plan {current or '(none)'} has "
+            "been applied since: run facesets cluster again, then export"
+        )
 
 
 def _changes_nothing(plan: dict[str, Any], top: TopManifest) -> bool:
@@ -189,14 +205,18 @@ def _apply_identity(
     todo = [face for face in identity["members"] if face["key"] not in known]
     if progress:
         progress(len(identity["members"]) - len(todo))
+    # the plan's faces already in the set were written by an interrupted run of this same plan: its work counts
+    resumed = len(identity["members"]) - len(todo)
+    summary.faces_written += resumed
     added = _write_crops(folder, todo, summary, config.io_concurrency, progress)
     faceset.members.extend(added)
     write_set_manifest(faceset, params)
     if new:
         _rename(folder, final)
         faceset.folder = final
+    if identity["new"]:
         summary.new_sets.append(final.name)
-    elif added:
+    elif added or resumed:
         summary.extended_sets.append(final.name)
     return faceset
 
@@ -231,11 +251,10 @@ def _crops_of(folder: Path, source: str, faces: list[dict[str, Any]]) -> tuple[l
     """Decode one photo, write the aligned crop of each of its faces; or the reason it could not be read."""
     path = _local_path(source)
     try:
-        data = path.read_bytes()
+        data = read_image(str(path))
+        if blake3.blake3(data).hexdigest() != faces[0]["hash"]:  # a crop of other pixels would be a wrong face
+            raise ImageLoadError("changed since it was clustered (run facesets cluster again)")
         image = decode(data)
-    except OSError as exc:
-        log.warning("skipping %s: %s", source, exc.strerror or exc)
-        return [], f"unreadable: {exc.strerror or type(exc).__name__}"
     except ImageLoadError as exc:
         log.warning("skipping %s: %s", source, exc.reason)
         return [], exc.reason
@@ -334,19 +353,34 @@ def _rebuild_eras(root: Path, faceset: FaceSet, years: int, min_faces: int) -> N
         _create(target)
         for member in members:
             _link(faceset.folder / member.file, target / member.file)
-    for old in _derived_folders(root, faceset.name):
+    for old in _derived_folders(root, faceset):
         shutil.rmtree(old)
     for folder in (staging, staging / "_thin"):
         for entry in sorted(folder.glob(f"{faceset.name}_*")):
             _create(root / folder.relative_to(staging))
-            _rename(entry, root / folder.relative_to(staging) / entry.name)
+            target = root / folder.relative_to(staging) / entry.name
+            if target.exists():  # a folder of the user's under an era's name: left alone, this era not written
+                log.warning("leaving %s alone: it holds files facesets did not put there", target)
+                continue
+            _rename(entry, target)
     shutil.rmtree(staging)
 
 
-def _derived_folders(root: Path, name: str) -> Iterator[Path]:
+def _derived_folders(root: Path, faceset: FaceSet) -> Iterator[Path]:
+    """The era folders export made for ``faceset``: named like an era, holding nothing but copies or links of its
+    members. Any other folder (a user's ``faceset_001_mykeep/``, an era folder with notes added) is left alone."""
+    members = {member.file for member in faceset.members}
+    era = re.compile(rf"^{re.escape(faceset.name)}_(\d{{4}}-\d{{4}}|undated)$")
     for folder in (root, root / "_thin"):
-        if folder.is_dir():
-            yield from (entry for entry in sorted(folder.glob(f"{name}_*")) if entry.is_dir())
+        if not folder.is_dir():
+            continue
+        for entry in sorted(folder.glob(f"{faceset.name}_*")):
+            if not entry.is_dir() or entry.is_symlink():
+                continue
+            if era.match(entry.name) and all(item.is_file() and item.name in members for item in entry.iterdir()):
+                yield entry
+            else:
+                log.warning("leaving %s alone: it is not an era folder facesets made", entry)
 
 
 def _link(source: Path, target: Path) -> None:

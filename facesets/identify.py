@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 from collections import Counter
@@ -36,7 +37,7 @@ from .calibration import LibraryEstimate, poor_faces
 from .clustering import Algorithm, ClusterParams, cluster_library, cohesion, components
 from .errors import CacheModelMismatchError, ConfigError, FaceSetError
 from .facesetdir import FaceSet, face_key, highest_number, read_sets, read_top
-from .fsio import atomic_write_bytes
+from .fsio import atomic_write_bytes, exclusive_lock
 from .neighbors import first_of_runs, knn_graph
 from .packs import PackIdentity
 from .progress import Progress
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 PLAN_FORMAT = "facesets.clusters"
 PLAN_VERSION = 1
+SETS_LOCK = ".facesets.lock"  # in the sets folder: export holds it while applying a plan, cluster while reading
 NEAR_DUPLICATE = 0.92  # cosine similarity above which two faces are copies of one shot
 MATCH_CHUNK = 65_536
 
@@ -115,8 +117,9 @@ def run_cluster(config: ClusterConfig, progress: Callable[[int], Progress] | Non
         identity,
         {"match": config.match, "cluster": config.cluster, "export": config.export, "closeness": config.closeness},
     )
-    top = read_top(config.sets_dir)
-    sets = read_sets(config.sets_dir)
+    with _sets_lock(config.sets_dir):  # an export applying a plan meanwhile would change what is read
+        top = read_top(config.sets_dir)
+        sets = read_sets(config.sets_dir)
     centres, set_photos = identity_centres(sets, table, config.embedder)
     members = {member.key for faceset in sets for member in faceset.members}
     candidates = [
@@ -153,14 +156,31 @@ def run_cluster(config: ClusterConfig, progress: Callable[[int], Progress] | Non
         summary.dropped[entry["reason"]] += entry["faces"]
     first_new = highest_number(config.sets_dir, top) + 1
     summary.new_sets = len(groups)
+    made_against = top.applied_plans[-1] if top.applied_plans else ""
     plan = build_plan(
-        config, identity, thresholds, summary.library, table, matched, groups, dropped, first_new, candidates
+        config,
+        identity,
+        thresholds,
+        summary.library,
+        table,
+        matched,
+        groups,
+        dropped,
+        first_new,
+        candidates,
+        made_against,
     )
+
     body = orjson.dumps(plan, option=orjson.OPT_INDENT_2)
     config.plan.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(config.plan, body)
     summary.plan = plan["id"]
     return summary
+
+
+def _sets_lock(root: Path) -> contextlib.AbstractContextManager[None]:
+    """The sets folder's lock (the one export holds while it applies a plan); nothing to lock if it is missing."""
+    return exclusive_lock(root / SETS_LOCK) if root.is_dir() else contextlib.nullcontext()
 
 
 def load_faces(paths: Iterable[Path]) -> tuple[PackIdentity, FaceTable]:
@@ -395,7 +415,11 @@ def build_plan(
     dropped: list[dict[str, Any]],
     first_new: int,
     candidates: list[int],
+    made_against: str = "",
 ) -> dict[str, Any]:
+    """The plan; ``made_against`` is the last plan applied to the sets it was made from (export refuses the plan
+    once another one has been applied since)."""
+
     def members(rows: list[tuple[int, float]]) -> list[dict[str, Any]]:
         return [{**table.faces[row], "distance": value} for row, value in rows]
 
@@ -414,9 +438,16 @@ def build_plan(
         "identities": identities,
         "dropped": dropped,
         "processed": sorted({table.hashes[table.photos[i]] for i in candidates}),
+        "made_against": made_against,
     }
-    plan["id"] = blake3.blake3(orjson.dumps(plan, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    plan["id"] = plan_id(plan)
     return plan
+
+
+def plan_id(plan: dict[str, Any]) -> str:
+    """The first 16 hex digits of the BLAKE3 of the plan without its id."""
+    body = {key: value for key, value in plan.items() if key != "id"}
+    return blake3.blake3(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
 class PackEmbedder:

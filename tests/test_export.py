@@ -18,8 +18,9 @@ import pytest
 from PIL import Image
 
 from facesets import export as export_module
+from facesets.clustering import Algorithm
 from facesets.embed import EmbedConfig, run_embed
-from facesets.errors import ConfigError, FaceSetError
+from facesets.errors import ConfigError, FaceSetError, FacesetsError
 from facesets.export import ExportConfig, run_export
 from facesets.identify import ClusterConfig, PackEmbedder, run_cluster
 from facesets.packs import ModelPack
@@ -195,7 +196,7 @@ def test_a_crash_during_export_leaves_a_consistent_folder_and_a_rerun_finishes(
     library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clean = tmp_path / "clean" / "sets"
-    _run(library, clean)
+    _, whole = _run(library, clean)
     sets = tmp_path / "crash" / "sets"
     plan = sets.parent / "clusters.json"
     run_cluster(ClusterConfig(caches=(library,), sets_dir=sets, plan=plan, min_faces=3))
@@ -217,8 +218,14 @@ def test_a_crash_during_export_leaves_a_consistent_folder_and_a_rerun_finishes(
             str(m["file"]) for m in _members(folder)
         )
     monkeypatch.setattr(export_module, "atomic_write_bytes", real)
-    run_export(ExportConfig(plan))
+    resumed = run_export(ExportConfig(plan)).as_dict()
     assert not list(sets.glob(".partial-*"))
+    # the resumed run reports the whole run it completes, in its summary, the run record and the report
+    for key in ("new_sets", "extended_sets", "faces_written", "faces_skipped"):
+        assert resumed[key] == whole[key], key
+    record = orjson.loads((sets / "manifest.json").read_bytes())["runs"][-1]
+    assert (record["new_sets"], record["faces_written"]) == (whole["new_sets"], whole["faces_written"])
+    assert f"faces written: {whole['faces_written']}" in (sets / "report.html").read_text().lower()
     strip = {"manifest.json", "report.html"}
     assert {k: v for k, v in _snapshot(sets).items() if Path(k).name not in strip} == {
         k: v for k, v in _snapshot(clean).items() if Path(k).name not in strip
@@ -301,3 +308,60 @@ def test_a_hostile_plan_writes_nothing_outside_the_sets(library: Path, tmp_path:
         run_export(ExportConfig(plan_path))
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
     assert not list(tmp_path.parent.rglob("ESCAPED*"))
+
+
+def test_era_rebuilds_never_delete_what_facesets_did_not_make(library: Path, tmp_path: Path) -> None:
+    from facesets.export import _rebuild_eras
+    from facesets.facesetdir import read_set
+
+    sets = tmp_path / "facesets_swap_ready"
+    plan = tmp_path / "clusters.json"
+    run_cluster(ClusterConfig(caches=(library,), sets_dir=sets, plan=plan, min_faces=3))
+    run_export(ExportConfig(plan, split_eras=True, era_years=5, min_era_faces=50))
+    mine = sets / "faceset_001_mykeep"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    era = next((sets / "_thin").glob("faceset_001_*"))
+    (era / "notes.txt").write_text("era notes")
+    _rebuild_eras(sets, read_set(1, sets / "faceset_001"), 5, 50)
+    assert (mine / "notes.txt").read_text() == "my notes"
+    assert (era / "notes.txt").read_text() == "era notes"  # an era folder the user wrote into: left alone
+    other = next((sets / "_thin").glob("faceset_002_*"))
+    _rebuild_eras(sets, read_set(2, sets / "faceset_002"), 5, 50)
+    assert other.is_dir() and sorted(p.name for p in other.iterdir()) == sorted(
+        str(m["file"]) for m in _members(sets / "faceset_002")
+    )  # one of ours: rebuilt
+
+
+def test_a_plan_made_against_other_sets_is_refused(library: Path, tmp_path: Path) -> None:
+    from facesets.fsio import exclusive_lock
+    from facesets.identify import SETS_LOCK
+
+    sets = tmp_path / "facesets_swap_ready"
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    run_cluster(ClusterConfig(caches=(library,), sets_dir=sets, plan=first, min_faces=3))
+    run_cluster(ClusterConfig(caches=(library,), sets_dir=sets, plan=second, min_faces=3, algorithm=Algorithm.AVERAGE))
+    assert run_export(ExportConfig(first)).new_sets
+    before = _snapshot(sets)
+    with pytest.raises(FaceSetError, match=r"was made against .* before any plan, but plan \w+ has been applied since"):
+        run_export(ExportConfig(second))
+    assert _snapshot(sets) == before
+    with exclusive_lock(sets / SETS_LOCK), pytest.raises(FacesetsError, match="locked by another facesets process"):
+        run_cluster(ClusterConfig(caches=(library,), sets_dir=sets, plan=tmp_path / "c.json", min_faces=3))
+
+
+def test_a_photo_changed_since_clustering_is_skipped_not_cropped(
+    faces_dir: Path, pack_dir: Path, tmp_path: Path
+) -> None:
+    root = _library(faces_dir, tmp_path / "photos", PEOPLE)
+    cache = _cache(root, pack_dir, "faces")
+    sets, plan = tmp_path / "sets", tmp_path / "clusters.json"
+    run_cluster(ClusterConfig(caches=(cache,), sets_dir=sets, plan=plan, min_faces=3))
+    changed = sorted((root / "madonna").iterdir())[0]
+    with Image.open(changed) as image:
+        image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(changed, "JPEG")  # same name, other pixels
+    summary = run_export(ExportConfig(plan)).as_dict()
+    assert summary["faces_skipped"] == 1
+    assert summary["skip_reasons"] == {"changed since it was clustered (run facesets cluster again)": 1}
+    sources = [str(m["source"]) for folder in sets.glob("faceset_*") for m in _members(folder)]
+    assert str(changed) not in sources and len(sources) == summary["faces_written"]
