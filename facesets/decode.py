@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
-from .errors import ImageLoadError
+from .errors import OUT_OF_MEMORY, ImageLoadError, is_out_of_memory
 from .settings import DEFAULT_MAX_PIXELS
 
 BGRImage = NDArray[np.uint8]
@@ -36,6 +36,13 @@ _REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 
 _configured = threading.Lock()
 _done = False
 
+
+# Bytes per pixel of each Pillow mode as loaded, and of the BGR copy facesets makes of it.
+MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3,
+              "RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4, "I": 4, "F": 4, "I;16": 2, "I;16L": 2, "I;16B": 2,
+              "I;16N": 2}  # fmt: skip
+BGR_BYTES = 3
+HIGH_DEPTH_ROWS = 1024  # rows of a 16-bit or float image converted at once (bounded scratch memory)
 
 # The formats facesets reads. Pillow is never asked to try the others: some (EPS) would run an external program.
 FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "TIFF", "BMP", "GIF", "HEIF", "AVIF")
@@ -87,12 +94,28 @@ def decode(
     """
     if not data:
         raise ImageLoadError("empty file (0 bytes)")
+    try:
+        return _decode(data, min_scale, max_pixels, fit)
+    except (MemoryError, cv2.error) as exc:  # one image's failure, never the run's
+        if is_out_of_memory(exc):
+            raise ImageLoadError(OUT_OF_MEMORY, transient=True) from None
+        raise ImageLoadError(_describe(exc)) from None
+
+
+def _decode(data: bytes, min_scale: float, max_pixels: int, fit: int | None) -> DecodedImage:
     image = _open(data)
     width, height = image.size
     if width * height > max_pixels:
         raise ImageLoadError(
             f"image too large: {width}x{height} = {width * height / 1e6:.0f} MP exceeds --max-pixels "
             f"{max_pixels / 1e6:.0f} MP"
+        )
+    # memory, not pixels, is what runs out: a 16-bit or 4-plane image costs more per pixel than 8-bit RGB
+    per_pixel = MODE_BYTES.get(image.mode, 4) + BGR_BYTES
+    if width * height * per_pixel > max_pixels * (3 + BGR_BYTES):
+        raise ImageLoadError(
+            f"image too large to decode: {width}x{height} {image.mode} needs about "
+            f"{width * height * per_pixel / 1e6:,.0f} MB, more than an 8-bit RGB image of --max-pixels"
         )
     if fit is not None:
         min_scale = min(1.0, fit / max(width, height, 1))
@@ -132,7 +155,9 @@ def _decode_pillow(image: Image.Image, min_scale: float) -> BGRImage:
     try:
         image.load()
         rgb = np.asarray(_to_rgb(image))
-    except (OSError, ValueError, SyntaxError, MemoryError) as exc:
+    except MemoryError:
+        raise ImageLoadError(OUT_OF_MEMORY, transient=True) from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise ImageLoadError(_describe(exc)) from exc
     return np.ascontiguousarray(rgb[:, :, ::-1])
 
@@ -205,10 +230,16 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
-    values = np.asarray(image).astype(np.float32)
-    if image.mode != "F" and float(values.max(initial=0.0)) > 255.0:
-        values = values / 257.0
-    gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    """16-bit or float gray to 8-bit RGB, a block of rows at a time (scratch memory stays small)."""
+    values = np.asarray(image)
+    wide = image.mode != "F" and float(values.max(initial=0)) > 255.0
+    gray = np.empty(values.shape[:2], np.uint8)
+    for start in range(0, len(values), HIGH_DEPTH_ROWS):
+        block = values[start : start + HIGH_DEPTH_ROWS].astype(np.float32)
+        if wide:
+            block /= 257.0
+        np.clip(np.rint(block, out=block), 0, 255, out=block)
+        gray[start : start + HIGH_DEPTH_ROWS] = block
     return Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2))
 
 

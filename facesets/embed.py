@@ -24,7 +24,7 @@ import blake3
 
 from .cache import CacheWriter
 from .decode import DecodedImage, decode
-from .errors import CacheError, ImageLoadError
+from .errors import OUT_OF_MEMORY, CacheError, ImageLoadError, is_out_of_memory
 from .faces import Face, FaceEngine, build_engine
 from .packs import DEFAULT_PACK, resolve_pack
 from .pipeline import bounded_map, read_image
@@ -86,6 +86,7 @@ class Loaded:
     image: DecodedImage | None = None
     error: str = ""
     duplicate: bool = False
+    transient: bool = False  # the error is no property of the image (out of memory): not recorded, retried
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class Analyzed:
     loaded: Loaded
     faces: list[Face]
     error: str = ""
+    transient: bool = False
 
 
 def run_embed(config: EmbedConfig, progress: Callable[[int], Progress] | None = None) -> EmbedStats:
@@ -171,7 +173,10 @@ class _Stages:
         try:
             image = decode(data, max_pixels=self.config.max_pixels, fit=fit)
         except ImageLoadError as exc:
-            return Loaded(entry, digest, error=exc.reason)
+            if exc.transient:
+                with self.lock:
+                    self.claimed.discard(digest)
+            return Loaded(entry, digest, error=exc.reason, transient=exc.transient)
         return Loaded(entry, digest, data, image)
 
     def infer(self, loaded: Loaded) -> Analyzed:
@@ -181,8 +186,10 @@ class _Stages:
         try:
             faces = self.engine.analyze(loaded.image, lambda scale: decode(data, scale, max_pixels))
         except ImageLoadError as exc:
-            return Analyzed(loaded, [], exc.reason)
+            return Analyzed(loaded, [], exc.reason, exc.transient)
         except Exception as exc:  # an inference failure on one image must not end a long run
+            if is_out_of_memory(exc):
+                return Analyzed(loaded, [], OUT_OF_MEMORY, transient=True)
             log.debug("inference failed on %s", loaded.entry.path, exc_info=True)
             return Analyzed(loaded, [], f"inference failed: {type(exc).__name__}: {exc}")
         return Analyzed(loaded, faces)
@@ -233,6 +240,8 @@ def _record(result: Analyzed, writer: CacheWriter, stats: EmbedStats) -> None:
         stats.errors += 1
         stats.error_reasons[error.split(" (")[0]] = stats.error_reasons.get(error.split(" (")[0], 0) + 1
         log.warning("skipping %s: %s", entry.path, error)
+        if result.transient or loaded.transient:
+            return  # not recorded: the next run tries the image again
     elif loaded.duplicate:
         status = ImageStatus.DUPLICATE
         stats.duplicates += 1

@@ -104,8 +104,19 @@ class ImmichUnavailableError(ImmichError):
 
 
 class ImageLoadError(Exception):
-    """One image could not be loaded. Per-item: the embed stage records the reason and goes on."""
+    """One image could not be loaded. Per-item: the embed stage records the reason and goes on. A ``transient``
+    failure (out of memory) is no property of the image: it is counted, not recorded, and retried next run."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, transient: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.transient = transient
+
+
+OUT_OF_MEMORY = "out of memory (not recorded: retried on the next run)"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A MemoryError, or OpenCV's or onnxruntime's way of saying the same."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "insufficient memory" in text or "failed to allocate" in text

@@ -37,7 +37,7 @@ import orjson
 
 from .clip import DEFAULT_CLIP_MODEL, SKIP_HINT, ClipIdentity, clip_identity, resolve_clip
 from .clipstore import ClipStore
-from .errors import CacheError, ConfigError, ImageLoadError, ModelPackError
+from .errors import OUT_OF_MEMORY, CacheError, ConfigError, ImageLoadError, ModelPackError, is_out_of_memory
 from .galleries import Gallery, check_targets, gallery_folders, gallery_totals, list_gallery
 from .indexstate import GalleryRow, IndexState, KnownFile
 from .packs import DEFAULT_PACK, ModelPack, PackIdentity, resolve_pack
@@ -124,6 +124,7 @@ class Done:
     width: int = 0
     height: int = 0
     size: int = -1  # bytes actually read (a file replaced after its stat is recorded as read)
+    transient: bool = False  # the error is no property of the file (out of memory): not recorded, retried
 
 
 class _Galleries:
@@ -269,6 +270,7 @@ class _Run:
         self.image_rows: list[tuple[str, int, str, int, str | None]] = []
         self.link_rows: list[tuple[int, str, str | None, int]] = []
         self.completed: list[tuple[int, Gallery]] = []
+        self.retry_galleries: set[int] = set()  # galleries with a transient failure: their stats are not stored
 
     def skip(self, path: str, reason: str) -> None:
         if (path, reason) in self.skipped:  # the second pass lists a gallery again
@@ -388,7 +390,7 @@ class _Run:
         try:
             image = decode(data, max_pixels=self.config.max_pixels)
         except ImageLoadError as exc:
-            done.error = exc.reason
+            done.error, done.transient = exc.reason, exc.transient
             return done, b"", None
         done.width, done.height = image.width, image.height
         return done, data, image
@@ -407,9 +409,10 @@ class _Run:
             if done.need_clip:
                 done.clip_vector = self.clip_visual().embed([image])[0]
         except ImageLoadError as exc:
-            done.error = exc.reason
+            done.error, done.transient = exc.reason, exc.transient
         except Exception as exc:  # one image's inference failure must not end a long run
-            done.error = f"inference failed: {type(exc).__name__}: {exc}"
+            done.transient = is_out_of_memory(exc)
+            done.error = OUT_OF_MEMORY if done.transient else f"inference failed: {type(exc).__name__}: {exc}"
         return done
 
     # -- recording -----------------------------------------------------------------------------------
@@ -419,6 +422,14 @@ class _Run:
         path = os.path.join(item.gallery, item.filename)
         size = done.size if done.size >= 0 else item.size
         stats.files_read += 1
+        if done.transient:  # nothing recorded: the file and its gallery are read again next run
+            stats.files_failed += 1
+            log.warning("skipping %s: %s", path, done.error)
+            self.retry_galleries.add(item.gallery_id)
+            with self.claim_lock:
+                self.claimed.discard(done.content_hash)
+            self._complete(item.gallery_id, self.galleries.finish_one(item.gallery_id))
+            return
         if done.error:
             stats.files_failed += 1
             log.warning("skipping %s: %s", path, done.error)
@@ -446,8 +457,9 @@ class _Run:
             self.flush()
 
     def _complete(self, gallery_id: int, gallery: Gallery | None) -> None:
-        """Store a gallery's count and bytes once all its reads are recorded (layer 1 for the next run)."""
-        if gallery is not None:
+        """Store a gallery's count and bytes once all its reads are recorded (layer 1 for the next run); not for a
+        gallery with a file to retry."""
+        if gallery is not None and gallery_id not in self.retry_galleries:
             self.completed.append((gallery_id, gallery))
 
     def flush(self) -> None:

@@ -159,3 +159,16 @@ def test_only_the_supported_formats_are_opened() -> None:
     with pytest.raises(ImageLoadError, match="not an image"):
         decode(eps)  # an EPS named .jpg: Pillow's EPS plugin (Ghostscript) is never tried
     assert "EPS" not in FORMATS and {"JPEG", "PNG", "HEIF"} <= set(FORMATS)
+
+
+def test_the_memory_guard_counts_bytes_per_pixel_and_high_depth_converts_in_blocks() -> None:
+    values = (np.arange(1500 * 1000, dtype=np.int32).reshape(1500, 1000) % 65536).astype(np.int32)
+    buffer = io.BytesIO()
+    Image.fromarray(values, mode="I").save(buffer, "TIFF")
+    data = buffer.getvalue()
+    with pytest.raises(ImageLoadError, match=r"too large to decode: 1000x1500 I needs about 10 MB"):
+        decode(data, max_pixels=1_500_000)  # 4 + 3 bytes a pixel: more than 8-bit RGB at the pixel limit
+    image = decode(data, max_pixels=2_000_000)
+    assert image.pixels.shape == (1500, 1000, 3) and image.pixels.dtype == np.uint8
+    expected = np.clip(np.rint(values.astype(np.float32) / 257.0), 0, 255).astype(np.uint8)
+    assert np.array_equal(image.pixels[:, :, 0], expected) and np.array_equal(image.pixels[:, :, 2], expected)

@@ -310,3 +310,31 @@ def test_queue_add_skips_what_is_not_a_regular_file(tmp_path: Path, sample_photo
     (photos / "zero.jpg").symlink_to("/dev/zero")
     result = scan_folders([photos])
     assert [Path(entry.path).name for entry in result.entries] == ["good.jpg"]
+
+
+def test_out_of_memory_is_not_recorded_and_the_next_run_retries(
+    tmp_path: Path, pack_dir: Path, sample_photos: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import facesets.decode as decode_module
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index, photo in enumerate(sample_photos[:3]):
+        (photos / f"{index}.jpg").write_bytes(photo.read_bytes())
+    make_queue(photos, tmp_path / "queue.json")
+    real = decode_module._decode
+    victim = (photos / "1.jpg").read_bytes()
+
+    def pressure(data: bytes, *args: object) -> object:
+        if data == victim:
+            raise MemoryError
+        return real(data, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(decode_module, "_decode", pressure)
+    first = run_embed(config(tmp_path, pack_dir))
+    assert (first.embedded, first.errors) == (2, 1)
+    assert first.error_reasons == {"out of memory": 1}
+    assert sorted(Path(r.path).name for r in load_cache(tmp_path / "faces.npz").images) == ["0.jpg", "2.jpg"]
+    monkeypatch.setattr(decode_module, "_decode", real)
+    second = run_embed(config(tmp_path, pack_dir))
+    assert (second.already_done, second.embedded, second.errors) == (2, 1, 0)

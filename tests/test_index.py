@@ -444,3 +444,27 @@ def test_a_fifo_or_device_in_a_gallery_is_a_counted_failure(tmp_path: Path, pack
     stats = index(tmp_path, pack_dir, root)
     assert time.monotonic() - started < 60
     assert (stats["files_embedded"], stats["files_failed"]) == (1, 2)
+
+
+def test_out_of_memory_in_index_is_retried_next_run(
+    tmp_path: Path, pack_dir: Path, faces_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import facesets.decode as decode_module
+
+    root = tmp_path / "root"
+    photos = {"a.jpg": faces_dir / "deepface" / "img1.jpg", "b.jpg": faces_dir / "deepface" / "img2.jpg"}
+    make_gallery(root / "g", photos)
+    real, victim = decode_module._decode, photos["b.jpg"].read_bytes()
+
+    def pressure(data: bytes, *args: object) -> object:
+        if data == victim:
+            raise MemoryError
+        return real(data, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(decode_module, "_decode", pressure)
+    first = index(tmp_path, pack_dir, root)
+    assert (first["files_embedded"], first["files_failed"]) == (1, 1)
+    monkeypatch.setattr(decode_module, "_decode", real)
+    second = index(tmp_path, pack_dir, root)  # not a permanent error: the gallery is read again, b.jpg embedded
+    assert (second["galleries_skipped"], second["files_read"], second["files_embedded"]) == (0, 1, 1)
+    assert index(tmp_path, pack_dir, root)["galleries_skipped"] == 1
