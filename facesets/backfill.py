@@ -8,6 +8,7 @@ already indexed, so the gallery skip never hides a file that was never read.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +64,8 @@ def run_backfill(targets: Sequence[Path], caches: Path, concurrency: int = 16) -
             for gallery in listings:
                 _backfill_gallery(state, gallery, stats)
             state.commit()
+    except sqlite3.DatabaseError as exc:
+        raise state.damaged(exc) from None
     finally:
         state.close()
     stats.elapsed = round(time.monotonic() - started, 3)

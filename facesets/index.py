@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -168,6 +169,8 @@ def run_index(config: IndexConfig, progress: bool | None = None) -> IndexStats:
         except BaseException:
             run.abandon()
             raise
+    except sqlite3.DatabaseError as exc:
+        raise state.damaged(exc) from None
     finally:
         state.close()
         if clip is not None:

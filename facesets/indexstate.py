@@ -10,6 +10,7 @@ migrations recorded in ``state_meta``.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -21,6 +22,7 @@ import orjson
 
 from .errors import StateError
 
+log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -85,6 +87,8 @@ class IndexState:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        if self.path.is_file() and self.path.stat().st_size == 0:
+            log.warning("%s is empty (not an index state): starting a new one, so every file is read again", self.path)
         try:
             self._db = _connect(self.path)
             self._migrate()
@@ -97,11 +101,29 @@ class IndexState:
         self._reader_lock = threading.Lock()
         self._in_transaction = False
 
+    def damaged(self, exc: sqlite3.DatabaseError) -> StateError:
+        """The error for a state file that fails while in use (a damaged page, a full disk)."""
+        if "full" in str(exc).lower():
+            return StateError(
+                f"the disk holding {self.path} is full ({exc}): nothing after the last commit was kept; free space "
+                "and run the same command again"
+            )
+        return StateError(
+            f"{self.path} is damaged ({exc}): move it away (and its -wal file) to index from scratch, or restore a "
+            "backup; the face cache beside it is kept"
+        )
+
     def close(self) -> None:
-        if self._in_transaction:
-            self._db.execute("ROLLBACK")
-        self._db.close()
-        self._reader.close()
+        """Roll back what was not committed and close; a connection that cannot roll back is closed anyway."""
+        try:
+            if self._in_transaction:
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # closing discards the open transaction all the same
+        finally:
+            self._in_transaction = False
+            self._db.close()
+            self._reader.close()
 
     def _migrate(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")

@@ -63,13 +63,23 @@ class QueueEntry:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QueueEntry:
-        return cls(
-            path=str(data["path"]),
-            windows_path=None if data.get("windows_path") is None else str(data["windows_path"]),
-            content_hash=str(data.get("content_hash") or ""),
-            size=int(data.get("size") or 0),
-            source={str(k): str(v) for k, v in (data.get("source") or {}).items()},
-        )
+        """An entry, every field checked (a queue is a file anyone can edit): ``ValueError`` names the bad one."""
+        if not isinstance(data, dict):
+            raise ValueError("an entry is not an object")
+        path, windows = data.get("path"), data.get("windows_path")
+        if not isinstance(path, str) or not path or "\0" in path:
+            raise ValueError(f"path {path!r} is not a file name")
+        if windows is not None and (not isinstance(windows, str) or "\0" in windows):
+            raise ValueError(f"windows_path {windows!r} is not a file name")
+        digest, size = data.get("content_hash") or "", data.get("size") or 0
+        if not isinstance(digest, str):
+            raise ValueError(f"content_hash {digest!r} is not text")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError(f"size {size!r} is not a byte count")
+        source = data.get("source") or {}
+        if not isinstance(source, dict) or not all(isinstance(v, str | int | float | bool) for v in source.values()):
+            raise ValueError(f"source {source!r} is not an object of plain values")
+        return cls(path, windows, digest, size, {str(k): str(v) for k, v in source.items()})
 
     def local_path(self) -> str:
         """The name to open on this machine: the Windows form on Windows when there is one."""
@@ -101,10 +111,16 @@ def _parse(path: Path, document: Any) -> list[QueueEntry]:
         raise QueueError(
             f"queue {path} has version {version!r}; this facesets reads version {VERSION}: upgrade facesets"
         )
-    try:
-        return [QueueEntry.from_dict(item) for item in document["entries"]]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise QueueError(f"queue {path} has a malformed entry ({exc!r})") from exc
+    entries = document.get("entries")
+    if not isinstance(entries, list):
+        raise QueueError(f"queue {path} has no list of entries")
+    parsed = []
+    for number, item in enumerate(entries, 1):
+        try:
+            parsed.append(QueueEntry.from_dict(item))
+        except ValueError as exc:
+            raise QueueError(f"queue {path}: entry {number} is malformed ({exc}); nothing was changed") from None
+    return parsed
 
 
 def write_queue(path: Path, entries: Sequence[QueueEntry]) -> None:

@@ -468,3 +468,26 @@ def test_out_of_memory_in_index_is_retried_next_run(
     second = index(tmp_path, pack_dir, root)  # not a permanent error: the gallery is read again, b.jpg embedded
     assert (second["galleries_skipped"], second["files_read"], second["files_embedded"]) == (0, 1, 1)
     assert index(tmp_path, pack_dir, root)["galleries_skipped"] == 1
+
+
+def test_a_damaged_or_empty_index_state_is_a_message(
+    tmp_path: Path, pack_dir: Path, tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from facesets.cli import main
+
+    index(tmp_path, pack_dir, tree)
+    state = tmp_path / "caches" / STATE_FILE
+    data = bytearray(state.read_bytes())
+    assert len(data) >= 4 * 4096
+    data[2 * 4096 : len(data) - 4096] = os.urandom(len(data) - 3 * 4096)  # every page but the first and last
+    state.write_bytes(bytes(data))
+    args = ["index", "--target", str(tree), "--caches", str(tmp_path / "caches"), "--model-dir", str(pack_dir)]
+    assert main([*args, "--no-clip", "--reindex"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "index.sqlite" in err and ("damaged" in err or "not a usable" in err)
+    assert "Traceback" not in err
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / STATE_FILE).write_bytes(b"")
+    assert main([*args[:-4], "--caches", str(fresh), "--model-dir", str(pack_dir), "--no-clip"]) == 0
+    assert "is empty (not an index state): starting a new one" in capsys.readouterr().err

@@ -47,7 +47,12 @@ def test_malformed_queue_is_left_untouched(tmp_path: Path) -> None:
     [
         ({"entries": []}, "is not a facesets queue"),
         ({"format": "facesets.queue", "version": 9, "entries": []}, "has version 9"),
-        ({"format": "facesets.queue", "version": 1, "entries": [{"size": 1}]}, "malformed entry"),
+        ({"format": "facesets.queue", "version": 1, "entries": [{"size": 1}]}, r"entry 1 is malformed \(path None"),
+        ({"format": "facesets.queue", "version": 1, "entries": [{"path": None}]}, r"entry 1 is malformed \(path None"),
+        ({"format": "facesets.queue", "version": 1, "entries": [{"path": "a", "source": [1, 2]}]}, r"source \[1, 2\]"),
+        ({"format": "facesets.queue", "version": 1, "entries": [{"path": "a", "size": "9"}]}, "size '9'"),
+        ({"format": "facesets.queue", "version": 1, "entries": [{"path": "a"}, 7]}, "entry 2 is malformed"),
+        ({"format": "facesets.queue", "version": 1, "entries": {"path": "a"}}, "no list of entries"),
     ],
 )
 def test_refused_queues(tmp_path: Path, document: dict, message: str) -> None:
