@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import math
 import random
 import threading
 import time
@@ -234,6 +235,7 @@ class ImmichClient:
             follow_redirects=False,
         )
         self.breaker = CircuitBreaker(self.options.breaker_limit, self._ping_problem)
+        self._total = 0  # the library's assets by /assets/statistics, once asked
 
     def close(self) -> None:
         self._http.close()
@@ -264,18 +266,50 @@ class ImmichClient:
         return ImmichUser(str(data["id"]), str(data.get("email", "")), str(data.get("name", "")))
 
     def pages(self, first_page: int, page_size: int = MAX_PAGE_SIZE) -> Iterator[tuple[int, list[Asset]]]:
-        """``(page number, assets)`` from ``first_page`` on, following ``nextPage`` (``total`` is not trusted)."""
+        """``(page number, assets)`` from ``first_page`` on, following ``nextPage`` (``total`` is not trusted).
+
+        A listing that does not end is stopped: a page seen before (the same assets again), or more pages than
+        the library's size (``/assets/statistics``, with room for assets added meanwhile) can hold."""
+        last = self._last_page(first_page, page_size)
+        seen: set[str] = set()
         page: int | None = first_page
         while page is not None:
-            data = self._call(partial(self._json_call, "POST", "/search/metadata", json=_page_body(page, page_size)))
+            body = _page_body(page, page_size)
+            try:
+                data = self._call(partial(self._json_call, "POST", "/search/metadata", json=body))
+            except TransientError as exc:
+                raise ImmichUnavailableError(
+                    f"{self.base}/search/metadata kept failing on page {page} ({exc})"
+                ) from None
             try:
                 block = data["assets"]
                 items = [Asset.from_api(item) for item in block["items"]]
                 following = block.get("nextPage")
             except (KeyError, TypeError, ValueError) as exc:
                 raise ImmichError(f"{self.base}/search/metadata answered a malformed page {page} ({exc!r})") from None
+            signature = blake3.blake3("\n".join(asset.id for asset in items).encode()).hexdigest()
+            if items and signature in seen:
+                raise ImmichError(
+                    f"{self.base}/search/metadata gave page {page} again (the same assets): refusing to loop"
+                )
+            seen.add(signature)
             yield page, items
             page = _next_page(following, page, self.base)
+            if page is not None and last is not None and page > last:
+                raise ImmichError(
+                    f"{self.base}/search/metadata offers page {page}, more than the library's "
+                    f"{self._total} assets fill: refusing to list without end (what was listed is saved)"
+                )
+
+    def _last_page(self, first_page: int, page_size: int) -> int | None:
+        """The last page a listing may reach: the library's size by ``/assets/statistics``, plus a tenth and two
+        pages for assets added while it runs; None when the server does not say."""
+        try:
+            data = self._call(partial(self._json_call, "GET", "/assets/statistics"))
+            self._total = int(data["total"])
+        except (TransientError, NotFoundError, ImmichError, KeyError, TypeError, ValueError):
+            return None
+        return first_page + math.ceil(self._total * 1.1 / page_size) + 2
 
     def faces(self, asset_id: str) -> list[FaceBox]:
         data = self._call(lambda: self._json_call("GET", "/faces", params={"id": asset_id}))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import socket
 import struct
@@ -137,6 +138,7 @@ class Faults:
     down: bool = False  # an outage: everything answers 503, ping included
     down_after: int | None = None  # go down once this many requests have been served
     revoked: set[str] = field(default_factory=set)  # keys that now get 401
+    endless: str = ""  # "repeat": every page is the first again, "fresh": new assets forever; nextPage never ends
 
 
 class SpecChecker:
@@ -352,6 +354,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._ok(method, template, fake.users[self.headers["x-api-key"]].to_api())
         elif template == "/search/metadata":
             self._ok(method, template, _page(fake, body))
+        elif template == "/assets/statistics":
+            videos = sum(1 for asset in fake.assets if asset.type == "VIDEO")
+            images = sum(1 for asset in fake.assets if asset.type == "IMAGE")
+            self._ok(method, template, {"images": images, "total": len(fake.assets), "videos": videos})
         elif template == "/faces":
             asset = fake.by_id.get(query.get("id", ""))
             if asset is None:
@@ -423,7 +429,13 @@ def _route(method: str, path: str) -> tuple[str, str] | None:
     if not path.startswith("/api/"):
         return None
     rest = path[4:]
-    fixed = {("GET", "/server/ping"), ("GET", "/users/me"), ("POST", "/search/metadata"), ("GET", "/faces")}
+    fixed = {
+        ("GET", "/server/ping"),
+        ("GET", "/users/me"),
+        ("POST", "/search/metadata"),
+        ("GET", "/faces"),
+        ("GET", "/assets/statistics"),
+    }
     if (method, rest) in fixed:
         return rest, ""
     pieces = rest.split("/")
@@ -436,6 +448,12 @@ def _page(fake: FakeImmich, body: Any) -> dict[str, Any]:
     page, size = int(body.get("page", 1)), int(body.get("size", 250))
     items = fake.assets[(page - 1) * size : page * size]
     more = page * size < len(fake.assets)
+    if fake.faults.endless == "repeat":
+        items, more = fake.assets[:size], True
+    elif fake.faults.endless == "fresh":
+        template = fake.assets[0]
+        items = [dataclasses.replace(template, id=fake_uuid(page * size + i, salt=7)) for i in range(size)]
+        more = True
     return {
         "albums": {"count": 0, "facets": [], "items": [], "total": 0},
         "assets": {

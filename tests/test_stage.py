@@ -154,7 +154,7 @@ def test_outage_exits_2_and_the_same_command_resumes(
     server.faults.down_after = served + 20
     assert stage(server, "--workers", "2") == 2
     err = capsys.readouterr().err
-    assert "requests in a row failed" in err and "run the same command again" in err
+    assert ("requests in a row failed" in err or "kept failing" in err) and "run the same command again" in err
     server.faults.down, server.faults.down_after = False, None
     assert stage(server) == 0
     root, clean = workdir / "staging", workdir / "clean"
@@ -357,3 +357,26 @@ def test_asset_ids_that_are_not_uuids_never_touch_a_path(
     assert stats["skipped_bad_id"] == 2 and stats["staged_count"] == 1
     assert victim.read_text() == "keep me" and not (workdir / "escaped").exists()
     assert not any(path.endswith("victim") or "escaped" in path for _, path in fake.log)
+
+
+@pytest.mark.parametrize(("endless", "message"), [("repeat", "gave page 2 again"), ("fresh", "more than the library")])
+def test_a_listing_without_end_is_stopped(
+    workdir: Path, server: FakeImmich, endless: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.faults.endless = endless
+    assert stage(server, "--dry-run") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    pages = sum(1 for _, path in server.log if path.endswith("/search/metadata"))
+    assert pages <= len(server.assets) // 7 + 4  # the bound: the library's size in pages, plus a little
+
+
+def test_a_listing_that_keeps_failing_exits_2_with_its_progress_saved(
+    workdir: Path, server: FakeImmich, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.faults.after, server.faults.fail_next = 4, 1000  # /search/metadata answers 503 from some point on
+    assert stage(server, "--retries", "1") == 2
+    err = capsys.readouterr().err
+    assert "run the same command again" in err and "Traceback" not in err
+    server.faults.fail_next = 0
+    assert stage(server) == 0
