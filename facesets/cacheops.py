@@ -19,7 +19,7 @@ from .cache import (
     sorted_by_path,
     write_npz,
 )
-from .fsio import exclusive_lock
+from .fsio import exclusive_lock, remove_stale_temps, temp_pattern
 from .packs import PackIdentity
 from .progress import Progress
 from .records import ImageRecord, ImageStatus
@@ -45,6 +45,7 @@ def extend_cache(master: Path, parts: Sequence[Path], progress: Callable[[int], 
     master = Path(master)
     stats = ExtendStats()
     with exclusive_lock(master.with_name(master.name + ".lock")):
+        remove_stale_temps(master.parent, temp_pattern(master.name))  # a killed extend's partial file
         bar = progress(len(parts)) if progress else None
         loaded = []
         for part in parts:

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from .errors import StateError
-from .fsio import atomic_write_json, exclusive_lock
+from .fsio import atomic_write_json, exclusive_lock, remove_stale_temps, temp_pattern
 
 FORMAT = "facesets.immich-state"
 VERSION = 1
@@ -94,6 +94,7 @@ class StageState:
         if not read_only:
             state.path.parent.mkdir(parents=True, exist_ok=True)
             state._lock.enter_context(exclusive_lock(state.path.with_name(state.path.name + ".lock")))
+            remove_stale_temps(state.path.parent, temp_pattern(state.path.name))  # a killed snapshot write
         try:
             if state.path.exists():
                 state._read_snapshot()

@@ -262,3 +262,12 @@ def test_summary(tmp_path: Path) -> None:
         "schema": 2,
     }
     assert summary["model"]["name"] == "p" and summary["pending_journal_segments"] == 0
+
+
+def test_extend_removes_what_a_killed_extend_left(tmp_path: Path) -> None:
+    master, part = tmp_path / "master.npz", tmp_path / "part.npz"
+    write_cache(part, [("/a.jpg", "h1", 1)])
+    left = tmp_path / ".master.npz.abcd1234.tmp"
+    left.write_bytes(b"x" * 1000)  # a killed extend's partial master
+    extend_cache(master, [part])
+    assert not left.exists() and len(load_cache(master).images) == 1
