@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import sys
@@ -863,7 +864,31 @@ def main(argv: Sequence[str] | None = None, command: click.Command | None = None
         return exc.exit_code
     except KeyboardInterrupt:
         return _interrupted()
+    except OSError as exc:  # what a library call did not turn into a message of its own
+        click.echo(f"error: {safe(_os_message(exc))}", err=True)
+        return 1
+    except Exception as exc:  # never a traceback: the details with -vv
+        log.debug("unexpected error", exc_info=True)
+        first = (str(exc).strip().splitlines() or [""])[0]
+        click.echo(
+            f"error: {safe(type(exc).__name__)}: {safe(first)} (run with -vv for the details; this is a bug in "
+            "facesets, please report it)",
+            err=True,
+        )
+        return 1
     return code if isinstance(code, int) else 0
+
+
+def _os_message(exc: OSError) -> str:
+    where = f" {exc.filename}" if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return (
+            f"the disk is full (writing{where}): what was written before is kept; free space and run the same "
+            "command again"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied:{where or ' a file'}"
+    return f"{exc.strerror or type(exc).__name__}:{where or ' (no file named)'}"
 
 
 def _interrupted() -> int:

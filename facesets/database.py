@@ -15,13 +15,17 @@ error that says so, not a hang. Passwords never appear in messages: URLs are sho
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from .errors import DatabaseError
+from .fsio import atomic_write_bytes, exclusive_lock
 
 DEFAULT_DATA = Path("caches") / "pg"
 IDLE_TIMEOUT_S = 300.0
@@ -65,18 +69,48 @@ def _run_embedded(data: Path) -> Iterator[str]:
             "(or pass --database postgresql://... for an external server with pgvector)"
         ) from exc
     data.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        server = get_server(data, cleanup_mode="stop")
-    except Exception as exc:
-        raise DatabaseError(
-            f"cannot start the embedded PostgreSQL in {data}: {exc}. Running as root, PostgreSQL runs as a system "
-            "user that must be able to traverse every parent folder of the data folder; choose a --data folder "
-            "outside /root, or pass --database."
-        ) from exc
+    guard = data.parent / f".{data.name}.lock"  # start and stop one process at a time
+    with exclusive_lock(guard, wait=True):
+        _forget_dead_users(data)
+        try:
+            server = get_server(data, cleanup_mode="stop")
+        except Exception as exc:
+            raise DatabaseError(
+                f"cannot start the embedded PostgreSQL in {data}: {exc}. Running as root, PostgreSQL runs as a "
+                "system user that must be able to traverse every parent folder of the data folder; choose a --data "
+                "folder outside /root, or pass --database."
+            ) from exc
     try:
         yield str(server.get_uri())
     finally:
-        server.cleanup()
+        with exclusive_lock(guard, wait=True):
+            server.cleanup()
+
+
+def _forget_dead_users(data: Path) -> None:
+    """The server stays up while a process that uses it is listed in its handle file; a process killed with
+    ``kill -9`` stays listed for ever, so the server would never stop again. Forget the dead ones: the server
+    they left running is adopted, and stopped when the last living user ends."""
+    handles = data / ".handle_pids.json"
+    try:
+        pids = orjson.loads(handles.read_bytes()) if handles.is_file() else []
+    except (OSError, orjson.JSONDecodeError):
+        pids = []
+    if not isinstance(pids, list):
+        pids = []
+    alive = [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
+    if alive != pids:
+        atomic_write_bytes(handles, orjson.dumps(alive))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's: alive
+    return True
 
 
 @contextlib.contextmanager

@@ -74,18 +74,18 @@ def remove_stale_temps(directory: Path, pattern: str) -> int:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive, non-blocking lock on ``path`` (created if needed) for the block.
+def exclusive_lock(path: Path, wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if needed) for the block.
 
-    Raises :class:`FacesetsError` at once when another process holds it. The lock dies with the process,
-    so a ``kill -9`` never leaves a stale lock behind.
+    Raises :class:`FacesetsError` at once when another process holds it, or with ``wait`` waits for it (for
+    short critical sections). The lock dies with the process, so a ``kill -9`` never leaves a stale lock.
     """
     from .errors import FacesetsError
 
     handle = open(path, "a+b")  # noqa: SIM115 - closed in finally
     try:
         try:
-            _lock_file(handle)
+            _lock_file(handle, wait)
         except OSError as exc:
             raise FacesetsError(
                 f"{path} is locked by another facesets process working on the same file; wait for it to finish"
@@ -95,13 +95,13 @@ def exclusive_lock(path: Path) -> Iterator[None]:
         handle.close()
 
 
-def _lock_file(handle: IO[bytes]) -> None:
+def _lock_file(handle: IO[bytes], wait: bool = False) -> None:
     if os.name == "nt":
         import msvcrt
 
         handle.seek(0)
-        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+        msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK if wait else msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
     else:
         import fcntl
 
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -267,3 +267,22 @@ def test_readme_quotes_every_url_with_an_ampersand() -> None:
     for line in README.splitlines():
         for url in re.findall(r"\S*://\S*&\S*", line):
             assert url.startswith(("'", "`'")) or url.strip("`").startswith("'"), line
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (OSError(28, "No space left on device", "/data/q.json"), "error: the disk is full (writing /data/q.json)"),
+        (RuntimeError("boom\nsecond line"), "error: RuntimeError: boom (run with -vv for the details"),
+    ],
+)
+def test_no_exception_reaches_the_user_as_a_traceback(
+    raised: Exception, expected: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(path: object) -> None:
+        raise raised
+
+    monkeypatch.setattr("facesets.queue.read_queue", broken)
+    assert main(["queue", "info", "q.json"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(expected) and "Traceback" not in err and len(err.splitlines()) == 1

@@ -173,3 +173,50 @@ def test_database_url_comes_from_the_environment(
     assert main(["migrate"]) == 1
     err = capsys.readouterr().err
     assert "cannot reach the database server at env@127.0.0.1:1/fromenv" in err and "s3cret" not in err
+
+
+def _postmaster_running(data: Path) -> bool:
+    pid_file = data / "postmaster.pid"
+    if not pid_file.exists():
+        return False
+    pid = int(pid_file.read_text().splitlines()[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_an_embedded_server_left_by_a_killed_command_is_adopted_and_stopped() -> None:
+    import shutil
+    import signal
+    import tempfile
+    import time
+
+    base = Path(tempfile.mkdtemp(prefix="facesets-kill-"))
+    base.chmod(0o777)
+    data = base / "pg"
+    try:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import sys, time; from pathlib import Path\n"
+             "from facesets.database import embedded_server\n"
+             "with embedded_server(Path(sys.argv[1])) as url:\n    print(url, flush=True); time.sleep(120)", str(data)],
+            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert holder.stdout is not None and holder.stdout.readline().startswith("postgresql://")
+        holder.send_signal(signal.SIGKILL)  # a killed load: the server it started keeps running
+        holder.wait()
+        holder.stdout.close()
+        assert _postmaster_running(data)
+        done = subprocess.run(
+            [sys.executable, "-m", "facesets", "migrate", "--data", str(data)],
+            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        deadline = time.monotonic() + 30
+        while _postmaster_running(data) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _postmaster_running(data)  # adopted, then stopped when the command ended
+    finally:
+        subprocess.run(["pkill", "-f", f"-D {data}"], check=False)
+        shutil.rmtree(base, ignore_errors=True)
