@@ -22,7 +22,10 @@ written by a kill). A file of another format or a newer version is refused, neve
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import shutil
+import time
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -44,6 +47,9 @@ class Outcome(StrEnum):
     NO_FACES = "no_faces"
     NO_BIG_FACE = "no_big_face"
     DUPLICATE = "duplicate"  # its bytes equal a staged or cached photo's (found after download)
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,7 @@ class StageState:
             if state.path.exists():
                 state._read_snapshot()
             if state.journal.exists():
-                state._replay_journal()
+                state._replay_journal(read_only)
                 if not read_only:
                     state.compact()
         except BaseException:
@@ -183,18 +189,35 @@ class StageState:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StateError(f"{self.path} has a malformed record ({exc!r}); it was left untouched") from None
 
-    def _replay_journal(self) -> None:
-        """Apply complete journal lines in order; a torn last line (a kill mid-write) is ignored."""
-        for raw in self.journal.read_bytes().split(b"\n"):
+    def _replay_journal(self, read_only: bool = False) -> None:
+        """Apply complete journal lines in order; a torn last line (a kill mid-write) is ignored. A damaged line
+        before others is skipped with a warning, and the journal is copied beside it first (nothing is lost)."""
+        lines = self.journal.read_bytes().split(b"\n")
+        while lines and not lines[-1].strip():
+            lines.pop()
+        copied = False
+        for number, raw in enumerate(lines, 1):
             try:
                 change = orjson.loads(raw)
                 seen = {str(k): SeenAsset.from_dict(v) for k, v in change["seen"].items()}
+                pending = {str(k): str(v) for k, v in change.get("pending", {}).items()}
+                unpending = [str(asset_id) for asset_id in change.get("unpending", [])]
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-                break
+                if number == len(lines):
+                    break  # the torn last line of a killed write
+                if not copied:
+                    copied = True
+                    kept = ""
+                    if not read_only:  # a dry run writes nothing, not even this copy
+                        copy = self.journal.with_name(f"{self.journal.name}.damaged-{int(time.time())}")
+                        shutil.copyfile(self.journal, copy)
+                        kept = f"; the journal was kept as {copy}"
+                    log.warning("%s: line %d is damaged and was skipped%s", self.journal, number, kept)
+                continue
             self.seen.update(seen)
             for asset_id in seen:
                 self.pending.pop(asset_id, None)
-            self.pending.update({str(k): str(v) for k, v in change.get("pending", {}).items()})
-            for asset_id in change.get("unpending", []):
-                self.pending.pop(str(asset_id), None)
+            self.pending.update(pending)
+            for asset_id in unpending:
+                self.pending.pop(asset_id, None)
             self.cursor = change.get("cursor")

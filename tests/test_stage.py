@@ -380,3 +380,23 @@ def test_a_listing_that_keeps_failing_exits_2_with_its_progress_saved(
     assert "run the same command again" in err and "Traceback" not in err
     server.faults.fail_next = 0
     assert stage(server) == 0
+
+
+def test_a_damaged_journal_line_is_skipped_with_a_warning_and_a_copy(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from facesets.stagestate import StageState
+
+    path = tmp_path / "state-peter.json"
+    good = [
+        orjson.dumps({"seen": {f"a{i}": {"outcome": "staged", "path": f"p/{i}.jpg"}}, "cursor": i}) for i in range(3)
+    ]
+    journal = path.with_name(path.name + ".journal")
+    journal.write_bytes(good[0] + b"\n{damaged\n" + good[1] + b"\n" + good[2] + b"\n{torn")
+    with caplog.at_level("WARNING"):
+        state = StageState.open(path, "peter")
+    state.close()
+    assert sorted(state.seen) == ["a0", "a1", "a2"]  # nothing after the damaged line is lost
+    assert "line 2 is damaged and was skipped; the journal was kept as" in caplog.text
+    copies = list(tmp_path.glob("state-peter.json.journal.damaged-*"))
+    assert len(copies) == 1 and b"{damaged" in copies[0].read_bytes()
