@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 SHARED ?= ../shared
 
-.PHONY: test demo demo-immich lint stage embed cluster export load finalize bench-embed bench-index bench-db bench-cluster bench-stage eval-clusters clean
+.PHONY: test demo demo-immich lint stage embed cluster export load finalize bench-embed bench-index bench-db bench-cluster bench-stage eval-clusters torture clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,9 @@ bench-stage: $(VENV)/.installed
 
 eval-clusters: $(VENV)/.installed
 	$(BIN)/python scripts/eval_clusters.py --shared $(SHARED)
+
+torture: $(VENV)/.installed
+	$(BIN)/python scripts/torture.py --shared $(SHARED)
 
 clean:
 	rm -rf demo demo-immich bench .pytest_cache .mypy_cache .ruff_cache

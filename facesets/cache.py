@@ -172,6 +172,17 @@ def upgrade_meta(meta: NDArray[Any]) -> NDArray[Any]:
     return upgraded
 
 
+def _verify_members(path: Path) -> None:
+    """Every member's CRC, streamed (memory stays small): a damaged cache is refused before anything is added."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise CacheCorruptError(_corrupt(path, str(exc) or type(exc).__name__)) from exc
+    if bad is not None:
+        raise CacheCorruptError(_corrupt(path, f"member {bad} is damaged (bad CRC)"))
+
+
 def _holds_objects(npz: Any) -> bool:
     for name in npz.files:
         try:
@@ -343,6 +354,8 @@ class CacheWriter:
     def _open(self) -> None:
         remove_stale_temps(self.path.parent, temp_pattern(self.path.name))
         header = read_npz(self.path, header_only=True) if self.path.exists() else None
+        if header is not None:
+            _verify_members(self.path)
         self._drop_segments(header.journal_seq if header else 0)
         self._seq = header.journal_seq if header else 0
         if header is not None:

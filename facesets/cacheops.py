@@ -115,9 +115,10 @@ def _as_duplicate(record: ImageRecord) -> ImageRecord:
 
 
 def cache_summary(path: Path) -> dict[str, Any]:
-    """What ``facesets cache info`` prints: counts by status, faces, model, schema, pending journal."""
+    """What ``facesets cache info`` prints: counts by status, faces, model, schema, pending journal. The whole
+    file is read, so a damaged one (a bad CRC, members that disagree) is refused here rather than later."""
     path = Path(path)
-    data = load_cache(path, images_only=True)
+    data = load_cache(path)
     counts = data.counts()
     return {
         "path": str(path),

@@ -162,6 +162,11 @@ def iter_image_files(folder: Path, on_skip: Callable[[Path, str], None]) -> Iter
             on_skip(current, exc.strerror or str(exc))
             continue
         for child in children:
+            if not _valid_name(child.name):  # a queue is UTF-8 JSON: such a name cannot be written into it
+                on_skip(
+                    Path(os.fsencode(child.path).decode("utf-8", "backslashreplace")), "file name is not valid UTF-8"
+                )
+                continue
             try:
                 if child.is_dir():
                     stack.append(Path(child.path))
@@ -170,6 +175,14 @@ def iter_image_files(folder: Path, on_skip: Callable[[Path, str], None]) -> Iter
             except OSError as exc:
                 on_skip(Path(child.path), exc.strerror or str(exc))
         stack.sort(reverse=True)
+
+
+def _valid_name(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes arrive as surrogates
+        return False
+    return True
 
 
 @dataclass

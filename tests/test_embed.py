@@ -13,6 +13,7 @@ import pytest
 from facesets.cache import journal_segments, load_cache
 from facesets.cli import main
 from facesets.embed import EmbedConfig, run_embed
+from facesets.errors import CacheCorruptError
 from facesets.queue import QueueEntry, scan_folders, write_queue
 from facesets.records import ImageStatus
 from facesets.settings import Mode
@@ -338,3 +339,29 @@ def test_out_of_memory_is_not_recorded_and_the_next_run_retries(
     monkeypatch.setattr(decode_module, "_decode", real)
     second = run_embed(config(tmp_path, pack_dir))
     assert (second.already_done, second.embedded, second.errors) == (2, 1, 0)
+
+
+def test_a_name_that_is_not_utf8_is_a_counted_skip_of_queue_add(tmp_path: Path, sample_photos: list[Path]) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "good.jpg").write_bytes(sample_photos[0].read_bytes())
+    with open(os.fsencode(photos) + b"/bad-\xff.jpg", "wb") as handle:
+        handle.write(sample_photos[0].read_bytes())
+    result = scan_folders([photos])
+    assert [Path(entry.path).name for entry in result.entries] == ["good.jpg"]
+    assert [why for _, why in result.skipped] == ["file name is not valid UTF-8"]
+    write_queue(tmp_path / "queue.json", result.entries)  # the queue stays writable JSON
+
+
+def test_embed_refuses_to_add_to_a_damaged_cache(tmp_path: Path, pack_dir: Path, sample_photos: list[Path]) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(sample_photos[0].read_bytes())
+    make_queue(photos, tmp_path / "queue.json")
+    run_embed(config(tmp_path, pack_dir))
+    damaged = bytearray((tmp_path / "faces.npz").read_bytes())
+    damaged[len(damaged) // 2 : len(damaged) // 2 + 64] = bytes(64)
+    (tmp_path / "faces.npz").write_bytes(bytes(damaged))
+    with pytest.raises(CacheCorruptError, match="is not a readable facesets cache"):
+        run_embed(config(tmp_path, pack_dir))
+    assert (tmp_path / "faces.npz").read_bytes() == bytes(damaged)
