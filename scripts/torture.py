@@ -246,15 +246,15 @@ def run_damaged(photo: bytes, pack: Path, work: Path, tally: Tally, quick: bool)
     ]  # fmt: skip
     for name, target, content, args in cases[:: 2 if quick else 1]:
         (base / target).write_bytes(content)
-        before = _listing(work.parent)
+        before = _listing(work)
         code, _, err = facesets(args, base)
         problem, kind = problem_of(code, err, expected=(1,))
         if not problem and not err.startswith("error: "):
             problem = f"not one error line: {err[:120]!r}"
         if not problem and (base / target).read_bytes() != content:
             problem, kind = "the artifact was changed", "lost"
-        if not problem and _listing(work.parent) - before - _listing(base):
-            problem, kind = "wrote outside the work folder", "lost"
+        if not problem and {path for path in _listing(work) - before if not path.startswith(f"{base}/")}:
+            problem, kind = "wrote outside its work folder", "lost"
         tally.judge(f"damaged artifact: {name}", problem, kind)
         (base / "c.npz").write_bytes(cache)
 
