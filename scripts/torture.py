@@ -8,6 +8,8 @@ Every case runs the real command line in a fresh process and is judged from the 
   one ``error:`` line, exit 1, the artifact byte-identical afterwards and nothing written outside the work folder;
 - **kill -9** of ``embed``, ``index``, ``cache extend`` and ``export`` at a random moment (several seeds), then the
   same command again: the result must equal an uninterrupted run's;
+- **a full disk** (``queue add``, ``embed``, ``index`` and ``export`` writing onto a small tmpfs, where mounting
+  one is allowed): one error line that says the disk is full, no traceback, no temporary file left;
 - **secrets** (passwords and keys in URLs, the environment and key files): never in any output or file.
 
 Prints one line per failure and the totals: cases tried, survived, crashes, hangs, data lost, secrets found.
@@ -19,6 +21,7 @@ Prints one line per failure and the totals: cases tried, survived, crashes, hang
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -282,45 +285,127 @@ def run_kills(photos: list[Path], pack: Path, work: Path, tally: Tally, seeds: i
         (gallery / "index.json").write_text('{"title": "t"}')
         (gallery / f"{index}.jpg").write_bytes(photo.read_bytes())
     facesets(["queue", "add", "--queue", "q.json", "library"], base)
-    stages: dict[str, Callable[[str], list[str]]] = {
-        "embed": lambda out: ["embed", "--queue", "q.json", "--cache", f"{out}.npz", "--model-dir", str(pack),
-                              "--flush-every", "3"],
-        "index": lambda out: ["index", "--target", "library", "--caches", out, "--model-dir", str(pack), "--no-clip",
-                              "--flush-every", "3"],
-    }  # fmt: skip
-    for stage, command in stages.items():
-        code, _, err = facesets(command("reference"), base)
+    stages = [
+        _Stage("embed", lambda out: ["embed", "--queue", "q.json", "--cache", f"{out}.npz", "--model-dir", str(pack),
+                                     "--flush-every", "3"], _cache_records(lambda out: f"{out}.npz"), (0.5, 4.0)),
+        _Stage("index", lambda out: ["index", "--target", "library", "--caches", out, "--model-dir", str(pack),
+                                     "--no-clip", "--flush-every", "3"], _cache_records(lambda out: f"{out}/faces.npz"),
+               (0.5, 4.0)),
+        _Stage("cache extend", lambda out: ["cache", "extend", f"{out}-master.npz", "reference.npz",
+                                            "reference/faces.npz"], _cache_records(lambda out: f"{out}-master.npz"),
+               (0.05, 0.8)),
+        _Stage("export", lambda out: ["export", "--plan", f"{out}-plan.json"], _sets, (0.2, 2.0),
+               lambda out: ["cluster", "--cache", "reference.npz", "--sets", f"{out}-sets", "--plan",
+                            f"{out}-plan.json", "--min-faces", "2"]),
+    ]  # fmt: skip
+    for stage in stages:
+        if stage.prepare:
+            facesets(stage.prepare("reference"), base)
+        code, _, err = facesets(stage.command("reference"), base)
         if code != 0:
-            tally.judge(f"kill -9: {stage} reference run", f"exit {code}: {err[-160:]}")
+            tally.judge(f"kill -9: {stage.name} reference run", f"exit {code}: {err[-160:]}")
             continue
-        reference = _result(base, stage, "reference")
+        reference = stage.result(base, "reference")
         for seed in range(seeds):
-            out = f"killed-{seed}"
-            delay = random.Random(seed).uniform(0.5, 4.0)
+            out = f"{stage.name.replace(' ', '-')}-killed-{seed}"
+            if stage.prepare:
+                facesets(stage.prepare(out), base)
+            delay = random.Random(seed).uniform(*stage.delays)
             environment = {**os.environ, "PYTHONPATH": str(REPO)}
             victim = subprocess.Popen(
-                [sys.executable, "-m", "facesets", *command(out)], cwd=base, env=environment,
+                [sys.executable, "-m", "facesets", *stage.command(out)], cwd=base, env=environment,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             time.sleep(delay)
             victim.send_signal(signal.SIGKILL)
             victim.wait()
-            code, _, err = facesets(command(out), base)
+            code, _, err = facesets(stage.command(out), base)
             problem, kind = problem_of(code, err)
-            if not problem and _result(base, stage, out) != reference:
-                problem, kind = f"after a kill at {delay:.1f} s the result differs from an uninterrupted run", "lost"
-            if not problem and list(base.glob(f"{out}*/.*.tmp")) + list(base.glob(f".{out}*.tmp")):
+            if not problem and stage.result(base, out) != reference:
+                problem, kind = f"after a kill at {delay:.2f} s the result differs from an uninterrupted run", "lost"
+            if not problem and list(base.rglob(f".{out}*.tmp")) + list(base.glob(f"{out}*/.*.tmp")):
                 problem, kind = "temporary files were left behind", "lost"
-            tally.judge(f"kill -9: {stage} at {delay:.1f} s (seed {seed})", problem, kind)
+            tally.judge(f"kill -9: {stage.name} at {delay:.2f} s (seed {seed})", problem, kind)
 
 
-def _result(base: Path, stage: str, out: str) -> list[tuple[str, str, int]]:
-    sys.path.insert(0, str(REPO))
-    from facesets.cache import load_cache
+@dataclass(frozen=True)
+class _Stage:
+    name: str
+    command: Callable[[str], list[str]]  # the command for the output named ``out``
+    result: Callable[[Path, str], object]  # what must equal the uninterrupted run's
+    delays: tuple[float, float]  # the kill comes this many seconds after the start
+    prepare: Callable[[str], list[str]] | None = None
 
-    cache = base / (f"{out}.npz" if stage == "embed" else f"{out}/faces.npz")
-    data = load_cache(cache)
-    return sorted((Path(r.path).name, r.content_hash, r.faces) for r in data.images)
+
+def _cache_records(where: Callable[[str], str]) -> Callable[[Path, str], object]:
+    def records(base: Path, out: str) -> object:
+        sys.path.insert(0, str(REPO))
+        from facesets.cache import load_cache
+
+        data = load_cache(base / where(out))
+        return sorted((Path(r.path).name, r.content_hash, r.status.value, r.faces) for r in data.images)
+
+    return records
+
+
+def _sets(base: Path, out: str) -> object:
+    """Each face set's folder name, crop files and member keys."""
+    found = []
+    for folder in sorted((base / f"{out}-sets").glob("faceset_*")):
+        members = json.loads((folder / "manifest.json").read_bytes())["members"]
+        crops = sorted(path.name for path in folder.glob("*.jpg"))
+        found.append((folder.name, crops, sorted(member["key"] for member in members)))
+    return found
+
+
+# -- a full disk -------------------------------------------------------------------------------------------
+
+
+def run_full_disk(photos: list[Path], pack: Path, work: Path, tally: Tally) -> None:
+    """Each stage writing onto a small tmpfs that fills up (needs root; otherwise said and skipped)."""
+    base = work / "full"
+    (base / "library" / "g" / "tn").mkdir(parents=True)
+    (base / "library" / "g" / "index.json").write_text('{"title": "t"}')
+    for index, photo in enumerate(photos):
+        (base / "library" / "g" / f"{index}.jpg").write_bytes(photo.read_bytes())
+    facesets(["queue", "add", "--queue", "q.json", "library"], base)
+    facesets(["embed", "--queue", "q.json", "--cache", "c.npz", "--model-dir", str(pack)], base)
+    facesets(["cluster", "--cache", "c.npz", "--sets", "tiny/sets", "--plan", "plan.json", "--min-faces", "2"], base)
+    cases = [
+        ("queue add", ["queue", "add", "--queue", "tiny/q.json", "library"]),
+        ("embed", ["embed", "--queue", "q.json", "--cache", "tiny/c.npz", "--model-dir", str(pack)]),
+        ("index", ["index", "--target", "library", "--caches", "tiny", "--model-dir", str(pack), "--no-clip"]),
+        ("export", ["export", "--plan", "plan.json", "--sets", "tiny/sets"]),
+    ]
+    tiny = base / "tiny"
+    for name, args in cases:
+        tiny.mkdir(exist_ok=True)
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tiny)], capture_output=True)
+        if mounted.returncode != 0:
+            print(f"  full disk: not tried (mounting a small tmpfs needs root): {mounted.stderr.decode()[:80]}")
+            return
+        (tiny / "sets").mkdir()
+        _fill(tiny / "filler", 60_000 if name == "export" else 0)  # export: room for a few crops, not all
+        try:
+            code, _, err = facesets(args, base)
+            problem, kind = problem_of(code, err, expected=(1,))
+            if not problem and "disk is full" not in err and "No space left" not in err:
+                problem = f"the message does not say the disk is full: {err.strip()[:160]}"
+            if not problem and list(tiny.rglob(".*.tmp")):
+                problem, kind = "temporary files were left on the full disk", "lost"
+            tally.judge(f"full disk: {name}", problem, kind)
+        finally:
+            subprocess.run(["umount", str(tiny)], check=False)
+
+
+def _fill(path: Path, leave: int) -> None:
+    """Fill the disk ``path`` is on, but for about ``leave`` bytes (room for a command to start writing)."""
+    with contextlib.suppress(OSError), open(path, "wb", buffering=0) as handle:
+        while True:
+            handle.write(b"\0" * 4096)
+    if leave:
+        with open(path, "r+b") as handle:
+            handle.truncate(max(0, path.stat().st_size - leave))
 
 
 # -- secrets -----------------------------------------------------------------------------------------------
@@ -374,6 +459,8 @@ def main() -> int:
         run_damaged(photos[0].read_bytes(), pack, work, tally, args.quick)
         print("kill -9 ...", flush=True)
         run_kills(photos, pack, work, tally, 1 if args.quick else args.seeds)
+        print("full disk ...", flush=True)
+        run_full_disk(photos[:10], pack, work, tally)
         print("secrets ...", flush=True)
         run_secrets(work, tally)
     finally:
