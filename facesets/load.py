@@ -41,7 +41,7 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-from .cache import CacheData, load_cache
+from .cache import EMBEDDING_DIM, CacheData, load_cache
 from .copybinary import face_rows
 from .database import DatabaseConfig, connect, copy_rows, copy_to_temp, database_url, with_vectors
 from .errors import DatabaseError
@@ -440,7 +440,7 @@ def _insert_faces(conn: Any, data: CacheData, rows: np.ndarray, model: str, bulk
     if known:
         conn.execute(
             "CREATE TEMP TABLE tmp_faces (image_id TEXT, box REAL[], keypoints REAL[], score REAL, face_short REAL, "
-            "model TEXT, embedding vector(512)) ON COMMIT DROP"
+            f"model TEXT, embedding vector({EMBEDDING_DIM})) ON COMMIT DROP"
         )
     with conn.cursor().copy(f"COPY {target} FROM STDIN WITH (FORMAT BINARY)") as copy:
         copy.write(payload)

@@ -51,7 +51,3 @@ def require_windows(linux_path: str) -> str:
             "read by the Windows embed worker. Keep the photos on a Windows drive (for example /mnt/d/photos)."
         )
     return mapped
-
-
-def is_windows_path(path: str) -> bool:
-    return bool(_DRIVE.match(path)) or path.startswith("\\\\")

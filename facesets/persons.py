@@ -26,12 +26,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from .cache import EMBEDDING_DIM
 from .calibration import LibraryEstimate
 from .clustering import Algorithm, cluster_library
 from .database import DatabaseConfig, connect, copy_to_temp, database_url, with_vectors
@@ -40,6 +41,7 @@ from .identify import cluster_params, match_faces, refine
 from .migrations import check_schema
 from .packs import PackIdentity
 from .progress import Progress
+from .settings import DEFAULT_PERSON_MIN_FACES
 from .thresholds import Thresholds, resolve_thresholds
 
 log = logging.getLogger(__name__)
@@ -51,13 +53,14 @@ READ_BATCH = 20_000
 @dataclass(frozen=True)
 class PersonClusterConfig:
     database: DatabaseConfig
+    _: KW_ONLY
     algorithm: Algorithm = Algorithm.GRAPH
     threshold: float | None = None  # cosine similarity, as rbv's --threshold: cluster distance = 1 - threshold
     match: float | None = None
     cluster: float | None = None
     export: float | None = None
     closeness: float | None = None
-    min_faces: int = 3
+    min_faces: int = DEFAULT_PERSON_MIN_FACES
     min_points: int = 3
 
     def overrides(self) -> dict[str, float | None]:
@@ -146,7 +149,7 @@ def read_faces(conn: Any) -> FaceRows:
     """Every face, in canonical order, into arrays sized up front (no per-row Python objects kept)."""
     count = int(conn.execute("SELECT count(*) FROM face_detections").fetchone()[0])
     ids = np.empty(count, np.int64)
-    vectors = np.empty((count, 512), np.float32)
+    vectors = np.empty((count, EMBEDDING_DIM), np.float32)
     persons = np.empty(count, np.int64)
     photo_hashes: list[str] = []
     done = 0

@@ -11,6 +11,7 @@ import shutil
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TextIO
 
 WINDOW = 30.0  # seconds of recent work the rate is measured over
@@ -76,3 +77,6 @@ class Progress:
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+ProgressFactory = Callable[[int], Progress]  # what every stage takes: the bar for a total (None: no bar)

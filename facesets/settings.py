@@ -9,6 +9,9 @@ DEFAULT_MAX_PIXELS = 200_000_000
 # Refuse files larger than this before reading them (a sparse file or a device named like a photo); far above
 # any real photo (a 100 MP 16-bit TIFF is about 600 MB).
 DEFAULT_MAX_BYTES = 1 << 30
+# The smallest new face set (export) and the smallest new person (persons in the store).
+DEFAULT_MIN_FACES = 5
+DEFAULT_PERSON_MIN_FACES = 3
 # Detector input sizes for detectors with a dynamic input: InsightFace 2's FaceAnalysis default.
 DEFAULT_DET_SIZES = (128, 640)
 

@@ -21,7 +21,6 @@ import re
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
@@ -42,7 +41,7 @@ from .immich import (
 )
 from .messages import printable
 from .paths import to_windows
-from .progress import Progress
+from .progress import Progress, ProgressFactory
 from .queue import QueueEntry, append_entries
 from .stagepaths import PathClaims, inside, relative_path, with_tag
 from .stagestate import Outcome, SeenAsset, StageState
@@ -64,7 +63,7 @@ class StageConfig:
     queue: Path | None = None  # default: <staging>/queue-<user>.json
     expected_owner: str | None = None  # the Immich user id users.json gives for this label
     workers: int = 8
-    min_face: int = 90
+    min_face: float = 90.0
     dry_run: bool = False
     page_size: int = 1000
     commit_every: int = 200
@@ -154,7 +153,7 @@ class Known:
     staged_hashes: dict[str, str] = field(default_factory=dict)  # BLAKE3 -> staged path
 
 
-def run_stage(config: StageConfig, progress: Callable[[], Progress] | None = None) -> StageStats:
+def run_stage(config: StageConfig, progress: ProgressFactory | None = None) -> StageStats:
     """Stage one user's library; see the module docstring. Raises on fatal problems after saving state."""
     if not USER_LABEL.match(config.user):
         raise ConfigError(f"user label {config.user!r} must be letters, digits, '.', '_' or '-' (at most 64)")
@@ -164,7 +163,7 @@ def run_stage(config: StageConfig, progress: Callable[[], Progress] | None = Non
     try:
         with ImmichClient(config.url, config.key, _client_options(config)) as client:
             _check_owner(config, client, state)
-            stager = Stager(config, state, client, progress() if progress else None)
+            stager = Stager(config, state, client, progress(0) if progress else None)  # the total grows by page
             try:
                 return stager.run()
             except ImmichUnavailableError as exc:

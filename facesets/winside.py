@@ -13,7 +13,6 @@ and only a cache that loads completely (journal included) replaces the local one
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -106,12 +105,3 @@ class WindowsSide:
                 f"{shown}\nKeep staging on a Windows drive (e.g. --staging /mnt/d/staging) or use --embed local."
             )
         return mapped
-
-
-def side_from_environment(env: dict[str, str] | None = None) -> WindowsSide | None:
-    """WIN_ROOT and WIN_PYTHON, when both are set (and WIN_WORKER, when the worker is a checkout's script)."""
-    env = dict(os.environ) if env is None else env
-    root, python, worker = env.get("WIN_ROOT"), env.get("WIN_PYTHON"), env.get("WIN_WORKER")
-    if not root or not python:
-        return None
-    return WindowsSide(Path(root), python, Path(worker) if worker else None)

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from facesets.cli import main
-from facesets.database import Pool, connect, pool_size
+from facesets.database import connect
 from facesets.errors import DatabaseError, SchemaError
 from facesets.migrations import LATEST, check_schema, ensure_extension, migrate
 from tests.conftest import REPO
@@ -147,23 +147,6 @@ def test_bad_password(server: tuple[str, Path]) -> None:
     assert "wrong-password" not in str(info.value)
     right = psycopg.conninfo.make_conninfo(url, user="pwuser", password="right-password")
     connect(right).close()
-
-
-def test_pool_is_fixed_size_and_exhaustion_is_an_error(database: str) -> None:
-    size = pool_size(io_concurrency=2, ml_concurrency=4)
-    assert size == 8
-    pool = Pool(database, size)
-    try:
-        assert pool.settings == {"min_size": 8, "max_size": 8, "max_idle": 300.0, "timeout": 10.0}
-    finally:
-        pool.close()
-    small = Pool(database, 2, timeout=0.5)
-    try:
-        busy = pytest.raises(DatabaseError, match="all 2 database connections stayed busy")
-        with small.connection(), small.connection(), busy, small.connection():
-            pass
-    finally:
-        small.close()
 
 
 def test_database_url_comes_from_the_environment(

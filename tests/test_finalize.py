@@ -143,18 +143,12 @@ def test_a_checkouts_worker_script_runs_when_win_worker_names_it(
     sample_photos: list[Path],
 ) -> None:
     from facesets.queue import scan_folders, write_queue
-    from facesets.winside import side_from_environment
 
     (workdir / "photos").mkdir()
     (workdir / "photos" / "a.jpg").write_bytes(sample_photos[0].read_bytes())
     queue = workdir / "queue-peter.json"
     write_queue(queue, scan_folders([workdir / "photos"]).entries)
     script = REPO / "work" / "embed_worker.py"
-    found = side_from_environment({"WIN_ROOT": str(workdir / "win"), "WIN_PYTHON": "py", "WIN_WORKER": str(script)})
-    assert found is not None and found.worker == script
-    assert side_from_environment({"WIN_ROOT": str(workdir / "win"), "WIN_PYTHON": "py"}) == WindowsSide(
-        workdir / "win", "py"
-    )
     fake = FakeWindows(pack_dir)
     side = WindowsSide(workdir / "win", "py", script, to_windows=to_fake_windows, run=fake)
     side.embed(queue, workdir / "caches" / "peter.npz", "peter")

@@ -56,7 +56,7 @@ def index(tmp_path: Path, pack_dir: Path, *targets: Path, caches: str = "caches"
         "concurrency": 2,
         **changes,
     }
-    return run_index(IndexConfig(**settings), progress=False).as_dict()  # type: ignore[arg-type]
+    return run_index(IndexConfig(**settings)).as_dict()  # type: ignore[arg-type]
 
 
 COUNTERS = (
@@ -380,7 +380,7 @@ def test_permission_denied_folder_is_a_counted_skip(tmp_path: Path, faces_dir: P
             os.setegid(65534)
             os.seteuid(65534)
         try:
-            stats = run_index(IndexConfig(targets=(root,), caches=caches, no_ml=True), progress=False).as_dict()
+            stats = run_index(IndexConfig(targets=(root,), caches=caches, no_ml=True)).as_dict()
         finally:
             if os.getuid() == 0:
                 os.seteuid(0)

@@ -31,7 +31,7 @@ def indexed(tmp_path: Path, pack_dir: Path, faces_dir: Path) -> tuple[Path, Path
     make_gallery(root / "b", {"3.jpg": deepface / "img3.jpg", "copy.jpg": deepface / "img1.jpg"})
     clip = clipmodel.build(tmp_path / "clip")
     caches = tmp_path / "caches"
-    run_index(IndexConfig(targets=(root,), caches=caches, model_dir=pack_dir, clip_dir=clip), progress=False)
+    run_index(IndexConfig(targets=(root,), caches=caches, model_dir=pack_dir, clip_dir=clip))
     return root, caches
 
 
@@ -81,9 +81,7 @@ def test_a_newer_cache_adds_only_what_is_new(
     run_load(config)
     before = counts(database)
     (root / "a" / "new.jpg").write_bytes((faces_dir / "deepface" / "img5.jpg").read_bytes())
-    run_index(
-        IndexConfig(targets=(root,), caches=caches, model_dir=pack_dir, clip_dir=tmp_path / "clip"), progress=False
-    )
+    run_index(IndexConfig(targets=(root,), caches=caches, model_dir=pack_dir, clip_dir=tmp_path / "clip"))
     added = run_load(config).as_dict()
     assert (added["images_added"], added["paths_added"], added["gallery_images_loaded"], added["clip_added"]) == (
         1,

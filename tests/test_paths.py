@@ -1,7 +1,7 @@
 import pytest
 
 from facesets.errors import PathMappingError
-from facesets.paths import is_windows_path, require_windows, to_linux, to_windows
+from facesets.paths import require_windows, to_linux, to_windows
 
 
 @pytest.mark.parametrize(
@@ -30,9 +30,3 @@ def test_unmappable() -> None:
     assert to_linux("relative\\a.jpg") is None
     with pytest.raises(PathMappingError, match=r"/home/peter/a\.jpg has no Windows form"):
         require_windows("/home/peter/a.jpg")
-
-
-def test_is_windows_path() -> None:
-    assert is_windows_path("C:\\a")
-    assert is_windows_path("\\\\srv\\share")
-    assert not is_windows_path("/mnt/c/a")

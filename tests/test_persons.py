@@ -118,7 +118,7 @@ def test_threshold_is_a_similarity_and_conflicts_are_refused(database: str, libr
     with pytest.raises(ConfigError, match="between 0 and 1"):
         PersonClusterConfig(DatabaseConfig(), threshold=1.5).overrides()
     config = loaded(database, library, tmp_path)
-    strict = run_person_cluster(PersonClusterConfig(config, Algorithm.COMPONENTS, threshold=0.999))
+    strict = run_person_cluster(PersonClusterConfig(config, algorithm=Algorithm.COMPONENTS, threshold=0.999))
     assert strict.new_persons == 0 and strict.left_unassigned == 19 and strict.thresholds["cluster"] == 0.001
 
 
