@@ -877,6 +877,13 @@ def main(argv: Sequence[str] | None = None, command: click.Command | None = None
         return 1
     except Exception as exc:  # never a traceback: the details with -vv
         log.debug("unexpected error", exc_info=True)
+        if type(exc).__name__ == "DiskFull":  # psycopg's: the database server ran out of space
+            click.echo(
+                "error: the database server's disk is full: what was committed before is kept; free space on the "
+                "server and run the same command again",
+                err=True,
+            )
+            return 1
         first = (str(exc).strip().splitlines() or [""])[0]
         click.echo(
             f"error: {safe(type(exc).__name__)}: {safe(first)} (run with -vv for the details; this is a bug in "

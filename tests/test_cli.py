@@ -286,3 +286,19 @@ def test_no_exception_reaches_the_user_as_a_traceback(
     assert main(["queue", "info", "q.json"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(expected) and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_a_database_server_with_a_full_disk_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import psycopg
+
+    def full(path: object) -> None:
+        raise psycopg.errors.DiskFull("could not extend file base/5/16384: No space left on device")
+
+    monkeypatch.setattr("facesets.queue.read_queue", full)
+    assert main(["queue", "info", "q.json"]) == 1
+    assert capsys.readouterr().err == (
+        "error: the database server's disk is full: what was committed before is kept; free space on the server and "
+        "run the same command again\n"
+    )
