@@ -17,8 +17,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .galleries import Gallery, check_targets, gallery_folders, list_gallery
-from .index import STATE_FILE
 from .indexstate import IndexState
+from .layout import INDEX_STATE
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def run_backfill(targets: Sequence[Path], caches: Path, concurrency: int = 16) -
         stats.walk_skips += 1
         log.warning("skipping %s: %s", path, reason)
 
-    state_path = caches / STATE_FILE
+    state_path = caches / INDEX_STATE
     if not state_path.exists():
         raise ConfigError(f"no index state at {state_path}: run `facesets index` first (or pass --caches)")
     state = IndexState(state_path)

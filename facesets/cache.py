@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 
 from .errors import CacheCorruptError, CacheError, CacheModelMismatchError, CacheVersionError
 from .fsio import atomic_writer, exclusive_lock, remove_stale_temps, temp_pattern
+from .layout import journal_of, lock_of
 from .packs import PackIdentity
 from .records import ImageRecord, ImageStatus
 
@@ -226,7 +227,7 @@ def _version_message(path: Path, schema: int) -> str:
 
 
 def journal_dir(cache: Path) -> Path:
-    return cache.with_name(cache.name + ".journal")
+    return journal_of(cache)
 
 
 def journal_segments(cache: Path) -> list[tuple[int, Path]]:
@@ -344,7 +345,7 @@ class CacheWriter:
         except OSError as exc:
             raise CacheError(f"cannot create the folder of {self.path}: {exc.strerror or exc}") from exc
         self._lock = contextlib.ExitStack()
-        self._lock.enter_context(exclusive_lock(self.path.with_name(self.path.name + ".lock")))
+        self._lock.enter_context(exclusive_lock(lock_of(self.path)))
         try:
             self._open()
         except BaseException:

@@ -20,6 +20,7 @@ from .cache import (
     write_npz,
 )
 from .fsio import exclusive_lock, remove_stale_temps, temp_pattern
+from .layout import lock_of
 from .packs import PackIdentity
 from .progress import Progress
 from .records import ImageRecord, ImageStatus
@@ -44,7 +45,7 @@ def extend_cache(master: Path, parts: Sequence[Path], progress: Callable[[int], 
     """
     master = Path(master)
     stats = ExtendStats()
-    with exclusive_lock(master.with_name(master.name + ".lock")):
+    with exclusive_lock(lock_of(master)):
         remove_stale_temps(master.parent, temp_pattern(master.name))  # a killed extend's partial file
         bar = progress(len(parts)) if progress else None
         loaded = []
@@ -147,7 +148,7 @@ def purge_images(path: Path, hashes: set[str], identity: PackIdentity) -> int:
     path = Path(path)
     if not hashes or not (path.exists() or journal_segments(path)):
         return 0
-    with exclusive_lock(path.with_name(path.name + ".lock")):
+    with exclusive_lock(lock_of(path)):
         data = load_cache(path)
         require_same_model(identity, data.identity, path)
         keep = np.array([record.content_hash not in hashes for record in data.images], dtype=bool)

@@ -19,6 +19,7 @@ from .clidb import persons, search_command, similar_command
 from .cliflow import finalize_command
 from .clip import CLIP_ROOT_ENV, DEFAULT_CLIP_MODEL
 from .errors import FacesetsError
+from .layout import PLAN
 from .messages import SafeFormatter, safe
 from .packs import DEFAULT_PACK
 from .settings import (
@@ -488,7 +489,7 @@ def load(
 @click.option(
     "--plan",
     type=click.Path(path_type=Path, dir_okay=False),
-    default=Path("clusters.json"),
+    default=Path(PLAN),
     show_default=True,
     help="Where to write the cluster plan that `facesets export` applies.",
 )
@@ -662,7 +663,7 @@ def _learned_in_words(summary: dict[str, Any], as_json: bool) -> dict[str, Any]:
 @click.option(
     "--plan",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    default=Path("clusters.json"),
+    default=Path(PLAN),
     show_default=True,
     help="The cluster plan written by `facesets cluster`.",
 )

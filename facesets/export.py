@@ -47,7 +47,8 @@ from .facesetdir import (
     write_top,
 )
 from .fsio import atomic_write_bytes, exclusive_lock
-from .identify import PLAN_FORMAT, SETS_LOCK
+from .identify import PLAN_FORMAT
+from .layout import SETS_LOCK
 from .paths import to_linux
 from .pipeline import read_image
 from .progress import Progress

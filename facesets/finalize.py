@@ -30,6 +30,7 @@ import orjson
 from .database import DatabaseConfig
 from .errors import ConfigError, StateError
 from .fsio import atomic_write_json
+from .layout import finalize_record, user_cache, user_plan, user_queue
 from .packs import DEFAULT_PACK
 from .progress import Progress
 from .settings import DEFAULT_MIN_FACES
@@ -73,19 +74,19 @@ class FinalizeConfig:
 
     @property
     def queue(self) -> Path:
-        return self.staging / f"queue-{self.user}.json"
+        return user_queue(self.staging, self.user)
 
     @property
     def cache(self) -> Path:
-        return self.caches / f"{self.user}.npz"
+        return user_cache(self.caches, self.user)
 
     @property
     def plan(self) -> Path:
-        return self.staging / f"clusters-{self.user}.json"
+        return user_plan(self.staging, self.user)
 
     @property
     def state(self) -> Path:
-        return self.staging / f"finalize-{self.user}.json"
+        return finalize_record(self.staging, self.user)
 
 
 @dataclass

@@ -38,6 +38,7 @@ from .clustering import Algorithm, ClusterParams, cluster_library, cohesion, com
 from .errors import CacheModelMismatchError, ConfigError, FaceSetError
 from .facesetdir import FaceSet, face_key, highest_number, read_sets, read_top
 from .fsio import atomic_write_bytes, exclusive_lock
+from .layout import SETS_LOCK
 from .neighbors import first_of_runs, knn_graph
 from .packs import PackIdentity
 from .progress import Progress
@@ -48,7 +49,6 @@ log = logging.getLogger(__name__)
 
 PLAN_FORMAT = "facesets.clusters"
 PLAN_VERSION = 1
-SETS_LOCK = ".facesets.lock"  # in the sets folder: export holds it while applying a plan, cluster while reading
 NEAR_DUPLICATE = 0.92  # cosine similarity above which two faces are copies of one shot
 MATCH_CHUNK = 65_536
 

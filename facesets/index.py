@@ -41,6 +41,7 @@ from .clipstore import ClipStore
 from .errors import OUT_OF_MEMORY, CacheError, ConfigError, ImageLoadError, ModelPackError, is_out_of_memory
 from .galleries import Gallery, check_targets, gallery_folders, gallery_totals, list_gallery
 from .indexstate import GalleryRow, IndexState, KnownFile
+from .layout import CLIP_STORE, FACE_CACHE, INDEX_STATE
 from .packs import DEFAULT_PACK, ModelPack, PackIdentity, resolve_pack
 from .pipeline import bounded_map, read_image
 from .progress import ProgressFactory
@@ -58,9 +59,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "index.sqlite"
-FACE_CACHE = "faces.npz"
-CLIP_STORE = "clip.sqlite"
 NO_ML = PackIdentity("none", "none", "0" * 64, "none", "0" * 64)
 
 
@@ -156,7 +154,7 @@ def run_index(config: IndexConfig, progress: ProgressFactory | None = None) -> I
     targets = check_targets(list(config.targets))
     config.caches.mkdir(parents=True, exist_ok=True)
     clip = None if config.no_ml or config.no_clip else _ClipParts.open(config)
-    state = IndexState(config.caches / STATE_FILE)
+    state = IndexState(config.caches / INDEX_STATE)
     stats = IndexStats()
     try:
         pack, identity = _face_model(state, config)

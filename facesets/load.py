@@ -45,7 +45,7 @@ from .cache import EMBEDDING_DIM, CacheData, load_cache
 from .copybinary import face_rows
 from .database import DatabaseConfig, connect, copy_rows, copy_to_temp, database_url, with_vectors
 from .errors import DatabaseError
-from .index import CLIP_STORE, FACE_CACHE, STATE_FILE
+from .layout import CLIP_STORE, FACE_CACHE, INDEX_STATE
 from .loadsets import load_face_sets
 from .migrations import check_schema
 from .progress import Progress
@@ -104,7 +104,7 @@ def run_load(config: LoadConfig, progress: Callable[[int], Progress] | None = No
     """Load what ``config`` names (see the module docstring); ``progress(total)`` makes a bar per face cache."""
     started = time.monotonic()
     stats = LoadStats()
-    state = config.caches / STATE_FILE
+    state = config.caches / INDEX_STATE
     caches, clip, sets = [], None, None
     if not config.galleries_only:
         caches = [path for path in [config.caches / FACE_CACHE] if path.exists()] + list(config.extra_caches)
@@ -112,7 +112,7 @@ def run_load(config: LoadConfig, progress: Callable[[int], Progress] | None = No
         sets = config.sets if config.sets is not None and config.sets.is_dir() else None
     if not caches and not state.exists() and clip is None and sets is None:
         raise DatabaseError(
-            f"nothing to load: no {FACE_CACHE}, {STATE_FILE} or {CLIP_STORE} in {config.caches}, no --cache and "
+            f"nothing to load: no {FACE_CACHE}, {INDEX_STATE} or {CLIP_STORE} in {config.caches}, no --cache and "
             "no face-set folder"
         )
     with database_url(config.database) as url, connect(url) as conn:

@@ -33,6 +33,7 @@ import orjson
 
 from .errors import ImageLoadError, QueueError
 from .fsio import atomic_write_json, exclusive_lock, remove_stale_temps, temp_pattern
+from .layout import lock_of
 from .paths import to_windows
 from .pipeline import hash_file
 from .progress import Progress
@@ -131,7 +132,7 @@ def write_queue(path: Path, entries: Sequence[QueueEntry]) -> None:
 def append_entries(path: Path, entries: Iterable[QueueEntry]) -> int:
     """Add entries whose path is not queued yet, atomically and under a lock; return how many were added."""
     path = Path(path)
-    with exclusive_lock(path.with_name(path.name + ".lock")):
+    with exclusive_lock(lock_of(path)):
         remove_stale_temps(path.parent, temp_pattern(path.name))  # left by a killed write; we hold the lock
         existing = read_queue(path) if path.exists() else []
         known = {entry.path for entry in existing}

@@ -39,6 +39,7 @@ from .immich import (
     TransientError,
     hashed_copy,
 )
+from .layout import user_queue, user_state
 from .messages import printable
 from .paths import to_windows
 from .progress import Progress, ProgressFactory
@@ -75,11 +76,11 @@ class StageConfig:
 
     @property
     def queue_path(self) -> Path:
-        return self.queue or self.staging / f"queue-{self.user}.json"
+        return self.queue or user_queue(self.staging, self.user)
 
     @property
     def state_path(self) -> Path:
-        return self.staging / f"state-{self.user}.json"
+        return user_state(self.staging, self.user)
 
     @property
     def partial_dir(self) -> Path:

@@ -35,6 +35,7 @@ import orjson
 
 from .errors import StateError
 from .fsio import atomic_write_json, exclusive_lock, remove_stale_temps, temp_pattern
+from .layout import journal_of, lock_of
 
 FORMAT = "facesets.immich-state"
 VERSION = 1
@@ -90,7 +91,7 @@ class StageState:
 
     @property
     def journal(self) -> Path:
-        return self.path.with_name(self.path.name + ".journal")
+        return journal_of(self.path)
 
     @classmethod
     def open(cls, path: Path, user: str, read_only: bool = False) -> StageState:
@@ -99,7 +100,7 @@ class StageState:
         state = cls(path, user)
         if not read_only:
             state.path.parent.mkdir(parents=True, exist_ok=True)
-            state._lock.enter_context(exclusive_lock(state.path.with_name(state.path.name + ".lock")))
+            state._lock.enter_context(exclusive_lock(lock_of(state.path)))
             remove_stale_temps(state.path.parent, temp_pattern(state.path.name))  # a killed snapshot write
         try:
             if state.path.exists():

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .cache import load_cache, write_npz
 from .errors import ConfigError, PathMappingError
+from .layout import user_cache, user_queue
 from .paths import require_windows
 from .queue import QueueEntry, read_queue, write_queue
 
@@ -65,8 +66,8 @@ class WindowsSide:
     def embed(self, queue: Path, cache: Path, user: str) -> Path:
         """Embed ``queue`` on the Windows side and bring the cache back to ``cache``; returns ``cache``."""
         self.root.mkdir(parents=True, exist_ok=True)
-        remote_queue = self.root / f"queue-{user}.json"
-        remote_cache = self.root / f"{user}.npz"
+        remote_queue = user_queue(self.root, user)
+        remote_cache = user_cache(self.root, user)
         write_queue(remote_queue, self._windows_entries(queue))
         program = ["-m", "facesets", "embed"] if self.worker is None else [self.to_windows(str(self.worker.absolute()))]
         command = [

@@ -335,7 +335,7 @@ def test_era_rebuilds_never_delete_what_facesets_did_not_make(library: Path, tmp
 
 def test_a_plan_made_against_other_sets_is_refused(library: Path, tmp_path: Path) -> None:
     from facesets.fsio import exclusive_lock
-    from facesets.identify import SETS_LOCK
+    from facesets.layout import SETS_LOCK
 
     sets = tmp_path / "facesets_swap_ready"
     first, second = tmp_path / "a.json", tmp_path / "b.json"

@@ -12,8 +12,9 @@ import pytest
 from facesets.backfill import run_backfill
 from facesets.cache import journal_segments, load_cache
 from facesets.errors import CacheError, ConfigError, ModelPackError
-from facesets.index import FACE_CACHE, STATE_FILE, IndexConfig, run_index
+from facesets.index import IndexConfig, run_index
 from facesets.indexstate import IndexState
+from facesets.layout import FACE_CACHE, INDEX_STATE
 from tests.conftest import REPO
 
 
@@ -101,7 +102,7 @@ def test_first_index_then_no_op(tmp_path: Path, pack_dir: Path, tree: Path) -> N
         "files_deduped": 0,
         "files_embedded": 0,
     }
-    state = IndexState(tmp_path / "caches" / STATE_FILE)
+    state = IndexState(tmp_path / "caches" / INDEX_STATE)
     assert state.counts() == {
         "galleries": 3,
         "galleries_complete": 3,
@@ -233,7 +234,7 @@ def test_full_disk_keeps_previous_state_and_cache(
 
 def test_backfill_fills_sizes_and_gallery_stats(tmp_path: Path, pack_dir: Path, tree: Path) -> None:
     index(tmp_path, pack_dir, tree)
-    state = IndexState(tmp_path / "caches" / STATE_FILE)
+    state = IndexState(tmp_path / "caches" / INDEX_STATE)
     state.begin()
     state._db.execute("UPDATE gallery_images SET file_size = NULL")
     state._db.execute("UPDATE galleries SET file_count = NULL, total_bytes = NULL")
@@ -290,7 +291,7 @@ def test_sigkill_then_resume(tmp_path: Path, pack_dir: Path, faces_dir: Path) ->
     assert [r.path for r in killed.images] == [r.path for r in ref.images]
     assert np.allclose(killed.embeddings, ref.embeddings, atol=1e-5)
     for caches in ("ref", "killed"):
-        state = IndexState(tmp_path / caches / STATE_FILE)
+        state = IndexState(tmp_path / caches / INDEX_STATE)
         assert state.counts()["gallery_images"] == 40 and state.counts()["galleries_complete"] == 4
         state.close()
 
@@ -354,7 +355,7 @@ def test_missing_clip_model_is_a_clear_error(
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     with pytest.raises(ModelPackError, match="--no-clip skips CLIP embeddings"):
         index(tmp_path, pack_dir, tree, no_clip=False)
-    assert not (tmp_path / "caches" / STATE_FILE).exists()
+    assert not (tmp_path / "caches" / INDEX_STATE).exists()
 
 
 def test_permission_denied_folder_is_a_counted_skip(tmp_path: Path, faces_dir: Path) -> None:
@@ -413,7 +414,7 @@ def test_file_replaced_while_being_read(
     monkeypatch.setattr("facesets.index.read_image", replaced_during_read)
     index(tmp_path, pack_dir, tree)
     monkeypatch.undo()
-    state = IndexState(tmp_path / "caches" / STATE_FILE)
+    state = IndexState(tmp_path / "caches" / INDEX_STATE)
     gallery = state.gallery(str(tree / "chunk1" / "a"))
     assert gallery is not None
     known = state.known_files(gallery.id)["2.jpg"]
@@ -476,7 +477,7 @@ def test_a_damaged_or_empty_index_state_is_a_message(
     from facesets.cli import main
 
     index(tmp_path, pack_dir, tree)
-    state = tmp_path / "caches" / STATE_FILE
+    state = tmp_path / "caches" / INDEX_STATE
     data = bytearray(state.read_bytes())
     assert len(data) >= 4 * 4096
     data[2 * 4096 : len(data) - 4096] = os.urandom(len(data) - 3 * 4096)  # every page but the first and last
@@ -488,6 +489,6 @@ def test_a_damaged_or_empty_index_state_is_a_message(
     assert "Traceback" not in err
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    (fresh / STATE_FILE).write_bytes(b"")
+    (fresh / INDEX_STATE).write_bytes(b"")
     assert main([*args[:-4], "--caches", str(fresh), "--model-dir", str(pack_dir), "--no-clip"]) == 0
     assert "is empty (not an index state): starting a new one" in capsys.readouterr().err
