@@ -326,15 +326,15 @@ def search_command(
     """
     from .cliptext import ClipText
     from .personops import resolve_person
-    from .runtime import RuntimeOptions, available_providers, choose_providers
+    from .runtime import runtime_options
     from .search import check_clip_model, nearest_images
 
-    chosen = tuple(choose_providers(available_providers(), providers))
+    options = runtime_options(providers)
     with _store(database, data) as conn:
         person_id = resolve_person(conn, person) if person is not None else None
         folder = _clip_folder(conn, clip_dir, clip_model)
         check_clip_model(conn, folder)
-        vector = ClipText(folder, RuntimeOptions(chosen, 1)).embed(text)
+        vector = ClipText(folder, options).embed(text)
         hits = nearest_images(conn, vector, limit, person_id)
     _print_hits(hits, as_json, as_lines)
 

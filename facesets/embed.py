@@ -31,7 +31,7 @@ from .pipeline import bounded_map, read_image
 from .progress import Progress
 from .queue import QueueEntry, read_queue
 from .records import ImageRecord, ImageStatus
-from .runtime import RuntimeOptions, available_providers, choose_providers, is_cpu_only
+from .runtime import is_cpu_only, runtime_options
 from .settings import DEFAULT_DET_SIZES, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Mode
 
 log = logging.getLogger(__name__)
@@ -102,11 +102,11 @@ def run_embed(config: EmbedConfig, progress: Callable[[int], Progress] | None = 
     started = time.monotonic()
     entries = read_queue(config.queue)
     pack = resolve_pack(config.model_dir, config.model_pack)
-    providers = choose_providers(available_providers(), config.providers)
-    workers = config.concurrency or (os.cpu_count() or 1 if is_cpu_only(providers) else 1)
-    log.info("model pack %s, providers %s, %d inference workers", pack.folder, ", ".join(providers), workers)
+    options = runtime_options(config.providers)
+    workers = config.concurrency or (os.cpu_count() or 1 if is_cpu_only(options.providers) else 1)
+    log.info("model pack %s, providers %s, %d inference workers", pack.folder, ", ".join(options.providers), workers)
     square = config.mode is Mode.REFERENCE
-    engine = build_engine(pack, RuntimeOptions(tuple(providers), 1), config.det_sizes, config.min_face, square)
+    engine = build_engine(pack, options, config.det_sizes, config.min_face, square)
     writer = CacheWriter(config.cache, pack.identity())
     stats = EmbedStats(queued=len(entries))
     try:

@@ -508,10 +508,9 @@ class PackEmbedder:
     def _load(self) -> Any:
         if self._engine is None:
             from .faces import build_engine
-            from .runtime import RuntimeOptions, available_providers, choose_providers
+            from .runtime import runtime_options
 
-            providers = choose_providers(available_providers(), self.providers)
-            self._engine = build_engine(self.pack, RuntimeOptions(tuple(providers), 1))
+            self._engine = build_engine(self.pack, runtime_options(self.providers))
         return self._engine
 
 

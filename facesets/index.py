@@ -46,6 +46,7 @@ from .packs import DEFAULT_PACK, ModelPack, PackIdentity, resolve_pack
 from .pipeline import bounded_map, read_image
 from .progress import ProgressFactory
 from .records import ImageRecord, ImageStatus
+from .runtime import Lazy, runtime_options
 from .settings import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
@@ -231,7 +232,6 @@ class _ClipParts:
     folder: Path
     identity: ClipIdentity
     store: ClipStore
-    visual: ClipVisual | None = None
 
     @classmethod
     def open(cls, config: IndexConfig) -> _ClipParts:
@@ -258,8 +258,8 @@ class _Run:
         self.clip = clip
         self.clip_claimed: set[str] = set()
         self.stats = stats
-        self._engine: FaceEngine | None = None
-        self._engine_lock = threading.Lock()
+        self._engine = Lazy(self._make_engine)
+        self._clip_visual = Lazy(self._make_clip_visual)
         self._writer: CacheWriter | None = None
         self.galleries = _Galleries()
         self.claimed: set[str] = set()
@@ -335,17 +335,15 @@ class _Run:
     # -- lazily created heavy parts ------------------------------------------------------------------
 
     def engine(self) -> FaceEngine:
-        with self._engine_lock:
-            if self._engine is None:
-                from .faces import build_engine
-                from .runtime import RuntimeOptions, available_providers, choose_providers
+        return self._engine.get()
 
-                if self.pack is None:
-                    self.pack = resolve_pack(self.config.model_dir, self.config.model_pack)
-                    _require_model(self.identity, self.pack.identity(), self.config.caches)
-                providers = choose_providers(available_providers(), self.config.providers)
-                self._engine = build_engine(self.pack, RuntimeOptions(tuple(providers), 1))
-            return self._engine
+    def _make_engine(self) -> FaceEngine:
+        from .faces import build_engine
+
+        if self.pack is None:
+            self.pack = resolve_pack(self.config.model_dir, self.config.model_pack)
+            _require_model(self.identity, self.pack.identity(), self.config.caches)
+        return build_engine(self.pack, runtime_options(self.config.providers))
 
     def writer(self) -> CacheWriter:
         if self._writer is None:
@@ -355,15 +353,13 @@ class _Run:
         return self._writer
 
     def clip_visual(self) -> ClipVisual:
-        assert self.clip is not None
-        with self._engine_lock:
-            if self.clip.visual is None:
-                from .clipvisual import ClipVisual
-                from .runtime import RuntimeOptions, available_providers, choose_providers
+        return self._clip_visual.get()
 
-                providers = choose_providers(available_providers(), self.config.providers)
-                self.clip.visual = ClipVisual(self.clip.folder, RuntimeOptions(tuple(providers), 1))
-            return self.clip.visual
+    def _make_clip_visual(self) -> ClipVisual:
+        from .clipvisual import ClipVisual
+
+        assert self.clip is not None
+        return ClipVisual(self.clip.folder, runtime_options(self.config.providers))
 
     def abandon(self) -> None:
         if self._writer is not None:

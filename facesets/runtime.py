@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from .errors import ModelPackError, ProviderError
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,32 @@ def is_cpu_only(providers: Sequence[str]) -> bool:
 class RuntimeOptions:
     providers: tuple[str, ...]
     intra_op_threads: int = 1
+
+
+def runtime_options(requested: Sequence[str] = (), threads: int = 1) -> RuntimeOptions:
+    """Session options: the ``requested`` providers among those this onnxruntime has (best first; none given:
+    the best available), ``threads`` intra-op threads each."""
+    return RuntimeOptions(tuple(choose_providers(available_providers(), requested)), threads)
+
+
+class Lazy(Generic[T]):
+    """A model made on first use, once: threads that need it meanwhile wait for the one that makes it."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self._value: T | None = None
+
+    def get(self) -> T:
+        with self._lock:
+            if self._value is None:
+                self._value = self._make()
+            return self._value
+
+    @property
+    def made(self) -> T | None:
+        """The model if it was made, else None (nothing is made)."""
+        return self._value
 
 
 def available_providers() -> list[str]:

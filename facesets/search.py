@@ -102,7 +102,7 @@ def image_vector(
 
     from .clipvisual import ClipVisual
     from .decode import decode
-    from .runtime import RuntimeOptions, available_providers, choose_providers
+    from .runtime import runtime_options
 
     try:
         data = path.read_bytes()
@@ -118,5 +118,5 @@ def image_vector(
         image = decode(data)
     except ImageLoadError as exc:
         raise ConfigError(f"cannot decode {path}: {exc.reason}") from exc
-    visual = ClipVisual(folder, RuntimeOptions(tuple(choose_providers(available_providers(), providers)), 1))
+    visual = ClipVisual(folder, runtime_options(providers))
     return visual.embed([image])[0], digest

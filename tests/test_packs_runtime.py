@@ -114,3 +114,28 @@ def test_embed_uses_chosen_providers(monkeypatch: pytest.MonkeyPatch, pack_dir: 
     assert isinstance(session, SerialSession)
     out = session.run(None, {"input": np.zeros((1, 3, 112, 112), np.float32)})
     assert out[0].shape == (1, 512)
+
+
+def test_a_lazy_model_is_made_once_whatever_the_threads() -> None:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from facesets.runtime import Lazy, runtime_options
+
+    made: list[int] = []
+    lock = threading.Lock()
+
+    def make() -> object:
+        time.sleep(0.05)
+        with lock:
+            made.append(1)
+        return object()
+
+    holder = Lazy(make)
+    assert holder.made is None
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: holder.get(), range(32)))
+    assert len(made) == 1 and all(result is results[0] for result in results) and holder.made is results[0]
+    assert runtime_options(("cpu",)).providers == ("CPUExecutionProvider",)
+    assert runtime_options().intra_op_threads == 1
