@@ -39,7 +39,6 @@ from .facesetdir import (
     Member,
     TopManifest,
     highest_number,
-    read_json,
     read_set,
     read_top,
     set_name,
@@ -47,10 +46,10 @@ from .facesetdir import (
     write_top,
 )
 from .fsio import atomic_write_bytes, exclusive_lock
-from .identify import PLAN_FORMAT
 from .layout import SETS_LOCK
 from .paths import to_linux
 from .pipeline import read_image
+from .plan import Plan, PlanFace, PlanIdentity, read_plan
 from .progress import Progress
 from .report import write_report
 
@@ -88,76 +87,50 @@ class ExportSummary:
         return dict(self.__dict__)
 
 
-HASH = re.compile(r"^[0-9a-f]{64}$")
-
-
-def read_plan(path: Path) -> dict[str, Any]:
-    """The plan, its fields checked: every value that names a file (set numbers, photo hashes, boxes) must be
-    what cluster writes, so a hand-edited or hostile plan cannot make export write outside the sets folder."""
-    plan = read_json(path, PLAN_FORMAT)
-    for name in ("id", "identities", "thresholds", "processed", "sets_dir"):
-        if name not in plan:
-            raise FaceSetError(f"{path} has no {name!r}: it is not a complete cluster plan; run facesets cluster again")
-    try:
-        for identity in plan["identities"]:
-            if not isinstance(identity["set"], int) or isinstance(identity["set"], bool) or identity["set"] < 1:
-                raise ValueError(f"set number {identity['set']!r}")
-            for face in identity["members"]:
-                if not isinstance(face["hash"], str) or not HASH.match(face["hash"]):
-                    raise ValueError(f"photo hash {str(face['hash'])[:80]!r}")
-                if len(face["bbox"]) != 4 or not all(isinstance(v, int | float) for v in face["bbox"]):
-                    raise ValueError(f"box {str(face['bbox'])[:80]!r}")
-                if not isinstance(face["source"], str) or not isinstance(face["key"], str):
-                    raise ValueError("source or key")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FaceSetError(f"{path} is not a valid cluster plan ({exc}): run facesets cluster again") from None
-    return plan
-
-
 def run_export(config: ExportConfig, progress: Callable[[int], Progress] | None = None) -> ExportSummary:
     """Apply the plan (see the module docstring); ``progress(total)`` makes the bar over the plan's faces."""
     plan = read_plan(config.plan)
-    root = Path(config.sets_dir or plan["sets_dir"])
+    root = Path(config.sets_dir or plan.sets_dir)
     _create(root)
-    summary = ExportSummary(plan=plan["id"])
+    summary = ExportSummary(plan=plan.id)
     with exclusive_lock(root / SETS_LOCK):
         top = read_top(root)
-        if plan["id"] in top.applied_plans or _changes_nothing(plan, top):
+        if plan.id in top.applied_plans or _changes_nothing(plan, top):
             summary.already_applied = True
             return summary
         _check_made_against(root, top, plan)
         _remove_partials(root)
         _check_numbers(root, top, plan)
-        params = {"plan": plan["id"], "algorithm": plan["algorithm"], "thresholds": plan["thresholds"]}
-        bar = progress(sum(len(identity["members"]) for identity in plan["identities"])) if progress else None
+        params = {"plan": plan.id, "algorithm": plan.algorithm, "thresholds": plan.thresholds}
+        bar = progress(plan.faces) if progress else None
         advance = bar.advance if bar else None
-        touched = [_apply_identity(root, identity, params, summary, config, advance) for identity in plan["identities"]]
+        touched = [_apply_identity(root, identity, params, summary, config, advance) for identity in plan.identities]
         if bar:
             bar.close()
         if config.split_eras:
             for faceset in touched:
-                _rebuild_eras(root, faceset, config.era_years, config.min_era_faces or int(plan["min_faces"]))
+                _rebuild_eras(root, faceset, config.era_years, config.min_era_faces or plan.min_faces)
         if config.report:
-            summary.report = str(write_report(root, plan, summary.as_dict()))
+            summary.report = str(write_report(root, plan.to_dict(), summary.as_dict()))
         _commit(root, top, plan, summary)
     return summary
 
 
-def _check_made_against(root: Path, top: TopManifest, plan: dict[str, Any]) -> None:
+def _check_made_against(root: Path, top: TopManifest, plan: Plan) -> None:
     """A plan made against other sets than these (another plan applied since) would put faces in the wrong sets."""
-    if "made_against" not in plan:  # a plan from before this check
+    if plan.made_against is None:  # a plan from before this check
         return
     current = top.applied_plans[-1] if top.applied_plans else ""
-    if plan["made_against"] != current:
-        then = f"after plan {plan['made_against']}" if plan["made_against"] else "before any plan"
+    if plan.made_against != current:
+        then = f"after plan {plan.made_against}" if plan.made_against else "before any plan"
         raise FaceSetError(
-            f"the plan {plan['id']} was made against {root} as it was {then}, but plan {current or '(none)'} has "
+            f"the plan {plan.id} was made against {root} as it was {then}, but plan {current or '(none)'} has "
             "been applied since: run facesets cluster again, then export"
         )
 
 
-def _changes_nothing(plan: dict[str, Any], top: TopManifest) -> bool:
-    return not plan["identities"] and set(plan["processed"]) <= top.processed
+def _changes_nothing(plan: Plan, top: TopManifest) -> bool:
+    return not plan.identities and set(plan.processed) <= top.processed
 
 
 def _create(root: Path) -> None:
@@ -174,40 +147,40 @@ def _remove_partials(root: Path) -> None:
             shutil.rmtree(entry)
 
 
-def _check_numbers(root: Path, top: TopManifest, plan: dict[str, Any]) -> None:
+def _check_numbers(root: Path, top: TopManifest, plan: Plan) -> None:
     used = highest_number(root, top)
-    for identity in plan["identities"]:
-        number = int(identity["set"])
+    for identity in plan.identities:
+        number = identity.set
         exists = (root / set_name(number)).is_dir()
-        if identity["new"] and number <= used and not exists:
+        if identity.new and number <= used and not exists:
             raise FaceSetError(
-                f"the plan {plan['id']} creates {set_name(number)}, but numbers up to {used} are taken since it was "
+                f"the plan {plan.id} creates {set_name(number)}, but numbers up to {used} are taken since it was "
                 "made: run facesets cluster again, then export"
             )
-        if not identity["new"] and not exists:
+        if not identity.new and not exists:
             raise FaceSetError(f"{root / set_name(number)} is gone since the plan was made: run facesets cluster again")
 
 
 def _apply_identity(
     root: Path,
-    identity: dict[str, Any],
+    identity: PlanIdentity,
     params: dict[str, Any],
     summary: ExportSummary,
     config: ExportConfig,
     progress: Callable[[int], None] | None,
 ) -> FaceSet:
-    number = int(identity["set"])
+    number = identity.set
     final = root / set_name(number)
     new = not final.exists()
     folder = root / f"{PARTIAL}{set_name(number)}" if new else final
     _create(folder)
     faceset = read_set(number, folder)
     known = {member.key for member in faceset.members}
-    todo = [face for face in identity["members"] if face["key"] not in known]
+    todo = [face for face in identity.members if face.key not in known]
     if progress:
-        progress(len(identity["members"]) - len(todo))
+        progress(len(identity.members) - len(todo))
     # the plan's faces already in the set were written by an interrupted run of this same plan: its work counts
-    resumed = len(identity["members"]) - len(todo)
+    resumed = len(identity.members) - len(todo)
     summary.faces_written += resumed
     added = _write_crops(folder, todo, summary, config.io_concurrency, progress)
     faceset.members.extend(added)
@@ -215,7 +188,7 @@ def _apply_identity(
     if new:
         _rename(folder, final)
         faceset.folder = final
-    if identity["new"]:
+    if identity.new:
         summary.new_sets.append(final.name)
     elif added or resumed:
         summary.extended_sets.append(final.name)
@@ -224,14 +197,14 @@ def _apply_identity(
 
 def _write_crops(
     folder: Path,
-    faces: list[dict[str, Any]],
+    faces: list[PlanFace],
     summary: ExportSummary,
     workers: int,
     progress: Callable[[int], None] | None,
 ) -> list[Member]:
-    by_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_source: dict[str, list[PlanFace]] = defaultdict(list)
     for face in faces:
-        by_source[face["source"]].append(face)
+        by_source[face.source].append(face)
     added: list[Member] = []
     items = sorted(by_source.items())
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -248,12 +221,12 @@ def _write_crops(
     return added
 
 
-def _crops_of(folder: Path, source: str, faces: list[dict[str, Any]]) -> tuple[list[Member], str]:
+def _crops_of(folder: Path, source: str, faces: list[PlanFace]) -> tuple[list[Member], str]:
     """Decode one photo, write the aligned crop of each of its faces; or the reason it could not be read."""
     path = _local_path(source)
     try:
         data = read_image(str(path))
-        if blake3.blake3(data).hexdigest() != faces[0]["hash"]:  # a crop of other pixels would be a wrong face
+        if blake3.blake3(data).hexdigest() != faces[0].hash:  # a crop of other pixels would be a wrong face
             raise ImageLoadError("changed since it was clustered (run facesets cluster again)")
         image = decode(data)
     except ImageLoadError as exc:
@@ -263,7 +236,7 @@ def _crops_of(folder: Path, source: str, faces: list[dict[str, Any]]) -> tuple[l
     members = []
     for face in faces:
         name = _crop_name(face)
-        crop = align(image.pixels, np.asarray(face["kps"], np.float32), CROP_SIZE)
+        crop = align(image.pixels, np.asarray(face.kps, np.float32), CROP_SIZE)
         ok, encoded = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             return [], "cannot encode the crop"
@@ -280,25 +253,25 @@ def _local_path(source: str) -> Path:
     return Path(mapped) if mapped else Path(source)
 
 
-def _crop_name(face: dict[str, Any]) -> str:
+def _crop_name(face: PlanFace) -> str:
     """A crop's file name: hex and digits only (:func:`read_plan` checked the fields), never a path."""
-    x1, y1 = (round(value) for value in face["bbox"][:2])
-    return f"{face['hash'][:16]}_{x1}_{y1}.jpg"
+    x1, y1 = (round(value) for value in face.bbox[:2])
+    return f"{face.hash[:16]}_{x1}_{y1}.jpg"
 
 
-def _member(name: str, face: dict[str, Any], taken: str) -> Member:
+def _member(name: str, face: PlanFace, taken: str) -> Member:
     return Member(
         file=name,
-        key=face["key"],
-        source=face["source"],
-        content_hash=face["hash"],
-        bbox=tuple(face["bbox"]),
-        score=float(face["score"]),
-        face_short=float(face["face_short"]),
-        distance=float(face["distance"]),
-        cache=face["cache"],
-        row=int(face["row"]),
-        asset_id=face.get("asset_id", ""),
+        key=face.key,
+        source=face.source,
+        content_hash=face.hash,
+        bbox=face.bbox,
+        score=face.score,
+        face_short=face.face_short,
+        distance=face.distance,
+        cache=face.cache,
+        row=face.row,
+        asset_id=face.asset_id,
         taken=taken,
     )
 
@@ -391,20 +364,20 @@ def _link(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def _commit(root: Path, top: TopManifest, plan: dict[str, Any], summary: ExportSummary) -> None:
-    top.highest_number = max([highest_number(root, top)] + [int(i["set"]) for i in plan["identities"]])
-    top.processed.update(plan["processed"])
-    top.applied_plans.append(plan["id"])
-    for identity in plan["identities"]:
-        name = set_name(int(identity["set"]))
-        entry = top.sets.setdefault(name, {"created_by": plan["id"] if identity["new"] else "existing", "added": 0})
-        entry["added"] = int(entry.get("added", 0)) + len(identity["members"])
+def _commit(root: Path, top: TopManifest, plan: Plan, summary: ExportSummary) -> None:
+    top.highest_number = max([highest_number(root, top)] + [identity.set for identity in plan.identities])
+    top.processed.update(plan.processed)
+    top.applied_plans.append(plan.id)
+    for identity in plan.identities:
+        name = set_name(identity.set)
+        entry = top.sets.setdefault(name, {"created_by": plan.id if identity.new else "existing", "added": 0})
+        entry["added"] = int(entry.get("added", 0)) + len(identity.members)
     top.runs.append(
         {
-            "plan": plan["id"],
+            "plan": plan.id,
             "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "algorithm": plan["algorithm"],
-            "thresholds": plan["thresholds"],
+            "algorithm": plan.algorithm,
+            "thresholds": plan.thresholds,
             "new_sets": summary.new_sets,
             "extended_sets": summary.extended_sets,
             "faces_written": summary.faces_written,

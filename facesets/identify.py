@@ -27,9 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import blake3
 import numpy as np
-import orjson
 from numpy.typing import NDArray
 
 from .cache import EMBEDDING_DIM, load_cache
@@ -37,18 +35,17 @@ from .calibration import LibraryEstimate, poor_faces
 from .clustering import Algorithm, ClusterParams, cluster_library, cohesion, components
 from .errors import CacheModelMismatchError, ConfigError, FaceSetError
 from .facesetdir import FaceSet, face_key, highest_number, read_sets, read_top
-from .fsio import atomic_write_bytes, exclusive_lock
+from .fsio import exclusive_lock
 from .layout import SETS_LOCK
 from .neighbors import first_of_runs, knn_graph
 from .packs import PackIdentity
+from .plan import Plan, PlanFace, PlanIdentity, write_plan
 from .progress import Progress
 from .settings import DEFAULT_MIN_FACES
 from .thresholds import Thresholds, resolve_thresholds
 
 log = logging.getLogger(__name__)
 
-PLAN_FORMAT = "facesets.clusters"
-PLAN_VERSION = 1
 NEAR_DUPLICATE = 0.92  # cosine similarity above which two faces are copies of one shot
 MATCH_CHUNK = 65_536
 
@@ -171,11 +168,8 @@ def run_cluster(config: ClusterConfig, progress: Callable[[int], Progress] | Non
         candidates,
         made_against,
     )
-
-    body = orjson.dumps(plan, option=orjson.OPT_INDENT_2)
-    config.plan.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(config.plan, body)
-    summary.plan = plan["id"]
+    write_plan(config.plan, plan)
+    summary.plan = plan.id
     return summary
 
 
@@ -417,38 +411,28 @@ def build_plan(
     first_new: int,
     candidates: list[int],
     made_against: str = "",
-) -> dict[str, Any]:
+) -> Plan:
     """The plan; ``made_against`` is the last plan applied to the sets it was made from (export refuses the plan
     once another one has been applied since)."""
 
-    def members(rows: list[tuple[int, float]]) -> list[dict[str, Any]]:
-        return [{**table.faces[row], "distance": value} for row, value in rows]
+    def members(rows: list[tuple[int, float]]) -> tuple[PlanFace, ...]:
+        return tuple(PlanFace.from_dict({**table.faces[row], "distance": value}) for row, value in rows)
 
-    identities = [{"set": number, "new": False, "members": members(rows)} for number, rows in sorted(matched.items())]
-    identities += [{"set": first_new + i, "new": True, "members": members(rows)} for i, rows in enumerate(groups)]
-    plan: dict[str, Any] = {
-        "format": PLAN_FORMAT,
-        "version": PLAN_VERSION,
-        "model": identity.to_dict(),
-        "algorithm": config.algorithm.value,
-        "thresholds": thresholds.to_dict(),
-        "estimate": library.to_dict(),
-        "min_faces": config.min_faces,
-        "caches": [str(path) for path in config.caches],
-        "sets_dir": str(config.sets_dir),
-        "identities": identities,
-        "dropped": dropped,
-        "processed": sorted({table.hashes[table.photos[i]] for i in candidates}),
-        "made_against": made_against,
-    }
-    plan["id"] = plan_id(plan)
-    return plan
-
-
-def plan_id(plan: dict[str, Any]) -> str:
-    """The first 16 hex digits of the BLAKE3 of the plan without its id."""
-    body = {key: value for key, value in plan.items() if key != "id"}
-    return blake3.blake3(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    identities = [PlanIdentity(number, False, members(rows)) for number, rows in sorted(matched.items())]
+    identities += [PlanIdentity(first_new + i, True, members(rows)) for i, rows in enumerate(groups)]
+    return Plan(
+        model=identity.to_dict(),
+        algorithm=config.algorithm.value,
+        thresholds=thresholds.to_dict(),
+        estimate=library.to_dict(),
+        min_faces=config.min_faces,
+        caches=tuple(str(path) for path in config.caches),
+        sets_dir=str(config.sets_dir),
+        identities=tuple(identities),
+        dropped=tuple(dropped),
+        processed=tuple(sorted({table.hashes[table.photos[i]] for i in candidates})),
+        made_against=made_against,
+    ).with_id()
 
 
 class PackEmbedder:

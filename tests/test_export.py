@@ -365,3 +365,15 @@ def test_a_photo_changed_since_clustering_is_skipped_not_cropped(
     assert summary["skip_reasons"] == {"changed since it was clustered (run facesets cluster again)": 1}
     sources = [str(m["source"]) for folder in sets.glob("faceset_*") for m in _members(folder)]
     assert str(changed) not in sources and len(sources) == summary["faces_written"]
+
+
+def test_a_plan_reads_back_as_it_was_written(library: Path, tmp_path: Path) -> None:
+    from facesets.plan import read_plan, write_plan
+
+    plan_path = tmp_path / "clusters.json"
+    run_cluster(ClusterConfig(caches=(library,), sets_dir=tmp_path / "sets", plan=plan_path, min_faces=3))
+    plan = read_plan(plan_path)
+    assert plan.id == plan.with_id().id and plan.faces == sum(len(i.members) for i in plan.identities) > 0
+    write_plan(tmp_path / "again.json", plan)
+    assert read_plan(tmp_path / "again.json") == plan
+    assert orjson.loads((tmp_path / "again.json").read_bytes()) == orjson.loads(plan_path.read_bytes())
