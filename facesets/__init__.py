@@ -10,7 +10,8 @@ The package is a library with a thin command line (:mod:`facesets.cli`). Modules
              (CLIP image embeddings)
 - stages:    :mod:`facesets.embed` (queue -> face cache), :mod:`facesets.index` (galleries -> face cache,
              CLIP store and index state, with four skip layers), :mod:`facesets.backfill` (stat only)
-- artifacts: :mod:`facesets.layout` (every file name the stages pass on), :mod:`facesets.cache` (face caches,
+- artifacts: :mod:`facesets.layout` (every file name the stages pass on), :mod:`facesets.plan` (the cluster
+             plan, typed), :mod:`facesets.cache` (face caches,
              NPZ schema 2, crash-safe journal), :mod:`facesets.cacheops`
              (extend, purge, summary), :mod:`facesets.indexstate` (SQLite index state),
              :mod:`facesets.clipstore` (CLIP vectors per model)
