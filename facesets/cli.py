@@ -18,9 +18,9 @@ from .clicommon import emit as _emit
 from .clidb import persons, search_command, similar_command
 from .cliflow import finalize_command
 from .clip import CLIP_ROOT_ENV, DEFAULT_CLIP_MODEL
-from .errors import FacesetsError
+from .errors import ConfigError, FacesetsError
 from .layout import PLAN
-from .messages import SafeFormatter, safe
+from .messages import SafeFormatter, safe, safe_lines
 from .packs import DEFAULT_PACK
 from .settings import (
     DEFAULT_DET_SIZES,
@@ -309,7 +309,8 @@ def index(
     Re-running on an unchanged tree reads no file: galleries whose file count and bytes are unchanged are
     skipped, known files of the same size are not read, and content already embedded anywhere gets no ML.
 
-    Example: facesets index --target /mnt/d/galleries --caches caches --model-pack buffalo_l
+    Example: facesets index --target /mnt/d/galleries --caches caches --model-pack buffalo_l (add --no-clip when
+    no CLIP model is installed)
     """
     from .index import IndexConfig, run_index
 
@@ -562,6 +563,12 @@ def cluster_command(
     context = click.get_current_context()
     explicit_database = context.get_parameter_source("database") is click.core.ParameterSource.COMMANDLINE
     if not caches:
+        if not database and not (data / "PG_VERSION").exists():
+            raise ConfigError(
+                f"nothing to cluster: no --cache given, and no database (no --database, no embedded one under "
+                f"{data}). `facesets cluster --cache caches/faces.npz` clusters a face cache into face sets; without "
+                "--cache, cluster groups the faces loaded into the database (facesets load) into persons"
+            )
         person_config = PersonClusterConfig(
             DatabaseConfig(database, data),
             algorithm=Algorithm(algorithm),
@@ -578,7 +585,8 @@ def cluster_command(
         return
     if explicit_database or threshold is not None:
         raise click.UsageError(
-            "--database and --threshold cluster the database; --cache clusters face caches: pick one"
+            "--threshold and --database are for clustering the persons of the database; with --cache the face caches "
+            "are clustered (--cluster-distance sets the distance there): pick one"
         )
     summary = _cluster_caches(
         caches,
@@ -859,7 +867,7 @@ def main(argv: Sequence[str] | None = None, command: click.Command | None = None
     try:
         code = command.main(args=args, prog_name=prog_name, standalone_mode=False)
     except FacesetsError as exc:
-        click.echo(f"error: {safe(str(exc))}", err=True)
+        click.echo(f"error: {safe_lines(str(exc))}", err=True)
         return exc.exit_code
     except click.exceptions.Abort as exc:
         if isinstance(exc.__cause__, KeyboardInterrupt):  # click turns Ctrl-C into Abort

@@ -14,7 +14,7 @@ from .clicommon import database_options, emit, json_option, providers_option
 def _store(database: str | None, data: Path) -> Any:
     from .database import DatabaseConfig, open_store
 
-    return open_store(DatabaseConfig(database, data))
+    return open_store(DatabaseConfig(database, data, must_exist=True))
 
 
 def _print_json(value: Any) -> None:
@@ -191,7 +191,8 @@ def persons_assign(face: int, person: str, move_other: bool, database: str | Non
         _print_json(result)
         return
     moved = f"; face {', '.join(map(str, result['moved_out']))} moved out of it" if result["moved_out"] else ""
-    click.echo(f"face {face} is person {result['person']} (by hand){moved}")
+    lifted = "; the record that it is not this person was lifted" if result["lifted_not_person"] else ""
+    click.echo(f"face {face} is person {result['person']} (by hand){moved}{lifted}")
 
 
 @persons.command("unassigned")

@@ -31,6 +31,7 @@ DEFAULT_DATA = Path("caches") / "pg"
 class DatabaseConfig:
     url: str | None = None
     data: Path = DEFAULT_DATA
+    must_exist: bool = False  # commands that only read the store: no embedded one is created for them
 
 
 def describe(url: str) -> str:
@@ -114,6 +115,11 @@ def database_url(config: DatabaseConfig) -> Iterator[str]:
     if config.url:
         yield config.url
         return
+    if config.must_exist and not (Path(config.data) / "PG_VERSION").exists():
+        raise DatabaseError(
+            f"no database: no --database (or $DATABASE_URL) and no embedded one under {config.data}. `facesets "
+            "migrate` and `facesets load` make one there; another folder is --data DIR (the demo's: --data demo/pg)"
+        )
     with embedded_server(config.data) as embedded:
         yield embedded
 

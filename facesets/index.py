@@ -153,6 +153,12 @@ def run_index(config: IndexConfig, progress: ProgressFactory | None = None) -> I
     """Index every gallery under the targets; ``progress(total)`` makes the bar over the files to read."""
     started = time.monotonic()
     targets = check_targets(list(config.targets))
+    if next(iter(gallery_folders(targets, lambda _path, _why: None)), None) is None:
+        raise ConfigError(
+            f"no gallery found under {', '.join(map(str, targets))}: index works on galleries (folders with an "
+            "index.json and a tn/ folder). For plain folders of photos use `facesets queue add --queue "
+            "queue.json FOLDER` and then `facesets embed --queue queue.json --cache caches/faces.npz`."
+        )
     config.caches.mkdir(parents=True, exist_ok=True)
     clip = None if config.no_ml or config.no_clip else _ClipParts.open(config)
     state = IndexState(config.caches / INDEX_STATE)
@@ -487,12 +493,6 @@ class _Run:
 
     def run(self, targets: Sequence[Path], progress: ProgressFactory | None) -> None:
         folders, reads = self.plan(targets)
-        if not self.stats.galleries_seen:
-            raise ConfigError(
-                f"no gallery found under {', '.join(map(str, targets))}: index works on galleries (folders with an "
-                "index.json and a tn/ folder). For plain folders of photos use `facesets queue add --queue "
-                "queue.json FOLDER` and then `facesets embed --queue queue.json --cache caches/faces.npz`."
-            )
         bar = progress(reads) if folders and progress else None
         workers = max(1, self.config.concurrency)
         io_workers = self.config.io_concurrency or 2 * workers

@@ -37,6 +37,13 @@ def safe(text: str) -> str:
     return printable(redact(text))
 
 
+def safe_lines(text: str) -> str:
+    """A message of several lines (a list of folders looked in): each line :func:`safe`, and every line after the
+    first indented, so nothing in it (a file name with a newline) can stand at the start of a line of its own."""
+    first, *rest = redact(text).split("\n")
+    return "\n".join([printable(first), *("  " + printable(line).lstrip() for line in rest)])
+
+
 class SafeFormatter(logging.Formatter):
     """A log formatter whose lines are :func:`safe`."""
 

@@ -280,5 +280,7 @@ def assign_face(conn: Any, face: int, person: int, move_other: bool = False) -> 
             "ON CONFLICT (face_id) DO UPDATE SET person_id = excluded.person_id, assigned_by = 'manual'",
             (face, person),
         )
-        conn.execute("DELETE FROM face_not_person WHERE face_id = %s AND person_id = %s", (face, person))
-    return {"face": face, "person": person, "moved_out": others}
+        lifted = conn.execute(
+            "DELETE FROM face_not_person WHERE face_id = %s AND person_id = %s", (face, person)
+        ).rowcount
+    return {"face": face, "person": person, "moved_out": others, "lifted_not_person": bool(lifted)}

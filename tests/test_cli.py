@@ -302,3 +302,18 @@ def test_a_database_server_with_a_full_disk_is_one_line(
         "error: the database server's disk is full: what was committed before is kept; free space on the server and "
         "run the same command again\n"
     )
+
+
+def test_commands_on_the_store_without_one_say_so_and_create_nothing(
+    chdir_tmp: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert main(["cluster"]) == 1
+    assert "nothing to cluster: no --cache given" in capsys.readouterr().err
+    assert main(["persons", "list"]) == 1
+    assert (
+        "no database: no --database (or $DATABASE_URL) and no embedded one under caches/pg" in capsys.readouterr().err
+    )
+    assert not (chdir_tmp / "caches").exists()
+    assert main(["cluster", "--cache", "c.npz", "--threshold", "0.65"]) == 2
+    assert "--threshold and --database are for clustering the persons" in capsys.readouterr().err

@@ -202,7 +202,8 @@ def test_empty_tree_and_odd_names(tmp_path: Path, pack_dir: Path, faces_dir: Pat
     (root / "plain").mkdir(parents=True)
     (root / "plain" / "photo.jpg").write_bytes((faces_dir / "deepface" / "img1.jpg").read_bytes())
     with pytest.raises(ConfigError, match=r"no gallery found under .*facesets queue add"):
-        index(tmp_path, pack_dir, root)
+        index(tmp_path, pack_dir, root, clip_dir=tmp_path / "no-clip-model")  # said before any model is looked for
+    assert not (tmp_path / "caches").exists()  # and nothing was written
     gallery = make_gallery(root / "g", {"ok.jpg": faces_dir / "deepface" / "img1.jpg"})
     (gallery / "empty.jpg").write_bytes(b"")
     os.close(os.open(os.fsencode(gallery) + b"/bad-\xff.jpg", os.O_CREAT | os.O_WRONLY))

@@ -218,7 +218,11 @@ def test_assign_refuses_a_second_face_of_the_same_photo(
     with connect(database) as conn:
         assert conn.execute("SELECT count(*) FROM face_persons WHERE face_id = %s", (twin,)).fetchone()[0] == 0
     assert main(["persons", "assign", str(twin), str(person), "--move-other", "--database", database, "--json"]) == 0
-    assert f'"moved_out": [\n    {madonna[1]}\n  ]' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f'"moved_out": [\n    {madonna[1]}\n  ]' in out and '"lifted_not_person": false' in out
+    assert main(["persons", "not", str(twin), str(person), "--database", database]) == 0
+    assert main(["persons", "assign", str(twin), str(person), "--database", database]) == 0
+    assert "the record that it is not this person was lifted" in capsys.readouterr().out
     with connect(database) as conn:
         rows = conn.execute(
             "SELECT face_id, assigned_by FROM face_persons WHERE face_id = ANY(%s) ORDER BY face_id",

@@ -92,3 +92,10 @@ def test_the_torture_script_finds_nothing_in_its_quick_round(tmp_path: Path) -> 
     summary = done.stdout.strip().splitlines()[-1]
     assert done.returncode == 0, done.stdout + done.stderr
     assert summary.endswith("crashes 0, hangs 0, data lost 0, secrets found 0"), summary
+
+
+def test_a_message_of_several_lines_keeps_its_lines_indented() -> None:
+    from facesets.messages import safe_lines
+
+    message = "model pack 'x' not found. Looked in:\n  - /a\n  - /b\x1b[2J\nerror: forged"
+    assert safe_lines(message) == "model pack 'x' not found. Looked in:\n  - /a\n  - /b\\x1b[2J\n  error: forged"
