@@ -133,3 +133,24 @@ class ClipStore:
     def close(self) -> None:
         self._db.close()
         self._reader.close()
+
+
+def stored_models(path: Path) -> list[tuple[int, str, str]]:
+    """The CLIP models a store at ``path`` holds vectors of (id, name, BLAKE3 of the image tower), read-only."""
+    source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = source.execute("SELECT id, name, visual_blake3 FROM models ORDER BY id")
+        return [(int(a), str(b), str(c)) for a, b, c in rows]
+    finally:
+        source.close()
+
+
+def stored_vectors(path: Path, model_id: int, batch: int) -> Iterator[list[tuple[str, bytes]]]:
+    """The (content hash, float32 bytes) vectors of one model, ``batch`` at a time, in hash order, read-only."""
+    source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = source.execute("SELECT hash, vector FROM vectors WHERE model_id = ? ORDER BY hash", (model_id,))
+        while block := rows.fetchmany(batch):
+            yield block
+    finally:
+        source.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -292,3 +292,30 @@ class IndexState:
 def _like_prefix(prefix: str) -> str:
     escaped = prefix.rstrip("/").replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped + "/%"
+
+
+@dataclass(frozen=True)
+class GalleryExport:
+    """One gallery as ``facesets load`` copies it: its stats and the files whose content is known."""
+
+    path: str
+    file_count: int | None
+    total_bytes: int | None
+    metadata: str | None
+    files: list[tuple[str, str, int | None]]  # filename, content hash, size
+
+
+def exported_galleries(path: Path) -> Iterator[GalleryExport]:
+    """Every gallery of the state file at ``path``, read-only (a running index may hold it open)."""
+    source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = source.execute("SELECT id, path, file_count, total_bytes, metadata FROM galleries").fetchall()
+        for local_id, folder, count, total, metadata in rows:
+            files = source.execute(
+                "SELECT filename, image_hash, file_size FROM gallery_images WHERE gallery_id = ? "
+                "AND image_hash IS NOT NULL",
+                (local_id,),
+            ).fetchall()
+            yield GalleryExport(folder, count, total, metadata, files)
+    finally:
+        source.close()

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import queue
-import sqlite3
 import threading
 import time
 import uuid
@@ -42,9 +41,11 @@ import orjson
 from numpy.typing import NDArray
 
 from .cache import EMBEDDING_DIM, CacheData, load_cache
+from .clipstore import stored_models, stored_vectors
 from .copybinary import face_rows
 from .database import DatabaseConfig, connect, copy_rows, copy_to_temp, database_url, with_vectors
 from .errors import DatabaseError
+from .indexstate import exported_galleries
 from .layout import CLIP_STORE, FACE_CACHE, INDEX_STATE
 from .loadsets import load_face_sets
 from .migrations import check_schema
@@ -455,30 +456,21 @@ def _insert_faces(conn: Any, data: CacheData, rows: np.ndarray, model: str, bulk
 
 
 def _load_galleries(conn: Any, state_path: Path, batch: int, stats: LoadStats) -> None:
-    source = sqlite3.connect(f"file:{state_path}?mode=ro", uri=True)
-    try:
-        galleries = source.execute("SELECT id, path, file_count, total_bytes, metadata FROM galleries").fetchall()
-        for chunk in _batches(len(galleries), batch):
-            with conn.transaction():
-                for local_id, path, count, total, metadata in (galleries[i] for i in chunk):
-                    gallery_id = conn.execute(
-                        "INSERT INTO galleries(path, file_count, total_bytes, metadata) VALUES (%s, %s, %s, %s) "
-                        "ON CONFLICT (path) DO UPDATE SET file_count = excluded.file_count, "
-                        "total_bytes = excluded.total_bytes, metadata = excluded.metadata RETURNING id",
-                        (path, count, total, metadata),
-                    ).fetchone()[0]
-                    stats.galleries_loaded += 1
-                    files = source.execute(
-                        "SELECT filename, image_hash, file_size FROM gallery_images WHERE gallery_id = ? "
-                        "AND image_hash IS NOT NULL",
-                        (local_id,),
-                    ).fetchall()
-                    stats.gallery_images_loaded += _insert_gallery_images(conn, gallery_id, files)
-    finally:
-        source.close()
+    galleries = list(exported_galleries(state_path))
+    for chunk in _batches(len(galleries), batch):
+        with conn.transaction():
+            for gallery in (galleries[i] for i in chunk):
+                gallery_id = conn.execute(
+                    "INSERT INTO galleries(path, file_count, total_bytes, metadata) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (path) DO UPDATE SET file_count = excluded.file_count, "
+                    "total_bytes = excluded.total_bytes, metadata = excluded.metadata RETURNING id",
+                    (gallery.path, gallery.file_count, gallery.total_bytes, gallery.metadata),
+                ).fetchone()[0]
+                stats.galleries_loaded += 1
+                stats.gallery_images_loaded += _insert_gallery_images(conn, gallery_id, gallery.files)
 
 
-def _insert_gallery_images(conn: Any, gallery_id: int, files: list[tuple[str, str, int]]) -> int:
+def _insert_gallery_images(conn: Any, gallery_id: int, files: list[tuple[str, str, int | None]]) -> int:
     if not files:
         return 0
     conn.execute(
@@ -500,23 +492,17 @@ def _insert_gallery_images(conn: Any, gallery_id: int, files: list[tuple[str, st
 
 
 def _load_clip(conn: Any, store_path: Path, name: str | None, batch: int, stats: LoadStats) -> None:
-    source = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)
-    try:
-        models = source.execute("SELECT id, name, visual_blake3 FROM models ORDER BY id").fetchall()
-        chosen = [m for m in models if name is None or m[1] == name]
-        if not chosen:
-            return
-        if len(chosen) > 1:
-            names = ", ".join(m[1] for m in chosen)
-            raise DatabaseError(f"{store_path} holds vectors of several CLIP models ({names}): pass --clip-model NAME")
-        model_id, model_name, visual = chosen[0]
-        claim_model(conn, "clip", {"name": model_name, "visual_blake3": visual}, ("visual_blake3",), str(store_path))
-        rows = source.execute("SELECT hash, vector FROM vectors WHERE model_id = ? ORDER BY hash", (model_id,))
-        while block := rows.fetchmany(batch):
-            with conn.transaction():
-                stats.clip_added += _insert_clip(conn, model_name, block)
-    finally:
-        source.close()
+    chosen = [model for model in stored_models(store_path) if name is None or model[1] == name]
+    if not chosen:
+        return
+    if len(chosen) > 1:
+        names = ", ".join(model[1] for model in chosen)
+        raise DatabaseError(f"{store_path} holds vectors of several CLIP models ({names}): pass --clip-model NAME")
+    model_id, model_name, visual = chosen[0]
+    claim_model(conn, "clip", {"name": model_name, "visual_blake3": visual}, ("visual_blake3",), str(store_path))
+    for block in stored_vectors(store_path, model_id, batch):
+        with conn.transaction():
+            stats.clip_added += _insert_clip(conn, model_name, block)
 
 
 def _insert_clip(conn: Any, model: str, block: list[tuple[str, bytes]]) -> int:
