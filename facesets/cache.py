@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -85,7 +85,26 @@ class CacheData:
         return counts
 
 
-def faces_to_arrays(image_index: int, faces: Sequence[Any]) -> tuple[NDArray[Any], NDArray[np.float32]]:
+class FaceLike(Protocol):
+    """What the cache stores of a face (:class:`facesets.faces.Face` is one)."""
+
+    @property
+    def bbox(self) -> NDArray[np.float32]: ...
+    @property
+    def kps(self) -> NDArray[np.float32]: ...
+    @property
+    def score(self) -> float: ...
+    @property
+    def face_short(self) -> float: ...
+    @property
+    def embedding(self) -> NDArray[np.float32]: ...
+    @property
+    def norm(self) -> float: ...
+    @property
+    def sharpness(self) -> float: ...
+
+
+def faces_to_arrays(image_index: int, faces: Sequence[FaceLike]) -> tuple[NDArray[Any], NDArray[np.float32]]:
     """Rows for the faces of one image (``faces`` are :class:`facesets.faces.Face`)."""
     meta = np.zeros(len(faces), META_DTYPE)
     vectors = np.zeros((len(faces), EMBEDDING_DIM), np.float32)
@@ -382,7 +401,7 @@ class CacheWriter:
             self._existing = load_cache(self.path, images_only=True)
         return self._existing.images if self._existing else []
 
-    def add(self, record: ImageRecord, faces: Sequence[Any], aliases: dict[str, str] | None = None) -> None:
+    def add(self, record: ImageRecord, faces: Sequence[FaceLike], aliases: dict[str, str] | None = None) -> None:
         index = len(self._pending.images)
         self._pending.images.append(record)
         if faces:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import blake3
 import orjson
@@ -51,6 +51,12 @@ class Step(StrEnum):
 STEPS = tuple(Step)
 
 
+class EmbedSide(Protocol):
+    """Where the embed step runs when not here (:class:`facesets.winside.WindowsSide`)."""
+
+    def embed(self, queue: Path, cache: Path, user: str) -> Path: ...
+
+
 @dataclass(frozen=True)
 class FinalizeConfig:
     user: str
@@ -63,7 +69,7 @@ class FinalizeConfig:
     model_dir: Path | None = None
     model_pack: str = DEFAULT_PACK
     providers: tuple[str, ...] = ()
-    embed_side: Any = None  # a winside.WindowsSide, or None: embed here
+    embed_side: EmbedSide | None = None  # a winside.WindowsSide, or None: embed here
     split_eras: bool = False
     min_faces: int = DEFAULT_MIN_FACES  # smallest new face set
     progress: bool = False  # a bar for each step (on a terminal)

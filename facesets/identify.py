@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -50,6 +50,12 @@ NEAR_DUPLICATE = 0.92  # cosine similarity above which two faces are copies of o
 MATCH_CHUNK = 65_536
 
 
+class Embedder(Protocol):
+    """Photos -> the embedding of each one's largest face (:class:`PackEmbedder` is the one facesets uses)."""
+
+    def __call__(self, files: list[Path]) -> NDArray[np.float32]: ...
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     caches: tuple[Path, ...]
@@ -63,7 +69,7 @@ class ClusterConfig:
     min_faces: int = DEFAULT_MIN_FACES
     min_points: int = 3
     reconsider: bool = False
-    embedder: Any = None  # a callable: list of image paths -> (vectors, paths embedded); for hand-made sets
+    embedder: Embedder | None = None  # embeds the photos of hand-made sets the caches do not describe
 
 
 @dataclass
@@ -233,7 +239,7 @@ def _face_entry(path: Path, row: int, record: Any, meta: Any) -> dict[str, Any]:
 
 
 def identity_centres(
-    sets: list[FaceSet], table: FaceTable, embedder: Any
+    sets: list[FaceSet], table: FaceTable, embedder: Embedder | None
 ) -> tuple[dict[int, NDArray[np.float32]], dict[int, set[int]]]:
     """Each canonical set's centre (unit mean of its members' vectors) and the photos it already holds."""
     where = table.index()
@@ -256,7 +262,7 @@ def identity_centres(
     return centres, photos
 
 
-def _embed_outside(faceset: FaceSet, files: list[Path], embedder: Any) -> NDArray[np.float32]:
+def _embed_outside(faceset: FaceSet, files: list[Path], embedder: Embedder | None) -> NDArray[np.float32]:
     if embedder is None:
         raise FaceSetError(
             f"{faceset.folder} holds {len(files)} image(s) no face cache describes (hand-made or edited set): "
@@ -498,7 +504,7 @@ class PackEmbedder:
         return self._engine
 
 
-def check_embedder_model(embedder: Any, identity: PackIdentity) -> None:
+def check_embedder_model(embedder: Embedder | None, identity: PackIdentity) -> None:
     """Give the embedder the caches' model; a pack already found is checked now, a lazy one at first use."""
     if isinstance(embedder, PackEmbedder):
         embedder.expected = identity
