@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -305,7 +305,7 @@ class GalleryExport:
     files: list[tuple[str, str, int | None]]  # filename, content hash, size
 
 
-def exported_galleries(path: Path) -> Iterator[GalleryExport]:
+def exported_galleries(path: Path) -> Generator[GalleryExport, None, None]:
     """Every gallery of the state file at ``path``, read-only (a running index may hold it open)."""
     source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:

@@ -26,6 +26,7 @@ A bulk load that is killed leaves them out; every load starts by adding back wha
 from __future__ import annotations
 
 import contextlib
+import itertools
 import queue
 import threading
 import time
@@ -456,18 +457,22 @@ def _insert_faces(conn: Any, data: CacheData, rows: np.ndarray, model: str, bulk
 
 
 def _load_galleries(conn: Any, state_path: Path, batch: int, stats: LoadStats) -> None:
-    galleries = list(exported_galleries(state_path))
-    for chunk in _batches(len(galleries), batch):
-        with conn.transaction():
-            for gallery in (galleries[i] for i in chunk):
-                gallery_id = conn.execute(
-                    "INSERT INTO galleries(path, file_count, total_bytes, metadata) VALUES (%s, %s, %s, %s) "
-                    "ON CONFLICT (path) DO UPDATE SET file_count = excluded.file_count, "
-                    "total_bytes = excluded.total_bytes, metadata = excluded.metadata RETURNING id",
-                    (gallery.path, gallery.file_count, gallery.total_bytes, gallery.metadata),
-                ).fetchone()[0]
-                stats.galleries_loaded += 1
-                stats.gallery_images_loaded += _insert_gallery_images(conn, gallery_id, gallery.files)
+    """``batch`` galleries per transaction, read from the state as they are written (memory stays flat)."""
+    with contextlib.closing(exported_galleries(state_path)) as galleries:
+        written = batch
+        while written == batch:
+            written = 0
+            with conn.transaction():
+                for gallery in itertools.islice(galleries, batch):
+                    gallery_id = conn.execute(
+                        "INSERT INTO galleries(path, file_count, total_bytes, metadata) VALUES (%s, %s, %s, %s) "
+                        "ON CONFLICT (path) DO UPDATE SET file_count = excluded.file_count, "
+                        "total_bytes = excluded.total_bytes, metadata = excluded.metadata RETURNING id",
+                        (gallery.path, gallery.file_count, gallery.total_bytes, gallery.metadata),
+                    ).fetchone()[0]
+                    stats.galleries_loaded += 1
+                    stats.gallery_images_loaded += _insert_gallery_images(conn, gallery_id, gallery.files)
+                    written += 1
 
 
 def _insert_gallery_images(conn: Any, gallery_id: int, files: list[tuple[str, str, int | None]]) -> int:
