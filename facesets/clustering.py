@@ -47,7 +47,6 @@ from .calibration import (
     LibraryEstimate,
     estimate,
     face_spreads,
-    poor_faces,
     same_photo_pairs,
     shared_fraction,
 )
@@ -91,14 +90,14 @@ def cluster_library(
     photos: IntArray,
     params: ClusterParams,
     everyone: NDArray[np.float32] | None = None,
-    norms: NDArray[np.float32] | None = None,
+    poor: NDArray[np.bool_] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[IntArray, LibraryEstimate]:
     """:func:`cluster`, with what was learned about the library (thresholds, impostor statistics).
 
     ``everyone`` is every face of the library when only some are clustered (the impostor statistics are
-    measured on all of them); ``norms`` are the faces' raw embedding norms (NaN: unknown), which ``graph``
-    uses to keep poor faces from seeding or bridging clusters; ``progress(n)`` is told of each block of ``n``
+    measured on all of them); ``poor`` marks the faces :func:`facesets.calibration.poor_faces` finds poor, which
+    ``graph`` keeps from seeding or bridging clusters; ``progress(n)`` is told of each block of ``n``
     faces whose neighbours were searched."""
     conflicts = same_photo_pairs(photos)
     library = estimate(vectors, conflicts, params.distance, params.false_links, everyone, params.impostors)
@@ -116,7 +115,6 @@ def cluster_library(
     everyone = vectors if everyone is None else everyone
     # in a small library the cohort is too often the face's own person: no per-face spreads there
     spreads = face_spreads(vectors, everyone, library.impostor_sd) if len(everyone) >= MIN_LIBRARY else None
-    poor = poor_faces(norms)
     late = None
     if poor is not None:  # the edges a poor face may be attached over, kept apart (a small share of the graph)
         touching = poor[graph.src] | poor[graph.dst]

@@ -141,8 +141,9 @@ def run_cluster(config: ClusterConfig, progress: Callable[[int], Progress] | Non
     summary.clustered = len(rest)
     params = cluster_params(config.algorithm, thresholds, config.min_points)
     bar = progress(len(rest)) if progress else None
+    poor = poor_faces(table.norms[rest])
     labels, summary.library = cluster_library(
-        table.vectors[rest], table.photos[rest], params, table.vectors, table.norms[rest], bar.advance if bar else None
+        table.vectors[rest], table.photos[rest], params, table.vectors, poor, bar.advance if bar else None
     )
     if bar:
         bar.close()
@@ -154,7 +155,7 @@ def run_cluster(config: ClusterConfig, progress: Callable[[int], Progress] | Non
         thresholds,
         config.min_faces,
         summary.library,
-        poor_faces(table.norms[rest]),
+        poor,
     )
     for entry in dropped:
         summary.dropped[entry["reason"]] += entry["faces"]

@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from facesets.calibration import poor_faces
 from facesets.clustering import Algorithm, ClusterParams, cluster_library
 from facesets.evaluation import score
 
@@ -189,7 +190,8 @@ def child(data: str, algorithm: str, distance: float | None) -> None:
     loaded = np.load(data)
     vectors, photos, norms = loaded["vectors"], loaded["photos"], loaded["norms"]
     started = time.perf_counter()
-    labels, library = cluster_library(vectors, photos, ClusterParams(Algorithm(algorithm), distance), norms=norms)
+    params = ClusterParams(Algorithm(algorithm), distance)
+    labels, library = cluster_library(vectors, photos, params, poor=poor_faces(norms))
     elapsed = time.perf_counter() - started
     np.save(data + ".labels.npy", labels)
     peak = _own_peak_gb()

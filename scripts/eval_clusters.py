@@ -34,7 +34,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from facesets.cache import load_cache
-from facesets.calibration import describe
+from facesets.calibration import describe, poor_faces
 from facesets.clustering import Algorithm, ClusterParams, cluster_library
 from facesets.embed import EmbedConfig, run_embed
 from facesets.evaluation import Scores, score, subject_face
@@ -115,7 +115,7 @@ def engine(data: Any, rows: list[int | None], truth: list[str]) -> dict[str, Any
     runs.update({algorithm.value: ClusterParams(algorithm, distance) for algorithm, distance in SEEDS.items()})
     results = {}
     for name, params in runs.items():
-        labels, library = cluster_library(vectors, photos, params, norms=data.meta["norm"])
+        labels, library = cluster_library(vectors, photos, params, poor=poor_faces(data.meta["norm"]))
         results[name] = report([f"c{labels[r]}" if r is not None else None for r in rows], truth)
         results[name]["distance"] = round(1.0 - library.seed_similarity, 4)
     return results

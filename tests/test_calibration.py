@@ -160,7 +160,7 @@ def test_a_poor_face_joins_the_one_cluster_that_takes_it_and_stays_alone_between
     everyone = np.vstack([vectors, lone, between])
     photos = np.arange(len(everyone))
     norms = np.r_[np.random.default_rng(3).normal(10.0, 0.5, len(vectors)), [5.0, 5.0]].astype(np.float32)
-    labels, learned = cluster_library(everyone, photos, ClusterParams(Algorithm.GRAPH), norms=norms)
+    labels, learned = cluster_library(everyone, photos, ClusterParams(Algorithm.GRAPH), poor=poor_faces(norms))
     first, second = np.flatnonzero(truth == 0)[0], np.flatnonzero(truth == 1)[0]
     assert (everyone[-2] @ everyone[: len(vectors)][truth == 0].T).max() < learned.seed_similarity
     assert labels[-2] == labels[first]
