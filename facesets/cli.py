@@ -588,24 +588,16 @@ def cluster_command(
             "--threshold and --database are for clustering the persons of the database; with --cache the face caches "
             "are clustered (--cluster-distance sets the distance there): pick one"
         )
-    summary = _cluster_caches(
-        caches,
-        sets_dir,
-        plan,
-        algorithm,
-        match_distance,
-        cluster_distance,
-        export_distance,
-        closeness,
-        min_faces,
-        min_points,
-        reconsider,
-        model_dir,
-        model_pack,
-        providers,
-        as_json,
-    )
+    summary = _cluster_caches(**_cache_mode(click.get_current_context().params))
     _emit(_learned_in_words(summary, as_json), as_json)
+
+
+DATABASE_ONLY = ("database", "data", "threshold")  # the options of cluster's database mode
+
+
+def _cache_mode(options: dict[str, Any]) -> dict[str, Any]:
+    """Of cluster's options, those of `cluster --cache` (what :func:`_cluster_caches` takes)."""
+    return {name: value for name, value in options.items() if name not in DATABASE_ONLY}
 
 
 def _cluster_caches(
@@ -732,15 +724,17 @@ EXPORT_OPTIONS = ("split_eras", "era_years", "min_era_faces", "no_report", "io_c
 def cluster_then_export(prog_name: str) -> click.Command:
     """`facesets cluster --cache ...` and then `facesets export` of the plan it wrote, as one command (the
     original tool's step, ``work/cluster_immich.py``): the cache-mode options of cluster and export's own."""
-    cluster_params = [p for p in cluster_command.params if p.name not in ("database", "data", "threshold")]
+    cluster_params = [p for p in cluster_command.params if p.name not in DATABASE_ONLY]
     export_params = [p for p in export_command.params if p.name in EXPORT_OPTIONS]
 
     def callback(**options: Any) -> None:
         if not options["caches"]:
             raise click.UsageError("--cache is required: the face cache(s) to cluster (e.g. caches/peter.npz)")
-        cluster_options = {p.name: options[p.name] for p in cluster_params if p.name != "as_json" and p.name}
-        clustered = _learned_in_words(_cluster_caches(**cluster_options), options["as_json"])
-        exported = _export_plan(options["plan"], options["sets_dir"], *(options[name] for name in EXPORT_OPTIONS))
+        clustered = _cluster_caches(**{p.name: options[p.name] for p in cluster_params if p.name})
+        clustered = _learned_in_words(clustered, options["as_json"])
+        exported = _export_plan(
+            options["plan"], options["sets_dir"], as_json=options["as_json"], **{n: options[n] for n in EXPORT_OPTIONS}
+        )
         if options["as_json"]:
             _emit({"cluster": clustered, "export": exported}, True)
             return

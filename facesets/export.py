@@ -177,11 +177,11 @@ def _apply_identity(
     faceset = read_set(number, folder)
     known = {member.key for member in faceset.members}
     todo = [face for face in identity.members if face.key not in known]
-    if progress:
-        progress(len(identity.members) - len(todo))
     # the plan's faces already in the set were written by an interrupted run of this same plan: its work counts
     resumed = len(identity.members) - len(todo)
     summary.faces_written += resumed
+    if progress:
+        progress(resumed)
     added = _write_crops(folder, todo, summary, config.io_concurrency, progress)
     faceset.members.extend(added)
     write_set_manifest(faceset, params)
