@@ -21,6 +21,15 @@ from tests import corpus
 from tests.conftest import REPO
 
 
+def photo_folder(tmp_path: Path, photos: dict[str, Path]) -> Path:
+    """``tmp_path/photos`` holding a copy of each photo under its name."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, photo in photos.items():
+        (folder / name).write_bytes(photo.read_bytes())
+    return folder
+
+
 def make_queue(folder: Path, queue: Path) -> list[QueueEntry]:
     entries = scan_folders([folder]).entries
     write_queue(queue, entries)
@@ -64,10 +73,7 @@ def test_bad_input_corpus(tmp_path: Path, pack_dir: Path, faces_dir: Path) -> No
 def test_resume_skips_done_and_dedups_identical_bytes(
     tmp_path: Path, pack_dir: Path, sample_photos: list[Path]
 ) -> None:
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for index, photo in enumerate(sample_photos[:2]):
-        (photos / f"{index}.jpg").write_bytes(photo.read_bytes())
+    photos = photo_folder(tmp_path, {f"{index}.jpg": photo for index, photo in enumerate(sample_photos[:2])})
     make_queue(photos, tmp_path / "queue.json")
     first = run_embed(config(tmp_path, pack_dir))
     assert (first.embedded, first.already_done, first.duplicates) == (2, 0, 0)
@@ -97,9 +103,7 @@ def test_errors_are_retried_only_when_asked(tmp_path: Path, pack_dir: Path, samp
 
 
 def test_other_model_pack_is_refused(tmp_path: Path, pack_dir: Path, sample_photos: list[Path]) -> None:
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    (photos / "a.jpg").write_bytes(sample_photos[0].read_bytes())
+    photos = photo_folder(tmp_path, {"a.jpg": sample_photos[0]})
     make_queue(photos, tmp_path / "queue.json")
     run_embed(config(tmp_path, pack_dir))
     fake_pack = tmp_path / "otherpack"
@@ -123,10 +127,7 @@ def test_other_model_pack_is_refused(tmp_path: Path, pack_dir: Path, sample_phot
 
 
 def test_fast_mode_agrees_on_small_photos(tmp_path: Path, pack_dir: Path, sample_photos: list[Path]) -> None:
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for index, photo in enumerate(sample_photos[2:]):
-        (photos / f"{index}.jpg").write_bytes(photo.read_bytes())
+    photos = photo_folder(tmp_path, {f"{index}.jpg": photo for index, photo in enumerate(sample_photos[2:])})
     make_queue(photos, tmp_path / "queue.json")
     run_embed(config(tmp_path, pack_dir, mode=Mode.FAST))
     run_embed(config(tmp_path, pack_dir, cache=tmp_path / "full.npz"))
@@ -182,9 +183,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path: Path, pack
 
 def test_worker_runs_with_only_the_windows_modules(tmp_path: Path, pack_dir: Path, sample_photos: list[Path]) -> None:
     """work/embed_worker.py imports and runs when only requirements-win.txt's modules can be imported."""
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    (photos / "a.jpg").write_bytes(sample_photos[0].read_bytes())
+    photos = photo_folder(tmp_path, {"a.jpg": sample_photos[0]})
     make_queue(photos, tmp_path / "queue.json")
     guard = textwrap.dedent(
         """
@@ -232,9 +231,7 @@ def test_worker_runs_with_only_the_windows_modules(tmp_path: Path, pack_dir: Pat
 def test_a_pack_with_the_same_recognizer_adds_to_the_cache(
     tmp_path: Path, pack_dir: Path, sample_photos: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    (photos / "a.jpg").write_bytes(sample_photos[0].read_bytes())
+    photos = photo_folder(tmp_path, {"a.jpg": sample_photos[0]})
     make_queue(photos, tmp_path / "queue.json")
     run_embed(config(tmp_path, pack_dir))
     (photos / "b.jpg").write_bytes(sample_photos[1].read_bytes())
@@ -280,10 +277,7 @@ def test_ctrl_c_exits_130_with_the_resume_hint_and_the_rerun_finishes(
 def test_fifos_devices_and_huge_files_are_counted_errors_in_bounded_time(
     tmp_path: Path, pack_dir: Path, sample_photos: list[Path]
 ) -> None:
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for name in ("good.jpg", "fifo.jpg", "zero.jpg", "big.jpg"):
-        (photos / name).write_bytes(sample_photos[0].read_bytes())
+    photos = photo_folder(tmp_path, dict.fromkeys(("good.jpg", "fifo.jpg", "zero.jpg", "big.jpg"), sample_photos[0]))
     make_queue(photos, tmp_path / "queue.json")
     (photos / "fifo.jpg").unlink()
     os.mkfifo(photos / "fifo.jpg")  # replaced by a FIFO after queueing: opening it must not block
@@ -304,9 +298,7 @@ def test_fifos_devices_and_huge_files_are_counted_errors_in_bounded_time(
 
 
 def test_queue_add_skips_what_is_not_a_regular_file(tmp_path: Path, sample_photos: list[Path]) -> None:
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    (photos / "good.jpg").write_bytes(sample_photos[0].read_bytes())
+    photos = photo_folder(tmp_path, {"good.jpg": sample_photos[0]})
     os.mkfifo(photos / "fifo.jpg")
     (photos / "zero.jpg").symlink_to("/dev/zero")
     result = scan_folders([photos])
@@ -318,10 +310,7 @@ def test_out_of_memory_is_not_recorded_and_the_next_run_retries(
 ) -> None:
     import facesets.decode as decode_module
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for index, photo in enumerate(sample_photos[:3]):
-        (photos / f"{index}.jpg").write_bytes(photo.read_bytes())
+    photos = photo_folder(tmp_path, {f"{index}.jpg": photo for index, photo in enumerate(sample_photos[:3])})
     make_queue(photos, tmp_path / "queue.json")
     real = decode_module._decode
     victim = (photos / "1.jpg").read_bytes()
@@ -342,9 +331,7 @@ def test_out_of_memory_is_not_recorded_and_the_next_run_retries(
 
 
 def test_a_name_that_is_not_utf8_is_a_counted_skip_of_queue_add(tmp_path: Path, sample_photos: list[Path]) -> None:
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    (photos / "good.jpg").write_bytes(sample_photos[0].read_bytes())
+    photos = photo_folder(tmp_path, {"good.jpg": sample_photos[0]})
     with open(os.fsencode(photos) + b"/bad-\xff.jpg", "wb") as handle:
         handle.write(sample_photos[0].read_bytes())
     result = scan_folders([photos])
@@ -354,9 +341,7 @@ def test_a_name_that_is_not_utf8_is_a_counted_skip_of_queue_add(tmp_path: Path, 
 
 
 def test_embed_refuses_to_add_to_a_damaged_cache(tmp_path: Path, pack_dir: Path, sample_photos: list[Path]) -> None:
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    (photos / "a.jpg").write_bytes(sample_photos[0].read_bytes())
+    photos = photo_folder(tmp_path, {"a.jpg": sample_photos[0]})
     make_queue(photos, tmp_path / "queue.json")
     run_embed(config(tmp_path, pack_dir))
     damaged = bytearray((tmp_path / "faces.npz").read_bytes())
