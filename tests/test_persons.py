@@ -51,6 +51,13 @@ def people_of(database: str) -> dict[int, list[str]]:
     return found
 
 
+def person_of(database: str, face: int) -> int | None:
+    """The person face ``face`` is in, or None."""
+    with psycopg.connect(database) as conn:
+        row = conn.execute("SELECT person_id FROM face_persons WHERE face_id = %s", (face,)).fetchone()
+    return None if row is None else int(row[0])
+
+
 def face_ids_of(database: str, who: str) -> list[int]:
     with psycopg.connect(database) as conn:
         rows = conn.execute(
@@ -204,8 +211,8 @@ def test_assign_refuses_a_second_face_of_the_same_photo(
     config = loaded(database, library, tmp_path)
     run_person_cluster(PersonClusterConfig(config))
     madonna = face_ids_of(database, "madonna")
+    person = person_of(database, madonna[1])
     with connect(database) as conn:
-        person = conn.execute("SELECT person_id FROM face_persons WHERE face_id = %s", (madonna[1],)).fetchone()[0]
         twin = conn.execute(
             "INSERT INTO face_detections(image_id, box, keypoints, score, face_short, model, embedding) "
             "SELECT image_id, '{1,1,9,9}', keypoints, score, face_short, model, embedding FROM face_detections "
@@ -237,8 +244,8 @@ def test_unassigned_faces_with_their_candidates_and_hidden_persons(
     config = loaded(database, library, tmp_path)
     run_person_cluster(PersonClusterConfig(config))
     elton = face_ids_of(database, "elton_john")
+    person = person_of(database, elton[1])
     with connect(database) as conn:
-        person = conn.execute("SELECT person_id FROM face_persons WHERE face_id = %s", (elton[1],)).fetchone()[0]
         conn.execute("DELETE FROM face_persons WHERE face_id = %s", (elton[2],))
         free = [
             int(r[0])
@@ -268,15 +275,11 @@ def test_unassigned_faces_with_their_candidates_and_hidden_persons(
     mine = next(face for face in json.loads(capsys.readouterr().out)["faces"] if face["face"] == elton[2])
     assert mine["candidate"] != person
     hidden = run_person_cluster(PersonClusterConfig(config))
-    with connect(database) as conn:
-        assert conn.execute("SELECT person_id FROM face_persons WHERE face_id = %s", (elton[2],)).fetchone() is None
+    assert person_of(database, elton[2]) is None
     assert hidden.joined_persons == 0
     assert main(["persons", "unhide", str(person), "--database", database]) == 0
     shown = run_person_cluster(PersonClusterConfig(config))
-    with connect(database) as conn:
-        assert conn.execute("SELECT person_id FROM face_persons WHERE face_id = %s", (elton[2],)).fetchone() == (
-            person,
-        )
+    assert person_of(database, elton[2]) == person
     assert shown.joined_persons == 1
 
 
