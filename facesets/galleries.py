@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from .errors import ConfigError
+from .paths import valid_utf8
 from .queue import IMAGE_EXTENSIONS
 
 SkipHandler = Callable[[str, str], None]
@@ -68,7 +69,7 @@ def gallery_folders(targets: Sequence[Path], on_skip: SkipHandler) -> Iterator[P
             except OSError as exc:
                 on_skip(str(folder), exc.strerror or str(exc))
                 continue
-            if not _valid_utf8(str(folder)):
+            if not valid_utf8(str(folder)):
                 on_skip(os.fsencode(folder).decode("utf-8", "backslashreplace"), "folder name is not valid UTF-8")
                 continue
             if (info.st_dev, info.st_ino) in seen:
@@ -115,7 +116,7 @@ def list_gallery(folder: Path, on_skip: SkipHandler, with_metadata: bool = True)
         on_skip(str(folder), exc.strerror or str(exc))
         return Gallery(folder, {})
     for entry in candidates:
-        if not entry.name.isascii() and not _valid_utf8(entry.name):
+        if not entry.name.isascii() and not valid_utf8(entry.name):
             on_skip(os.fsencode(entry.path).decode("utf-8", "backslashreplace"), "file name is not valid UTF-8")
             continue
         try:
@@ -136,7 +137,7 @@ def gallery_totals(folder: Path, on_skip: SkipHandler) -> tuple[int, int]:
         with os.scandir(folder) as entries:
             for entry in entries:
                 if _SUFFIXES.get(entry.name.rpartition(".")[2].lower(), False) and (
-                    entry.name.isascii() or _valid_utf8(entry.name)
+                    entry.name.isascii() or valid_utf8(entry.name)
                 ):
                     try:
                         if not entry.is_dir():
@@ -147,14 +148,6 @@ def gallery_totals(folder: Path, on_skip: SkipHandler) -> tuple[int, int]:
     except OSError as exc:
         on_skip(str(folder), exc.strerror or str(exc))
     return count, total
-
-
-def _valid_utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def read_metadata(folder: Path, on_skip: SkipHandler) -> dict[str, Any]:

@@ -51,3 +51,12 @@ def require_windows(linux_path: str) -> str:
             "read by the Windows embed worker. Keep the photos on a Windows drive (for example /mnt/d/photos)."
         )
     return mapped
+
+
+def valid_utf8(name: str) -> bool:
+    """Whether a file name is text: undecodable bytes of a name arrive as surrogates, which UTF-8 cannot hold."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -34,7 +34,7 @@ import orjson
 from .errors import ImageLoadError, QueueError
 from .fsio import atomic_write_json, exclusive_lock, remove_stale_temps, temp_pattern
 from .layout import lock_of
-from .paths import to_windows
+from .paths import to_windows, valid_utf8
 from .pipeline import hash_file
 from .progress import Progress
 
@@ -163,7 +163,7 @@ def iter_image_files(folder: Path, on_skip: Callable[[Path, str], None]) -> Iter
             on_skip(current, exc.strerror or str(exc))
             continue
         for child in children:
-            if not _valid_name(child.name):  # a queue is UTF-8 JSON: such a name cannot be written into it
+            if not valid_utf8(child.name):  # a queue is UTF-8 JSON: such a name cannot be written into it
                 on_skip(
                     Path(os.fsencode(child.path).decode("utf-8", "backslashreplace")), "file name is not valid UTF-8"
                 )
@@ -176,14 +176,6 @@ def iter_image_files(folder: Path, on_skip: Callable[[Path, str], None]) -> Iter
             except OSError as exc:
                 on_skip(Path(child.path), exc.strerror or str(exc))
         stack.sort(reverse=True)
-
-
-def _valid_name(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:  # undecodable bytes arrive as surrogates
-        return False
-    return True
 
 
 @dataclass
