@@ -155,9 +155,7 @@ def _decode_pillow(image: Image.Image, min_scale: float) -> BGRImage:
     try:
         image.load()
         rgb = np.asarray(_to_rgb(image))
-    except MemoryError:
-        raise ImageLoadError(OUT_OF_MEMORY, transient=True) from None
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError) as exc:  # running out of memory is decode()'s to report
         raise ImageLoadError(_describe(exc)) from exc
     return np.ascontiguousarray(rgb[:, :, ::-1])
 
