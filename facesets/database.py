@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ def _run_embedded(data: Path) -> Iterator[str]:
     data.parent.mkdir(parents=True, exist_ok=True)
     guard = data.parent / f".{data.name}.lock"  # start and stop one process at a time
     with exclusive_lock(guard, wait=True):
+        _discard_unfinished_init(data)
         _forget_dead_users(data)
         try:
             server = get_server(data, cleanup_mode="stop")
@@ -81,6 +83,25 @@ def _run_embedded(data: Path) -> Iterator[str]:
     finally:
         with exclusive_lock(guard, wait=True):
             server.cleanup()
+
+
+# what initdb writes into a data folder before the server first starts (postmaster.pid: its bootstrap backend's)
+INITDB_ENTRIES = frozenset({"PG_VERSION", "base", "global", "pg_hba.conf", "pg_ident.conf", "postgresql.conf",
+                            "postgresql.auto.conf", "postmaster.pid"})  # fmt: skip
+
+
+def _discard_unfinished_init(data: Path) -> None:
+    """A command killed while initdb ran leaves a data folder the server cannot start from (and a lock file of
+    initdb's bootstrap backend that the server refuses to read). A server that ever started wrote
+    ``postmaster.opts``; a folder without it that holds only what initdb writes never held data: it is removed,
+    so that this start initialises it afresh. Anything else in the folder keeps it."""
+    try:
+        entries = [entry.name for entry in data.iterdir()]
+    except OSError:
+        return
+    unfinished = all(name in INITDB_ENTRIES or name.startswith("pg_") for name in entries)
+    if entries and "postmaster.opts" not in entries and unfinished:
+        shutil.rmtree(data)
 
 
 def _forget_dead_users(data: Path) -> None:

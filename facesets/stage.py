@@ -324,17 +324,20 @@ class Stager:
         for _ in range(2):  # a checksum mismatch gets one more full download
             try:
                 download = self.client.download(asset.id, partial)
+                if download.sha1 == asset.checksum or not asset.checksum:  # no checksum: BLAKE3 dedup only
+                    _fsync(partial)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    partial.replace(target)
+                    return Fetched(candidate, Fetch.DOWNLOADED, path, download)
             except NotFoundError as exc:
                 partial.unlink(missing_ok=True)
                 return Fetched(candidate, Fetch.GONE, path, reason=str(exc))
             except TransientError as exc:
                 partial.unlink(missing_ok=True)
                 return Fetched(candidate, Fetch.DOWNLOAD_ERROR, path, reason=str(exc))
-            if download.sha1 == asset.checksum or not asset.checksum:  # no checksum: BLAKE3 dedup only
-                _fsync(partial)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                partial.replace(target)
-                return Fetched(candidate, Fetch.DOWNLOADED, path, download)
+            except OSError:  # the disk is full, say: the run stops, and leaves no partial file taking space
+                partial.unlink(missing_ok=True)
+                raise
             reason = f"SHA-1 {download.sha1} differs from Immich's checksum {asset.checksum}"
         partial.unlink(missing_ok=True)
         return Fetched(candidate, Fetch.DOWNLOAD_ERROR, path, reason=reason + " (the file changed on the server?)")

@@ -6,9 +6,11 @@ Every case runs the real command line in a fresh process and is judged from the 
   bounded time with exit 0 and the file counted as a skip or an error, never a traceback;
 - **damaged artifacts** (a cache with a flipped block, malformed queues, a hostile plan, a damaged index state):
   one ``error:`` line, exit 1, the artifact byte-identical afterwards and nothing written outside the work folder;
-- **kill -9** of ``embed``, ``index``, ``cache extend`` and ``export`` at a random moment (several seeds), then the
-  same command again: the result must equal an uninterrupted run's;
-- **a full disk** (``queue add``, ``embed``, ``index`` and ``export`` writing onto a small tmpfs, where mounting
+- **kill -9** of ``embed``, ``index``, ``cache extend``, ``export``, ``migrate`` (from the embedded PostgreSQL's
+  first start on) and ``load`` at a random moment (several seeds), then the same command again: the result must
+  equal an uninterrupted run's, and no server may be left running;
+- **a full disk** (``queue add``, ``embed``, ``index``, ``export`` and ``immich stage`` (downloads from an
+  Immich server) writing onto a small tmpfs, where mounting
   one is allowed): one error line that says the disk is full, no traceback, no temporary file left;
 - **secrets** (passwords and keys in URLs, the environment and key files): never in any output or file.
 
@@ -32,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -297,6 +299,10 @@ def run_kills(photos: list[Path], pack: Path, work: Path, tally: Tally, seeds: i
         _Stage("export", lambda out: ["export", "--plan", f"{out}-plan.json"], _sets, (0.2, 2.0),
                lambda out: ["cluster", "--cache", "reference.npz", "--sets", f"{out}-sets", "--plan",
                             f"{out}-plan.json", "--min-faces", "2"]),
+        _Stage("migrate", lambda out: ["migrate", "--data", f"{out}-pg"], _store, (0.05, 1.5)),
+        _Stage("load", lambda out: ["load", "--data", f"{out}-pg", "--caches", "reference", "--cache", "reference.npz",
+                                    "--sets", "reference-sets", "--batch", "4"], _store, (0.3, 3.0),
+               lambda out: ["migrate", "--data", f"{out}-pg"]),
     ]  # fmt: skip
     for stage in stages:
         if stage.prepare:
@@ -348,6 +354,35 @@ def _cache_records(where: Callable[[str], str]) -> Callable[[Path, str], object]
     return records
 
 
+STORE_TABLES = ("galleries", "images", "gallery_images", "face_detections", "persons", "person_names")
+
+
+def _store(base: Path, out: str) -> object:
+    """The rows of each table of the store, and whether a server was left running when the command ended."""
+    sys.path.insert(0, str(REPO))
+    import psycopg
+
+    from facesets.database import embedded_server
+
+    data = base / f"{out}-pg"
+    deadline = time.monotonic() + 30
+    while _server_running(data) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left_running = _server_running(data)
+    with embedded_server(data) as url, psycopg.connect(url) as conn:
+        rows = {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone() for table in STORE_TABLES}
+    return left_running, rows
+
+
+def _server_running(data: Path) -> bool:
+    try:
+        pid = int((data / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return False
+    return True
+
+
 def _sets(base: Path, out: str) -> object:
     """Each face set's folder name, crop files and member keys."""
     found = []
@@ -376,26 +411,56 @@ def run_full_disk(photos: list[Path], pack: Path, work: Path, tally: Tally) -> N
         ("embed", ["embed", "--queue", "q.json", "--cache", "tiny/c.npz", "--model-dir", str(pack)]),
         ("index", ["index", "--target", "library", "--caches", "tiny", "--model-dir", str(pack), "--no-clip"]),
         ("export", ["export", "--plan", "plan.json", "--sets", "tiny/sets"]),
-    ]
+        ("immich stage", ["immich", "stage", "--user", "peter", "--url", "", "--staging", "tiny/staging",
+                          "--retries", "0"]),
+    ]  # fmt: skip
     tiny = base / "tiny"
-    for name, args in cases:
-        tiny.mkdir(exist_ok=True)
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tiny)], capture_output=True)
-        if mounted.returncode != 0:
-            print(f"  full disk: not tried (mounting a small tmpfs needs root): {mounted.stderr.decode()[:80]}")
-            return
-        (tiny / "sets").mkdir()
-        _fill(tiny / "filler", 60_000 if name == "export" else 0)  # export: room for a few crops, not all
-        try:
-            code, _, err = facesets(args, base)
-            problem, kind = problem_of(code, err, expected=(1,))
-            if not problem and "disk is full" not in err and "No space left" not in err:
-                problem = f"the message does not say the disk is full: {err.strip()[:160]}"
-            if not problem and list(tiny.rglob(".*.tmp")):
-                problem, kind = "temporary files were left on the full disk", "lost"
-            tally.judge(f"full disk: {name}", problem, kind)
-        finally:
-            subprocess.run(["umount", str(tiny)], check=False)
+    with _fake_immich(photos) as (url, key):
+        for name, args in cases:
+            args = [url if arg == "" else arg for arg in args]
+            if not _full_disk_case(base, tiny, name, args, {**os.environ, "IMMICH_API_KEY": key}, tally):
+                return
+
+
+def _full_disk_case(base: Path, tiny: Path, name: str, args: list[str], env: dict[str, str], tally: Tally) -> bool:
+    """One command writing onto a tmpfs of 1 MB that is (nearly) full; False: no tmpfs can be mounted here."""
+    tiny.mkdir(exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tiny)], capture_output=True)
+    if mounted.returncode != 0:
+        print(f"  full disk: not tried (mounting a small tmpfs needs root): {mounted.stderr.decode()[:80]}")
+        return False
+    (tiny / "sets").mkdir()
+    # export and stage: room for a few files, not all
+    _fill(tiny / "filler", 60_000 if name in ("export", "immich stage") else 0)
+    try:
+        code, _, err = facesets(args, base, env)
+        problem, kind = problem_of(code, err, expected=(1,))
+        if not problem and "disk is full" not in err and "No space left" not in err:
+            problem = f"the message does not say the disk is full: {err.strip()[:160]}"
+        if not problem and list(tiny.rglob(".*.tmp")) + list(tiny.rglob("*.part")):
+            problem, kind = "temporary files were left on the full disk", "lost"
+        tally.judge(f"full disk: {name}", problem, kind)
+    finally:
+        subprocess.run(["umount", str(tiny)], check=False)
+    return True
+
+
+@contextlib.contextmanager
+def _fake_immich(photos: list[Path]) -> Iterator[tuple[str, str]]:
+    """An Immich server (the test suite's, which follows Immich's API) holding ``photos`` with one big face each;
+    yields its URL and the API key of its user peter."""
+    sys.path.insert(0, str(REPO))
+    from tests.fakeimmich import FakeAsset, FakeImmich, fake_uuid
+    from tests.immichlib import KEY, PETER
+
+    assets = []
+    for number, photo in enumerate(photos):
+        width, height = Image.open(photo).size
+        box = (0, 0, width, height)
+        assets.append(FakeAsset(fake_uuid(number), f"/photos/{number}.jpg", photo.read_bytes(), faces=[box],
+                                preview=(width, height), size=(width, height)))  # fmt: skip
+    with FakeImmich(assets, [PETER]) as server:
+        yield server.url, KEY
 
 
 def _fill(path: Path, leave: int) -> None:
@@ -452,6 +517,7 @@ def main() -> int:
         return 1
     tally = Tally()
     work = Path(tempfile.mkdtemp(prefix="facesets-torture-"))
+    work.chmod(0o755)  # as root, the embedded PostgreSQL runs as a system user that must reach its data folder
     try:
         print("bad input ...", flush=True)
         run_bad_inputs(photos[0].read_bytes(), pack, work, tally, args.quick)

@@ -203,3 +203,39 @@ def test_an_embedded_server_left_by_a_killed_command_is_adopted_and_stopped() ->
     finally:
         subprocess.run(["pkill", "-f", f"-D {data}"], check=False)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_command_killed_while_the_embedded_server_is_initialised_does_not_break_the_next_run(
+    tmp_path: Path,
+) -> None:
+    import signal
+    import time
+
+    tmp_path.chmod(0o777)  # as root, PostgreSQL runs as a system user that must reach the data folder
+    data = tmp_path / "pg"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "facesets", "migrate", "--data", str(data)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (data / "PG_VERSION").exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.killpg(first.pid, signal.SIGKILL)  # the command and initdb with it, as a killed terminal does
+    first.wait()
+    assert (data / "PG_VERSION").exists() and not (data / "postmaster.opts").exists(), "initdb had finished"
+    again = subprocess.run(
+        [sys.executable, "-m", "facesets", "migrate", "--data", str(data)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert "schema at version" in again.stdout and (data / "postmaster.opts").exists()
+
+
+def test_a_data_folder_with_other_files_is_never_removed(tmp_path: Path) -> None:
+    from facesets.database import _discard_unfinished_init
+
+    (tmp_path / "PG_VERSION").write_text("16\n")
+    (tmp_path / "notes.txt").write_text("mine")
+    _discard_unfinished_init(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["PG_VERSION", "notes.txt"]
