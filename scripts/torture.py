@@ -6,9 +6,9 @@ Every case runs the real command line in a fresh process and is judged from the 
   bounded time with exit 0 and the file counted as a skip or an error, never a traceback;
 - **damaged artifacts** (a cache with a flipped block, malformed queues, a hostile plan, a damaged index state):
   one ``error:`` line, exit 1, the artifact byte-identical afterwards and nothing written outside the work folder;
-- **kill -9** of ``embed``, ``index``, ``cache extend``, ``export``, ``migrate`` (from the embedded PostgreSQL's
-  first start on) and ``load`` at a random moment (several seeds), then the same command again: the result must
-  equal an uninterrupted run's, and no server may be left running;
+- **kill -9** of ``queue add``, ``embed``, ``index``, ``cluster``, ``cache extend``, ``export``, ``migrate``
+  (from the embedded PostgreSQL's first start on) and ``load`` at a random moment (several seeds), then the
+  same command again: the result must equal an uninterrupted run's, and no server may be left running;
 - **a full disk** (``queue add``, ``embed``, ``index``, ``export`` and ``immich stage`` (downloads from an
   Immich server) writing onto a small tmpfs, where mounting
   one is allowed): one error line that says the disk is full, no traceback, no temporary file left;
@@ -296,6 +296,9 @@ def run_kills(photos: list[Path], pack: Path, work: Path, tally: Tally, seeds: i
         _Stage("cache extend", lambda out: ["cache", "extend", f"{out}-master.npz", "reference.npz",
                                             "reference/faces.npz"], _cache_records(lambda out: f"{out}-master.npz"),
                (0.05, 0.8)),
+        _Stage("queue add", lambda out: ["queue", "add", "--queue", f"{out}-q.json", "library"], _queue, (0.3, 1.2)),
+        _Stage("cluster", lambda out: ["cluster", "--cache", "reference.npz", "--sets", f"{out}-none", "--plan",
+                                       f"{out}-cplan.json", "--min-faces", "2"], _plan, (0.3, 1.5)),
         _Stage("export", lambda out: ["export", "--plan", f"{out}-plan.json"], _sets, (0.2, 2.0),
                lambda out: ["cluster", "--cache", "reference.npz", "--sets", f"{out}-sets", "--plan",
                             f"{out}-plan.json", "--min-faces", "2"]),
@@ -381,6 +384,22 @@ def _server_running(data: Path) -> bool:
     except (OSError, ValueError, IndexError):
         return False
     return True
+
+
+def _queue(base: Path, out: str) -> object:
+    sys.path.insert(0, str(REPO))
+    from facesets.queue import read_queue
+
+    return sorted((Path(entry.path).name, entry.content_hash) for entry in read_queue(base / f"{out}-q.json"))
+
+
+def _plan(base: Path, out: str) -> object:
+    """The plan's sets and their member faces."""
+    sys.path.insert(0, str(REPO))
+    from facesets.plan import read_plan
+
+    plan = read_plan(base / f"{out}-cplan.json")
+    return sorted((identity.set, sorted(face.key for face in identity.members)) for identity in plan.identities)
 
 
 def _sets(base: Path, out: str) -> object:
