@@ -95,13 +95,18 @@ def _discard_unfinished_init(data: Path) -> None:
     initdb's bootstrap backend that the server refuses to read). A server that ever started wrote
     ``postmaster.opts``; a folder without it that holds only what initdb writes never held data: it is removed,
     so that this start initialises it afresh. Anything else in the folder keeps it."""
+    for left in data.parent.glob(f".{data.name}.unfinished-*"):
+        shutil.rmtree(left, ignore_errors=True)
     try:
         entries = [entry.name for entry in data.iterdir()]
     except OSError:
         return
     unfinished = all(name in INITDB_ENTRIES or name.startswith("pg_") for name in entries)
     if entries and "postmaster.opts" not in entries and unfinished:
-        shutil.rmtree(data)
+        # moved aside first: the killed command's initdb may still be writing into it
+        aside = data.with_name(f".{data.name}.unfinished-{os.getpid()}")
+        data.rename(aside)
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _forget_dead_users(data: Path) -> None:
