@@ -419,10 +419,16 @@ class CacheWriter:
         """Write the records added since the last flush as one journal segment (atomic)."""
         if not self._pending.images:
             return
-        folder = journal_dir(self.path)
-        folder.mkdir(exist_ok=True)
+        try:
+            folder = journal_dir(self.path)
+            folder.mkdir(exist_ok=True)
+            write_npz(folder / f"seg-{self._seq + 1:06d}.npz", self._pending)
+        except OSError as exc:
+            raise CacheError(
+                f"cannot write to the journal of {self.path}: {exc.strerror or exc}. Everything flushed before "
+                "is intact: free space and run the same command again to continue."
+            ) from exc
         self._seq += 1
-        write_npz(folder / f"seg-{self._seq:06d}.npz", self._pending)
         self._pending = CacheData(identity=self.identity)
 
     def close(self, compact: bool | None = True) -> None:
@@ -439,7 +445,13 @@ class CacheWriter:
             if compact is None and not _journal_is_large(self.path, segments):
                 return
             merged = load_cache(self.path) if journal_segments(self.path) else CacheData(self.identity)
-            write_npz(self.path, sorted_by_path(merged))
+            try:
+                write_npz(self.path, sorted_by_path(merged))
+            except OSError as exc:
+                raise CacheError(
+                    f"cannot write cache {self.path}: {exc.strerror or exc}. The previous cache and the journal "
+                    "of this run are intact: free space and run the same command again."
+                ) from exc
             self._drop_segments(merged.journal_seq)
             with contextlib.suppress(OSError):
                 journal_dir(self.path).rmdir()

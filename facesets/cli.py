@@ -61,9 +61,22 @@ VERBOSE = {"-v": 1, "-vv": 2, "-vvv": 3, "--verbose": 1}
 def set_verbosity(verbose: int) -> None:
     """Log records to stderr at the level ``-v`` asks for, each line without secrets or control characters."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(SafeFormatter("%(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes (not the stream of the first call: a library
+    caller or a test may replace it between runs)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
 
 
 def _take_verbosity(argv: list[str]) -> tuple[int, list[str]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ def _run_embedded(data: Path) -> Iterator[str]:
     guard = data.parent / f".{data.name}.lock"  # start and stop one process at a time
     with exclusive_lock(guard, wait=True):
         _discard_unfinished_init(data)
+        _settle_starting_server(data)
         _forget_dead_users(data)
         try:
             server = get_server(data, cleanup_mode="stop")
@@ -107,6 +109,29 @@ def _discard_unfinished_init(data: Path) -> None:
         aside = data.with_name(f".{data.name}.unfinished-{os.getpid()}")
         data.rename(aside)
         shutil.rmtree(aside, ignore_errors=True)
+
+
+def _settle_starting_server(data: Path, timeout: float = 30.0) -> None:
+    """A server that a killed command was starting goes on starting alone, and one killed while it started
+    leaves its lock file half written; the server package refuses both (it reads the file whole). Wait until
+    such a server is ready or gone, and remove a lock file whose server is dead (PostgreSQL itself would
+    overwrite it)."""
+    pid_file = data / "postmaster.pid"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            lines = pid_file.read_text().splitlines()
+            pid = int(lines[0])
+        except (OSError, ValueError, IndexError):
+            return
+        if pid <= 0:
+            return
+        if not _alive(pid):
+            pid_file.unlink(missing_ok=True)
+            return
+        if (len(lines) >= 8 and lines[7].strip() == "ready") or time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
 
 
 def _forget_dead_users(data: Path) -> None:

@@ -13,26 +13,20 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import blake3
-
 from .cache import CacheWriter
-from .decode import DecodedImage, decode
-from .errors import OUT_OF_MEMORY, CacheError, ImageLoadError, is_out_of_memory
 from .faces import Face, FaceEngine, build_engine
 from .packs import DEFAULT_PACK, resolve_pack
-from .pipeline import bounded_map, read_image
 from .progress import Progress
 from .queue import QueueEntry, read_queue
 from .records import ImageRecord, ImageStatus
 from .runtime import is_cpu_only, runtime_options
 from .settings import DEFAULT_DET_SIZES, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Mode
+from .stages import Claims, Read, analyze, count_reason, decode_into, read_and_claim, run_stages
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +71,9 @@ class EmbedStats:
 
 
 @dataclass(frozen=True)
-class Loaded:
-    """An entry after the io stage: decoded pixels, or the reason it has none."""
-
-    entry: QueueEntry
-    content_hash: str = ""
-    data: bytes = b""
-    image: DecodedImage | None = None
-    error: str = ""
-    duplicate: bool = False
-    transient: bool = False  # the error is no property of the image (out of memory): not recorded, retried
-
-
-@dataclass(frozen=True)
 class Analyzed:
-    loaded: Loaded
+    entry: QueueEntry
+    read: Read
     faces: list[Face]
     error: str = ""
     transient: bool = False
@@ -115,22 +97,12 @@ def run_embed(config: EmbedConfig, progress: Callable[[int], Progress] | None = 
         _run_pipeline(todo, engine, writer, config, stats, workers, bar)
         if bar:
             bar.close()
-        _close(writer)
+        writer.close(compact=True)  # one file to carry back from the embedding machine
     except BaseException:
         writer.abandon()
         raise
     stats.elapsed = round(time.monotonic() - started, 3)
     return stats
-
-
-def _close(writer: CacheWriter) -> None:
-    try:
-        writer.close(compact=True)  # one file to carry back from the embedding machine
-    except OSError as exc:
-        raise CacheError(
-            f"cannot write cache {writer.path}: {exc.strerror or exc}. The previous cache and the journal of "
-            "this run are intact: free space and run the same command again."
-        ) from exc
 
 
 def _select_todo(
@@ -149,50 +121,30 @@ def _select_todo(
 
 
 class _Stages:
-    """The io and inference stage functions, sharing the set of content hashes already claimed."""
+    """The io and inference stage functions of one run (:mod:`facesets.stages`)."""
 
     def __init__(self, engine: FaceEngine, writer: CacheWriter, config: EmbedConfig) -> None:
         self.engine = engine
         self.config = config
-        self.claimed = {
+        self.claims = Claims(
             r.content_hash for r in writer.done_images() if r.status in (ImageStatus.OK, ImageStatus.NO_FACE)
-        }
-        self.lock = threading.Lock()
+        )
 
-    def load(self, entry: QueueEntry) -> Loaded:
-        try:
-            data = read_image(entry.local_path(), self.config.max_bytes)
-        except ImageLoadError as exc:
-            return Loaded(entry, error=exc.reason)
-        digest = blake3.blake3(data).hexdigest()
-        with self.lock:
-            if digest in self.claimed:
-                return Loaded(entry, digest, duplicate=True)
-            self.claimed.add(digest)
+    def load(self, entry: QueueEntry) -> tuple[QueueEntry, Read]:
+        read = read_and_claim(entry.local_path(), self.claims, self.config.max_bytes)
+        if read.error or not read.new:
+            return entry, read
         fit = FAST_DECODE_LONG_SIDE if self.config.mode is Mode.FAST else None
-        try:
-            image = decode(data, max_pixels=self.config.max_pixels, fit=fit)
-        except ImageLoadError as exc:
-            if exc.transient:
-                with self.lock:
-                    self.claimed.discard(digest)
-            return Loaded(entry, digest, error=exc.reason, transient=exc.transient)
-        return Loaded(entry, digest, data, image)
+        return entry, decode_into(read, self.claims, self.config.max_pixels, fit)
 
-    def infer(self, loaded: Loaded) -> Analyzed:
-        if loaded.image is None:
-            return Analyzed(loaded, [])
-        data, max_pixels = loaded.data, self.config.max_pixels
-        try:
-            faces = self.engine.analyze(loaded.image, lambda scale: decode(data, scale, max_pixels))
-        except ImageLoadError as exc:
-            return Analyzed(loaded, [], exc.reason, exc.transient)
-        except Exception as exc:  # an inference failure on one image must not end a long run
-            if is_out_of_memory(exc):
-                return Analyzed(loaded, [], OUT_OF_MEMORY, transient=True)
-            log.debug("inference failed on %s", loaded.entry.path, exc_info=True)
-            return Analyzed(loaded, [], f"inference failed: {type(exc).__name__}: {exc}")
-        return Analyzed(loaded, faces)
+    def infer(self, loaded: tuple[QueueEntry, Read]) -> Analyzed:
+        entry, read = loaded
+        if read.image is None:
+            return Analyzed(entry, read, [])
+        analysis = analyze(self.engine, read.image, read.data, self.config.max_pixels)
+        if analysis.transient:
+            self.claims.release(read.digest)
+        return Analyzed(entry, read, analysis.value or [], analysis.error, analysis.transient)
 
 
 def _run_pipeline(
@@ -206,43 +158,28 @@ def _run_pipeline(
 ) -> None:
     stages = _Stages(engine, writer, config)
     io_workers = config.io_concurrency or max(2, workers)
-    with (
-        ThreadPoolExecutor(io_workers, thread_name_prefix="io") as io_pool,
-        ThreadPoolExecutor(workers, thread_name_prefix="infer") as ml_pool,
-    ):
-        loaded = bounded_map(io_pool, stages.load, todo, window=2 * io_workers)
-        for result in bounded_map(ml_pool, stages.infer, loaded, window=2 * workers):
-            _record(result, writer, stats)
-            if writer.pending_images >= config.flush_every:
-                _flush(writer)
-            if bar:
-                bar.advance()
-
-
-def _flush(writer: CacheWriter) -> None:
-    try:
-        writer.flush()
-    except OSError as exc:
-        raise CacheError(
-            f"cannot write to the journal of {writer.path}: {exc.strerror or exc}. Everything flushed before is "
-            "kept: free space and run the same command again to continue."
-        ) from exc
+    for result in run_stages(todo, stages.load, stages.infer, workers, io_workers):
+        _record(result, writer, stats)
+        if writer.pending_images >= config.flush_every:
+            writer.flush()
+        if bar:
+            bar.advance()
 
 
 def _record(result: Analyzed, writer: CacheWriter, stats: EmbedStats) -> None:
-    loaded, entry = result.loaded, result.loaded.entry
-    error = result.error or loaded.error
-    size = len(loaded.data) if loaded.data else entry.size
-    image = loaded.image
+    entry, read = result.entry, result.read
+    error = result.error or read.error
+    size = len(read.data) if read.data else entry.size
+    image = read.image
     width, height = (image.width, image.height) if image else (0, 0)
     if error:
         status = ImageStatus.ERROR
         stats.errors += 1
-        stats.error_reasons[error.split(" (")[0]] = stats.error_reasons.get(error.split(" (")[0], 0) + 1
+        count_reason(stats.error_reasons, error)
         log.warning("skipping %s: %s", entry.path, error)
-        if result.transient or loaded.transient:
+        if result.transient or read.transient:
             return  # not recorded: the next run tries the image again
-    elif loaded.duplicate:
+    elif not read.new:
         status = ImageStatus.DUPLICATE
         stats.duplicates += 1
     else:
@@ -250,9 +187,7 @@ def _record(result: Analyzed, writer: CacheWriter, stats: EmbedStats) -> None:
         stats.embedded += 1
         stats.faces += len(result.faces)
         stats.no_face += 0 if result.faces else 1
-    if entry.content_hash and loaded.content_hash and entry.content_hash != loaded.content_hash:
+    if entry.content_hash and read.digest and entry.content_hash != read.digest:
         stats.changed_since_queued += 1
-    record = ImageRecord(
-        entry.path, loaded.content_hash, size, status, error, width, height, len(result.faces), entry.source
-    )
+    record = ImageRecord(entry.path, read.digest, size, status, error, width, height, len(result.faces), entry.source)
     writer.add(record, result.faces, {entry.path: entry.windows_path} if entry.windows_path else None)

@@ -25,29 +25,26 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import blake3
 import orjson
 
 from .clip import DEFAULT_CLIP_MODEL, SKIP_HINT, ClipIdentity, clip_identity, resolve_clip
 from .clipstore import ClipStore
-from .errors import OUT_OF_MEMORY, CacheError, ConfigError, ImageLoadError, ModelPackError, is_out_of_memory
+from .errors import ConfigError, ModelPackError
 from .galleries import Gallery, check_targets, gallery_folders, gallery_totals, list_gallery
 from .indexstate import GalleryRow, IndexState, KnownFile
 from .layout import CLIP_STORE, FACE_CACHE, INDEX_STATE
 from .packs import DEFAULT_PACK, ModelPack, PackIdentity, resolve_pack
-from .pipeline import bounded_map, read_image
 from .progress import ProgressFactory
 from .records import ImageRecord, ImageStatus
 from .runtime import Lazy, runtime_options
 from .settings import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from .stages import Claims, Read, analyze, attempt, count_reason, decode_into, read_and_claim, run_stages
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,7 +52,6 @@ if TYPE_CHECKING:
 
     from .cache import CacheWriter
     from .clipvisual import ClipVisual
-    from .decode import DecodedImage
     from .faces import Face, FaceEngine
 
 log = logging.getLogger(__name__)
@@ -262,14 +258,13 @@ class _Run:
         self.pack = pack  # None with ML on: resolved when the first image needs the face models
         self.identity = identity
         self.clip = clip
-        self.clip_claimed: set[str] = set()
         self.stats = stats
         self._engine = Lazy(self._make_engine)
         self._clip_visual = Lazy(self._make_clip_visual)
         self._writer: CacheWriter | None = None
         self.galleries = _Galleries()
-        self.claimed: set[str] = set()
-        self.claim_lock = threading.Lock()
+        self.claims = Claims(known=state.has_image)
+        self.clip_claims = None if clip is None else Claims(known=clip.store.has)
         self.unflushed = 0
         self.skipped: set[tuple[str, str]] = set()
         # State rows of recorded files, written with executemany at each flush (a statement per file would
@@ -284,8 +279,7 @@ class _Run:
             return
         self.skipped.add((path, reason))
         self.stats.walk_skips += 1
-        key = reason.split(" (")[0].split(":")[0]
-        self.stats.skip_reasons[key] = self.stats.skip_reasons.get(key, 0) + 1
+        count_reason(self.stats.skip_reasons, reason)
         log.warning("skipping %s: %s", path, reason)
 
     # -- planning: walk, stat, layers 1-3 ------------------------------------------------------------
@@ -373,49 +367,32 @@ class _Run:
 
     # -- io and inference stages ---------------------------------------------------------------------
 
-    def load(self, item: WorkItem) -> tuple[Done, bytes, DecodedImage | None]:
-        from .decode import decode
+    def load(self, item: WorkItem) -> tuple[Done, Read]:
+        read = read_and_claim(os.path.join(item.gallery, item.filename), self.claims, self.config.max_bytes)
+        if read.error:
+            return Done(item, error=read.error), read
+        need_clip = self.clip_claims is not None and self.clip_claims.claim(read.digest)
+        done = Done(item, read.digest, deduped=not read.new, need_clip=need_clip, size=len(read.data))
+        if (done.deduped and not need_clip) or not self.ml:
+            return done, read
+        decode_into(read, self.claims, self.config.max_pixels)
+        if read.image is None:
+            done.error, done.transient = read.error, read.transient
+        else:
+            done.width, done.height = read.image.width, read.image.height
+        return done, read
 
-        path = os.path.join(item.gallery, item.filename)
-        try:
-            data = read_image(path, self.config.max_bytes)
-        except ImageLoadError as exc:
-            return Done(item, error=exc.reason), b"", None
-        digest = blake3.blake3(data).hexdigest()
-        with self.claim_lock:
-            known = digest in self.claimed or self.state.has_image(digest)
-            self.claimed.add(digest)
-            need_clip = self.clip is not None and digest not in self.clip_claimed and not self.clip.store.has(digest)
-            self.clip_claimed.add(digest)
-        done = Done(item, digest, deduped=known, need_clip=need_clip, size=len(data))
-        if (known and not need_clip) or not self.ml:
-            return done, b"", None
-        try:
-            image = decode(data, max_pixels=self.config.max_pixels)
-        except ImageLoadError as exc:
-            done.error, done.transient = exc.reason, exc.transient
-            return done, b"", None
-        done.width, done.height = image.width, image.height
-        return done, data, image
-
-    def infer(self, loaded: tuple[Done, bytes, DecodedImage | None]) -> Done:
-        from .decode import decode
-
-        done, data, image = loaded
-        if image is None or not self.ml:
+    def infer(self, loaded: tuple[Done, Read]) -> Done:
+        done, read = loaded
+        if read.image is None or not self.ml:
             return done
-        max_pixels = self.config.max_pixels
-        engine = None if done.deduped else self.engine()  # a missing model pack ends the run, not the image
-        try:
-            if engine is not None:
-                done.faces = engine.analyze(image, lambda scale: decode(data, scale, max_pixels))
-            if done.need_clip:
-                done.clip_vector = self.clip_visual().embed([image])[0]
-        except ImageLoadError as exc:
-            done.error, done.transient = exc.reason, exc.transient
-        except Exception as exc:  # one image's inference failure must not end a long run
-            done.transient = is_out_of_memory(exc)
-            done.error = OUT_OF_MEMORY if done.transient else f"inference failed: {type(exc).__name__}: {exc}"
+        if not done.deduped:
+            faces = analyze(self.engine(), read.image, read.data, self.config.max_pixels)  # no pack: the run ends
+            done.faces, done.error, done.transient = faces.value or [], faces.error, faces.transient
+        if done.need_clip and not done.error:
+            image = read.image
+            vector = attempt(lambda: self.clip_visual().embed([image])[0])
+            done.clip_vector, done.error, done.transient = vector.value, vector.error, vector.transient
         return done
 
     # -- recording -----------------------------------------------------------------------------------
@@ -429,8 +406,7 @@ class _Run:
             stats.files_failed += 1
             log.warning("skipping %s: %s", path, done.error)
             self.retry_galleries.add(item.gallery_id)
-            with self.claim_lock:
-                self.claimed.discard(done.content_hash)
+            self.claims.release(done.content_hash)
             self._complete(item.gallery_id, self.galleries.finish_one(item.gallery_id))
             return
         if done.error:
@@ -467,15 +443,8 @@ class _Run:
 
     def flush(self) -> None:
         """Cache first, then state: the state never claims images the cache has not stored."""
-        cache = self.config.caches / FACE_CACHE
-        try:
-            if self._writer is not None:
-                self._writer.flush()
-        except OSError as exc:
-            raise CacheError(
-                f"cannot write to the journal of {cache}: {exc.strerror or exc}. The index state and everything "
-                "flushed before are intact: free space and run the same command again."
-            ) from exc
+        if self._writer is not None:
+            self._writer.flush()
         if self.clip is not None:
             self.clip.store.commit()
         self.state.add_images(self.image_rows)
@@ -496,20 +465,12 @@ class _Run:
         bar = progress(reads) if folders and progress else None
         workers = max(1, self.config.concurrency)
         io_workers = self.config.io_concurrency or 2 * workers
-        with (
-            ThreadPoolExecutor(io_workers, thread_name_prefix="io") as io_pool,
-            ThreadPoolExecutor(workers, thread_name_prefix="infer") as ml_pool,
-        ):
-            loaded = bounded_map(io_pool, self.load, self.items(folders), window=2 * io_workers)
-            for done in bounded_map(ml_pool, self.infer, loaded, window=2 * workers):
-                self.record(done)
-                if bar:
-                    bar.advance()
+        for done in run_stages(self.items(folders), self.load, self.infer, workers, io_workers):
+            self.record(done)
+            if bar:
+                bar.advance()
         self.flush()
         if self._writer is not None:
-            try:
-                self._writer.close(compact=None)
-            except OSError as exc:
-                raise CacheError(f"cannot fold the journal of {self._writer.path}: {exc.strerror or exc}") from exc
+            self._writer.close(compact=None)
         if bar:
             bar.close()

@@ -243,3 +243,17 @@ def test_a_data_folder_with_other_files_is_never_removed(tmp_path: Path) -> None
     (tmp_path / "notes.txt").write_text("mine")
     _discard_unfinished_init(tmp_path)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["PG_VERSION", "notes.txt"]
+
+
+def test_a_lock_file_half_written_by_a_server_killed_while_starting_is_no_obstacle(tmp_path: Path) -> None:
+    tmp_path.chmod(0o777)
+    data = tmp_path / "pg"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "facesets", "migrate", "--data", str(data)]
+    assert subprocess.run(command, env=env, capture_output=True, timeout=120).returncode == 0
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    # what PostgreSQL writes first, before the socket and the status lines: a server killed right then
+    (data / "postmaster.pid").write_text(f"{gone.stdout.strip()}\n{data}\n1796148496\n5432\n")
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert f"schema at version {LATEST} (already up to date)" in again.stdout

@@ -58,7 +58,7 @@ def test_bad_input_corpus(tmp_path: Path, pack_dir: Path, faces_dir: Path) -> No
         "truncated or damaged image": 1,
         "empty file": 1,
         "not an image": 1,
-        "image too large: 100000x100000 = 10000 MP exceeds --max-pixels 200 MP": 1,
+        "image too large": 1,
     }
     data = load_cache(tmp_path / "faces.npz")
     by_name = {Path(r.path).relative_to(photos).as_posix(): r for r in data.images}

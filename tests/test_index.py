@@ -412,7 +412,7 @@ def test_file_replaced_while_being_read(
             target.write_bytes(replacement)
         return real_read(path, max_bytes)
 
-    monkeypatch.setattr("facesets.index.read_image", replaced_during_read)
+    monkeypatch.setattr("facesets.stages.read_image", replaced_during_read)
     index(tmp_path, pack_dir, tree)
     monkeypatch.undo()
     state = IndexState(tmp_path / "caches" / INDEX_STATE)
@@ -478,6 +478,7 @@ def test_a_damaged_or_empty_index_state_is_a_message(
     from facesets.cli import main
 
     index(tmp_path, pack_dir, tree)
+    capsys.readouterr()  # the first index's warnings about the tree
     state = tmp_path / "caches" / INDEX_STATE
     data = bytearray(state.read_bytes())
     assert len(data) >= 4 * 4096
