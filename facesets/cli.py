@@ -296,7 +296,6 @@ def embed(
     show_default=True,
     help="Refuse files larger than this before reading them (a sparse file or a device named like a photo).",
 )
-@click.option("--no-ml", is_flag=True, hidden=True, help="Benchmarks: time the skip machinery without models.")
 @json_option
 def index(
     targets: Sequence[Path],
@@ -314,7 +313,6 @@ def index(
     clip_dir: Path | None,
     no_clip: bool,
     max_bytes: int,
-    no_ml: bool,
     as_json: bool,
 ) -> None:
     """Index local galleries: faces of every new or changed image, with four skip layers.
@@ -343,7 +341,6 @@ def index(
         clip_dir=clip_dir,
         no_clip=no_clip,
         max_bytes=max_bytes,
-        no_ml=no_ml,
     )
     stats = run_index(config, progress=_bar("index", "img", as_json))
     _emit(_load_into(database, caches, stats.as_dict(), False, as_json), as_json)

@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import orjson
 
@@ -56,8 +56,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-NO_ML = PackIdentity("none", "none", "0" * 64, "none", "0" * 64)
-
 
 @dataclass(frozen=True)
 class IndexConfig:
@@ -76,7 +74,6 @@ class IndexConfig:
     clip_model: str = DEFAULT_CLIP_MODEL
     clip_dir: Path | None = None
     no_clip: bool = False
-    no_ml: bool = False  # benchmarks: time the skip machinery alone (no decode, no model; implies no CLIP)
 
 
 @dataclass
@@ -145,7 +142,23 @@ class _Galleries:
         return None
 
 
-def run_index(config: IndexConfig, progress: ProgressFactory | None = None) -> IndexStats:
+class FaceModel(Protocol):
+    """What index needs of the face model: the identity it records in the state and the cache, and the engine
+    for an image that needs faces. A model whose ``reads_pixels`` is False does no face work and no decode
+    (the benchmark of the skip machinery supplies one); the default is the configured model pack."""
+
+    @property
+    def identity(self) -> PackIdentity: ...
+
+    @property
+    def reads_pixels(self) -> bool: ...
+
+    def engine(self) -> FaceEngine: ...
+
+
+def run_index(
+    config: IndexConfig, progress: ProgressFactory | None = None, face_model: FaceModel | None = None
+) -> IndexStats:
     """Index every gallery under the targets; ``progress(total)`` makes the bar over the files to read."""
     started = time.monotonic()
     targets = check_targets(list(config.targets))
@@ -156,15 +169,15 @@ def run_index(config: IndexConfig, progress: ProgressFactory | None = None) -> I
             "queue.json FOLDER` and then `facesets embed --queue queue.json --cache caches/faces.npz`."
         )
     config.caches.mkdir(parents=True, exist_ok=True)
-    clip = None if config.no_ml or config.no_clip else _ClipParts.open(config)
+    clip = None if config.no_clip else _ClipParts.open(config)
     state = IndexState(config.caches / INDEX_STATE)
     stats = IndexStats()
     try:
-        pack, identity = _face_model(state, config)
-        _check_model(state, identity, config)
+        model = face_model or _PackModel.open(state, config)
+        _check_model(state, model.identity, config)
         if config.ml_purge:
-            _purge(state, targets, config.caches / FACE_CACHE, identity, clip)
-        run = _Run(config, state, pack, identity, clip, stats)
+            _purge(state, targets, config.caches / FACE_CACHE, model.identity, clip)
+        run = _Run(config, state, model, clip, stats)
         try:
             run.run(targets, progress)
         except BaseException:
@@ -180,19 +193,40 @@ def run_index(config: IndexConfig, progress: ProgressFactory | None = None) -> I
     return stats
 
 
-def _face_model(state: IndexState, config: IndexConfig) -> tuple[ModelPack | None, PackIdentity]:
-    """The face model pack and its identity. A missing pack is only an error once an image needs it: a caches
-    folder that already records its model can be re-indexed (every file known) without the pack at hand."""
-    if config.no_ml:
-        return None, NO_ML
-    try:
-        pack = resolve_pack(config.model_dir, config.model_pack)
-    except ModelPackError:
-        recorded = state.get_meta("face_model")
-        if recorded is None:
-            raise
-        return None, PackIdentity.from_dict(orjson.loads(recorded))
-    return pack, pack.identity()
+class _PackModel:
+    """The configured model pack; the engine is built when the first image needs it. A missing pack is only an
+    error then: a caches folder that already records its model can be re-indexed (every file known) without
+    the pack at hand."""
+
+    reads_pixels = True
+
+    def __init__(self, config: IndexConfig, pack: ModelPack | None, identity: PackIdentity) -> None:
+        self.config = config
+        self.pack = pack
+        self.identity = identity
+        self._engine = Lazy(self._make_engine)
+
+    @classmethod
+    def open(cls, state: IndexState, config: IndexConfig) -> _PackModel:
+        try:
+            pack = resolve_pack(config.model_dir, config.model_pack)
+        except ModelPackError:
+            recorded = state.get_meta("face_model")
+            if recorded is None:
+                raise
+            return cls(config, None, PackIdentity.from_dict(orjson.loads(recorded)))
+        return cls(config, pack, pack.identity())
+
+    def engine(self) -> FaceEngine:
+        return self._engine.get()
+
+    def _make_engine(self) -> FaceEngine:
+        from .faces import build_engine
+
+        if self.pack is None:
+            self.pack = resolve_pack(self.config.model_dir, self.config.model_pack)
+            _require_model(self.identity, self.pack.identity(), self.config.caches)
+        return build_engine(self.pack, runtime_options(self.config.providers))
 
 
 def _check_model(state: IndexState, identity: PackIdentity, config: IndexConfig) -> None:
@@ -247,19 +281,16 @@ class _Run:
         self,
         config: IndexConfig,
         state: IndexState,
-        pack: ModelPack | None,
-        identity: PackIdentity,
+        model: FaceModel,
         clip: _ClipParts | None,
         stats: IndexStats,
     ) -> None:
         self.config = config
         self.state = state
-        self.ml = not config.no_ml
-        self.pack = pack  # None with ML on: resolved when the first image needs the face models
-        self.identity = identity
+        self.model = model
+        self.ml = model.reads_pixels
         self.clip = clip
         self.stats = stats
-        self._engine = Lazy(self._make_engine)
         self._clip_visual = Lazy(self._make_clip_visual)
         self._writer: CacheWriter | None = None
         self.galleries = _Galleries()
@@ -334,22 +365,11 @@ class _Run:
 
     # -- lazily created heavy parts ------------------------------------------------------------------
 
-    def engine(self) -> FaceEngine:
-        return self._engine.get()
-
-    def _make_engine(self) -> FaceEngine:
-        from .faces import build_engine
-
-        if self.pack is None:
-            self.pack = resolve_pack(self.config.model_dir, self.config.model_pack)
-            _require_model(self.identity, self.pack.identity(), self.config.caches)
-        return build_engine(self.pack, runtime_options(self.config.providers))
-
     def writer(self) -> CacheWriter:
         if self._writer is None:
             from .cache import CacheWriter
 
-            self._writer = CacheWriter(self.config.caches / FACE_CACHE, self.identity)
+            self._writer = CacheWriter(self.config.caches / FACE_CACHE, self.model.identity)
         return self._writer
 
     def clip_visual(self) -> ClipVisual:
@@ -387,7 +407,7 @@ class _Run:
         if read.image is None or not self.ml:
             return done
         if not done.deduped:
-            faces = analyze(self.engine(), read.image, read.data, self.config.max_pixels)  # no pack: the run ends
+            faces = analyze(self.model.engine(), read.image, read.data, self.config.max_pixels)  # no pack: the run ends
             done.faces, done.error, done.transient = faces.value or [], faces.error, faces.transient
         if done.need_clip and not done.error:
             image = read.image

@@ -4,23 +4,32 @@
 
 Builds a tree of galleries (``index.json``, ``tn/``, small files) and measures, in one run:
 - bare walk: a Python walk that stat()s every file (the floor every indexer pays);
-- the first index with ML replaced by a no-op (``--no-ml``: read + hash + state, no decode, no model);
-- a no-op re-index of the unchanged tree (target: <= 1.5x the bare walk and >= 100,000 files/s);
-- a re-index after 1% of the galleries gained one file;
+- the first index with the face model replaced by a no-op (read + hash + state, no decode, no model: the
+  library's ``run_index`` with a model whose ``reads_pixels`` is False, in a child process);
+- a no-op re-index of the unchanged tree, as users run it (``facesets index``: target <= 1.5x the bare walk
+  and >= 100,000 files/s);
+- a re-index after 1% of the galleries gained one file (the no-op model again);
 each as a separate process, with its peak memory, and again with the tree doubled (memory must stay flat).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+if TYPE_CHECKING:  # the bare walk child imports nothing of facesets
+    from facesets.faces import FaceEngine
+    from facesets.packs import PackIdentity
 
 
 def build_tree(root: Path, galleries: int, files: int) -> int:
@@ -69,18 +78,36 @@ def timed(command: list[str]) -> tuple[float, float]:
 
 
 def index_command(root: Path, caches: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "facesets",
-        "index",
-        "--target",
-        str(root),
-        "--caches",
-        str(caches),
-        "--no-ml",
-        "--json",
-    ]
+    return [sys.executable, str(Path(__file__).resolve()), "--index-only", str(root), str(caches)]
+
+
+def cli_index_command(root: Path, caches: Path) -> list[str]:
+    """The command line (no pack needed: the state records the model, and an unchanged tree reads no file)."""
+    command = [sys.executable, "-m", "facesets", "index", "--target", str(root), "--caches", str(caches)]
+    return [*command, "--no-clip", "--json"]
+
+
+class NoFaces:
+    """A face model that does no face work and reads no pixels: the run times the skip machinery alone."""
+
+    reads_pixels = False
+
+    @property
+    def identity(self) -> PackIdentity:
+        from facesets.packs import PackIdentity
+
+        return PackIdentity("none", "none", "0" * 64, "none", "0" * 64)
+
+    def engine(self) -> FaceEngine:
+        raise AssertionError("a model that reads no pixels is never asked for an engine")
+
+
+def index_only(root: Path, caches: Path) -> None:
+    """``facesets index`` with the no-op face model, in this process."""
+    from facesets.index import IndexConfig, run_index
+
+    stats = run_index(IndexConfig(targets=(root,), caches=caches, no_clip=True), face_model=NoFaces())
+    print(json.dumps(stats.as_dict()))
 
 
 def walk_command(root: Path) -> list[str]:
@@ -99,7 +126,7 @@ def run_scale(work: Path, galleries: int, files: int) -> None:
         shutil.rmtree(caches)
     walk, walk_rss = min(timed(walk_command(root)) for _ in range(3))
     first, first_rss = timed(index_command(root, caches))
-    noop, noop_rss = min(timed(index_command(root, caches)) for _ in range(3))
+    noop, noop_rss = min(timed(cli_index_command(root, caches)) for _ in range(3))
     for number in range(0, galleries, 100):
         gallery = root / f"chunk{number // 100:04d}" / f"gallery{number:06d}"
         (gallery / f"added-{time.time_ns()}.jpg").write_bytes(b"new file %d" % number)
@@ -123,9 +150,13 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=1, help="also run with the tree doubled this many times")
     parser.add_argument("--work", type=Path, default=REPO / "bench" / "index")
     parser.add_argument("--walk-only", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--index-only", type=Path, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.walk_only:
         bare_walk(args.walk_only)
+        return
+    if args.index_only:
+        index_only(*args.index_only)
         return
     args.work.mkdir(parents=True, exist_ok=True)
     for factor in range(args.scale + 1):

@@ -12,9 +12,11 @@ import pytest
 from facesets.backfill import run_backfill
 from facesets.cache import journal_segments, load_cache
 from facesets.errors import CacheError, ConfigError, ModelPackError
-from facesets.index import IndexConfig, run_index
+from facesets.faces import FaceEngine
+from facesets.index import FaceModel, IndexConfig, run_index
 from facesets.indexstate import IndexState
 from facesets.layout import FACE_CACHE, INDEX_STATE
+from facesets.packs import PackIdentity
 from tests.conftest import REPO
 
 
@@ -47,7 +49,24 @@ def tree(tmp_path: Path, faces_dir: Path) -> Path:
     return root
 
 
-def index(tmp_path: Path, pack_dir: Path, *targets: Path, caches: str = "caches", **changes: object) -> dict:
+class NoFaces:
+    """A face model that does no face work and reads no pixels (what the index benchmark plugs in)."""
+
+    identity = PackIdentity("none", "none", "0" * 64, "none", "0" * 64)
+    reads_pixels = False
+
+    def engine(self) -> FaceEngine:
+        raise AssertionError("a model that reads no pixels is never asked for an engine")
+
+
+def index(
+    tmp_path: Path,
+    pack_dir: Path,
+    *targets: Path,
+    caches: str = "caches",
+    face_model: FaceModel | None = None,
+    **changes: object,
+) -> dict:
     """Faces only unless a CLIP model is given (``clip_dir=``)."""
     changes.setdefault("no_clip", "clip_dir" not in changes)
     settings: dict[str, object] = {
@@ -57,7 +76,7 @@ def index(tmp_path: Path, pack_dir: Path, *targets: Path, caches: str = "caches"
         "concurrency": 2,
         **changes,
     }
-    return run_index(IndexConfig(**settings)).as_dict()  # type: ignore[arg-type]
+    return run_index(IndexConfig(**settings), face_model=face_model).as_dict()  # type: ignore[arg-type]
 
 
 COUNTERS = (
@@ -185,7 +204,7 @@ def test_ml_purge_reindexes_from_scratch(tmp_path: Path, pack_dir: Path, tree: P
 def test_other_model_is_refused(tmp_path: Path, pack_dir: Path, tree: Path) -> None:
     index(tmp_path, pack_dir, tree / "chunk1" / "a")
     with pytest.raises(ConfigError, match="embedding spaces never mix"):
-        index(tmp_path, pack_dir, tree, no_ml=True)
+        index(tmp_path, pack_dir, tree, face_model=NoFaces())
 
 
 @pytest.mark.parametrize("problem", ["missing", "file"])
@@ -382,7 +401,7 @@ def test_permission_denied_folder_is_a_counted_skip(tmp_path: Path, faces_dir: P
             os.setegid(65534)
             os.seteuid(65534)
         try:
-            stats = run_index(IndexConfig(targets=(root,), caches=caches, no_ml=True)).as_dict()
+            stats = run_index(IndexConfig(targets=(root,), caches=caches, no_clip=True), face_model=NoFaces()).as_dict()
         finally:
             if os.getuid() == 0:
                 os.seteuid(0)
