@@ -231,7 +231,7 @@ def _face_entry(path: Path, row: int, record: Any, meta: Any) -> dict[str, Any]:
         "row": row,
         "source": record.path,
         "hash": record.content_hash,
-        "asset_id": record.source.get("asset_id", ""),
+        "asset_id": record.source.asset_id,
         "bbox": [round(float(v), 2) for v in meta["bbox"]],
         "kps": [[round(float(v), 3) for v in point] for point in meta["kps"]],
         "score": round(float(meta["score"]), 4),

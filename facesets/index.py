@@ -41,7 +41,7 @@ from .indexstate import GalleryRow, IndexState, KnownFile
 from .layout import CLIP_STORE, FACE_CACHE, INDEX_STATE
 from .packs import DEFAULT_PACK, ModelPack, PackIdentity, resolve_pack
 from .progress import ProgressFactory
-from .records import ImageRecord, ImageStatus
+from .records import ImageRecord, ImageStatus, Source, SourceKind
 from .runtime import Lazy, runtime_options
 from .settings import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from .stages import Claims, Read, analyze, attempt, count_reason, decode_into, read_and_claim, run_stages
@@ -444,7 +444,7 @@ class _Run:
         if done.content_hash and not done.deduped:
             status = ImageStatus.ERROR if done.error else ImageStatus.OK if done.faces else ImageStatus.NO_FACE
             self.image_rows.append((done.content_hash, size, status.value, len(done.faces), done.error or None))
-            source = {"kind": "gallery", "gallery": item.gallery}
+            source = Source(SourceKind.GALLERY, gallery=item.gallery)
             record = ImageRecord(
                 path, done.content_hash, size, status, done.error, done.width, done.height, len(done.faces), source
             )

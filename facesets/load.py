@@ -51,6 +51,7 @@ from .layout import CLIP_STORE, FACE_CACHE, INDEX_STATE
 from .loadsets import load_face_sets
 from .migrations import check_schema
 from .progress import Progress
+from .records import SourceKind
 
 CLIP_DIM = 512
 LOAD_LOCK = 0x6C6F6164  # "load"
@@ -381,14 +382,14 @@ def _insert_assets(conn: Any, records: Sequence[Any]) -> int:
     """Immich assets of the batch (queue entries of ``facesets immich stage`` carry their ids)."""
     rows = [
         (
-            r.source["asset_id"],
-            r.source.get("owner_id") or None,
-            r.source.get("checksum", ""),
+            r.source.asset_id,
+            r.source.owner_id or None,
+            r.source.checksum,
             r.content_hash,
-            r.source.get("user"),
+            r.source.user or None,
         )
         for r in records
-        if r.content_hash and r.source.get("kind") == "immich" and _is_uuid(r.source.get("asset_id", ""))
+        if r.content_hash and r.source.kind == SourceKind.IMMICH and _is_uuid(r.source.asset_id)
     ]
     if not rows:
         return 0

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from .layout import lock_of
 from .paths import to_windows, valid_utf8
 from .pipeline import hash_file
 from .progress import Progress
+from .records import NO_SOURCE, Source, SourceKind
 
 FORMAT = "facesets.queue"
 VERSION = 1
@@ -51,7 +52,7 @@ class QueueEntry:
     windows_path: str | None
     content_hash: str
     size: int
-    source: dict[str, str] = field(default_factory=dict)
+    source: Source = NO_SOURCE
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,7 +60,7 @@ class QueueEntry:
             "windows_path": self.windows_path,
             "content_hash": self.content_hash,
             "size": self.size,
-            "source": self.source,
+            "source": self.source.to_dict(),
         }
 
     @classmethod
@@ -80,7 +81,7 @@ class QueueEntry:
         source = data.get("source") or {}
         if not isinstance(source, dict) or not all(isinstance(v, str | int | float | bool) for v in source.values()):
             raise ValueError(f"source {source!r} is not an object of plain values")
-        return cls(path, windows, digest, size, {str(k): str(v) for k, v in source.items()})
+        return cls(path, windows, digest, size, Source.from_dict(source))
 
     def local_path(self) -> str:
         """The name to open on this machine: the Windows form on Windows when there is one."""
@@ -202,7 +203,7 @@ def scan_folders(
         except ImageLoadError as exc:
             skipped.append((absolute, exc.reason))
             return None
-        return QueueEntry(absolute, to_windows(absolute), digest, size, {"kind": "folder"})
+        return QueueEntry(absolute, to_windows(absolute), digest, size, Source(SourceKind.FOLDER))
 
     bar = progress(len(files)) if progress else None
     entries = []

@@ -44,6 +44,7 @@ from .messages import printable
 from .paths import to_windows
 from .progress import Progress, ProgressFactory
 from .queue import QueueEntry, append_entries
+from .records import Source, SourceKind
 from .stagepaths import PathClaims, inside, relative_path, with_tag
 from .stagestate import Outcome, SeenAsset, StageState
 
@@ -400,13 +401,7 @@ class Stager:
         self.stats.downloaded_bytes += 0 if adopted else download.size
         seen = SeenAsset(Outcome.STAGED, path, asset.checksum, download.blake3, download.size)
         self._record(asset.id, seen)
-        source = {
-            "kind": "immich",
-            "user": self.config.user,
-            "asset_id": asset.id,
-            "owner_id": asset.owner_id,
-            "checksum": asset.checksum,
-        }
+        source = Source(SourceKind.IMMICH, "", self.config.user, asset.id, asset.owner_id, asset.checksum)
         name = str(target)
         self._entries.append(QueueEntry(name, to_windows(name), download.blake3, download.size, source))
 
@@ -483,7 +478,7 @@ def _read_caches(caches: Path, known: Known) -> None:
         for record in data.images:
             if record.content_hash:
                 known.cached_hashes.add(record.content_hash)
-            checksum = record.source.get("checksum")
+            checksum = record.source.checksum
             if checksum:
                 known.checksums[checksum] = f"cache {path.name}"
 

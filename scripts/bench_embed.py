@@ -113,7 +113,7 @@ def ours(files: list[Path], pack_dir: Path, work: Path, mode: Mode) -> tuple[flo
     cache = work / f"cache-{mode.value}.npz"
     for stale in (queue, cache):
         stale.unlink(missing_ok=True)
-    write_queue(queue, [QueueEntry(str(p), None, "", p.stat().st_size, {}) for p in files])
+    write_queue(queue, [QueueEntry(str(p), None, "", p.stat().st_size) for p in files])
     started = time.perf_counter()
     stats = run_embed(EmbedConfig(queue=queue, cache=cache, model_dir=pack_dir, mode=mode))
     elapsed = time.perf_counter() - started

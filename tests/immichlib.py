@@ -20,7 +20,7 @@ from facesets.cache import CacheWriter
 from facesets.decode import decode
 from facesets.faces import FaceEngine
 from facesets.packs import PackIdentity
-from facesets.records import ImageRecord, ImageStatus
+from facesets.records import ImageRecord, ImageStatus, Source, SourceKind
 from tests.fakeimmich import FakeAsset, FakeUser, fake_uuid
 
 MIN_FACE = 90
@@ -166,6 +166,6 @@ def write_old_cache(path: Path, identity: PackIdentity, library: Library) -> Non
     """A cache from an earlier run: one photo by content hash, one Immich photo by its checksum."""
     writer = CacheWriter(path, identity)
     writer.add(ImageRecord("/old/cached.jpg", library.cached_hash, 10, ImageStatus.NO_FACE), [])
-    source = {"kind": "immich", "asset_id": "old", "checksum": library.cached_checksum}
+    source = Source(SourceKind.IMMICH, asset_id="old", checksum=library.cached_checksum)
     writer.add(ImageRecord("/old/known.jpg", "f" * 64, 10, ImageStatus.NO_FACE, source=source), [])
     writer.close()

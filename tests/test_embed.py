@@ -155,7 +155,7 @@ def cache_records(path: Path) -> list[tuple[str, str, int, tuple[float, ...]]]:
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path: Path, pack_dir: Path, faces_dir: Path) -> None:
     photos = sorted((faces_dir / "celeb5").rglob("*.jpg"))[:60]
-    entries = [QueueEntry(str(p), None, "", p.stat().st_size, {}) for p in photos]
+    entries = [QueueEntry(str(p), None, "", p.stat().st_size) for p in photos]
     write_queue(tmp_path / "queue.json", entries)
     base = ["embed", "--queue", "queue.json", "--model-dir", str(pack_dir), "--flush-every", "5", "--json"]
     reference = run_cli([*base, "--cache", "ref.npz"], tmp_path)
@@ -248,7 +248,7 @@ def test_ctrl_c_exits_130_with_the_resume_hint_and_the_rerun_finishes(
     tmp_path: Path, pack_dir: Path, faces_dir: Path
 ) -> None:
     photos = sorted((faces_dir / "celeb5").rglob("*.jpg"))[:40]
-    write_queue(tmp_path / "queue.json", [QueueEntry(str(p), None, "", p.stat().st_size, {}) for p in photos])
+    write_queue(tmp_path / "queue.json", [QueueEntry(str(p), None, "", p.stat().st_size) for p in photos])
     base = ["embed", "--queue", "queue.json", "--cache", "c.npz", "--model-dir", str(pack_dir), "--flush-every", "5"]
     victim = subprocess.Popen(
         [sys.executable, "-m", "facesets", *base],

@@ -1,5 +1,6 @@
 """facesets load against a real embedded PostgreSQL, from caches made by a real index run."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from facesets.index import IndexConfig, run_index
 from facesets.load import LoadConfig, run_load
 from facesets.migrations import migrate
 from facesets.packs import PackIdentity
-from facesets.records import ImageRecord, ImageStatus
+from facesets.records import ImageRecord, ImageStatus, Source, SourceKind
 from tests import clipmodel
 from tests.conftest import REPO
 from tests.test_index import make_gallery
@@ -207,10 +208,10 @@ def test_immich_assets_are_loaded_from_the_queue_source(database: str, tmp_path:
     config = migrated(database)
     identity = PackIdentity("pack", "det.onnx", "d" * 64, "rec.onnx", "r" * 64)
     asset, owner = "1b4e28ba-2fa1-41d2-883f-0016d3cca427", "6a0f2f0a-1111-4c4c-9c9c-0123456789ab"
-    source = {"kind": "immich", "user": "peter", "asset_id": asset, "owner_id": owner, "checksum": "qZk+NkcGgWq6Pi"}
+    source = Source(SourceKind.IMMICH, "", "peter", asset, owner, "qZk+NkcGgWq6Pi")
     writer = CacheWriter(tmp_path / "peter.npz", identity)
     writer.add(ImageRecord("/staging/peter/a.jpg", "a" * 64, 10, ImageStatus.NO_FACE, source=source), [])
-    bad = {**source, "asset_id": "../not-a-uuid"}
+    bad = dataclasses.replace(source, asset_id="../not-a-uuid")
     writer.add(ImageRecord("/staging/peter/b.jpg", "b" * 64, 10, ImageStatus.NO_FACE, source=bad), [])
     writer.close()
     first = run_load(LoadConfig(config, tmp_path / "empty", (tmp_path / "peter.npz",)))

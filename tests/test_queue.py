@@ -5,10 +5,11 @@ import pytest
 
 from facesets.errors import QueueError
 from facesets.queue import QueueEntry, append_entries, read_queue, scan_folders, write_queue
+from facesets.records import Source, SourceKind
 
 
 def entry(name: str) -> QueueEntry:
-    return QueueEntry(f"/mnt/d/p/{name}", f"D:\\p\\{name}", "ab" * 32, 10, {"kind": "folder"})
+    return QueueEntry(f"/mnt/d/p/{name}", f"D:\\p\\{name}", "ab" * 32, 10, Source(SourceKind.FOLDER))
 
 
 def test_round_trip_and_format(tmp_path: Path) -> None:
@@ -80,3 +81,16 @@ def test_scan_hashes_images_and_survives_loops(tmp_path: Path, sample_photos: li
     assert len(result.entries[0].content_hash) == 64
     assert result.entries[0].size == sample_photos[0].stat().st_size
     assert [why for _, why in result.skipped] == ["folder already visited (symlink loop)"]
+
+
+def test_a_source_keeps_its_known_fields_and_an_empty_one_is_unknown() -> None:
+    from facesets.records import NO_SOURCE, ImageRecord, ImageStatus
+
+    stored = {"kind": "immich", "asset_id": "a1", "checksum": "c=", "added_later": "x", "user": None}
+    source = Source.from_dict(stored)
+    assert source == Source(SourceKind.IMMICH, asset_id="a1", checksum="c=")
+    assert source.to_dict() == {"kind": "immich", "asset_id": "a1", "checksum": "c="}
+    assert Source.from_dict({}) is NO_SOURCE and Source.from_dict(None) is NO_SOURCE and not NO_SOURCE
+    record = ImageRecord("/p/a.jpg", "ab" * 32, 1, ImageStatus.OK, source=source)
+    assert ImageRecord.from_dict(record.to_dict()) == record
+    assert "source" not in ImageRecord("/p/b.jpg", "cd" * 32, 1, ImageStatus.OK).to_dict()  # as older caches

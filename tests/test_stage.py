@@ -70,9 +70,7 @@ def summary(capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
 
 
 def queue_view(path: Path, root: Path) -> list[tuple[str, str, str, int]]:
-    return [
-        (str(Path(e.path).relative_to(root)), e.source["asset_id"], e.content_hash, e.size) for e in read_queue(path)
-    ]
+    return [(str(Path(e.path).relative_to(root)), e.source.asset_id, e.content_hash, e.size) for e in read_queue(path)]
 
 
 def staged_files(root: Path) -> dict[str, str]:
@@ -97,8 +95,8 @@ def test_stage_counts_files_queue_and_paths(
     for item in library.staged:
         assert (root / library.relative[item.id]).read_bytes() == item.data
     queue = read_queue(workdir / "staging" / "queue-peter.json")
-    assert [entry.source["asset_id"] for entry in queue] == [item.id for item in library.staged]
-    assert all(entry.windows_path is None and entry.source["checksum"] for entry in queue)
+    assert [entry.source.asset_id for entry in queue] == [item.id for item in library.staged]
+    assert all(entry.windows_path is None and entry.source.checksum for entry in queue)
     assert not list((workdir / "staging").glob(".partial-*"))
 
     before = len(server.log)
