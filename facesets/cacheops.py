@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from .cache import (
 from .fsio import exclusive_lock, remove_stale_temps, temp_pattern
 from .layout import lock_of
 from .packs import PackIdentity
-from .progress import Progress
+from .progress import ProgressFactory
 from .records import ImageRecord, ImageStatus
 
 
@@ -37,7 +37,7 @@ class ExtendStats:
         return dict(self.__dict__)
 
 
-def extend_cache(master: Path, parts: Sequence[Path], progress: Callable[[int], Progress] | None = None) -> ExtendStats:
+def extend_cache(master: Path, parts: Sequence[Path], progress: ProgressFactory | None = None) -> ExtendStats:
     """Fold ``parts`` into ``master`` (created if missing): dedup by content hash, aliases merged, atomic.
 
     Every part must come from the same recognizer as the master; a mismatch changes nothing. ``progress(total)``

@@ -34,7 +34,6 @@ canonical order first (by face key: photo hash and box), which makes the result 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -51,6 +50,7 @@ from .calibration import (
     shared_fraction,
 )
 from .neighbors import DEFAULT_K, Graph, first_of_runs, knn_graph
+from .progress import Progress
 
 IntArray = NDArray[np.int64]
 CHUNK = 65_536
@@ -91,13 +91,13 @@ def cluster_library(
     params: ClusterParams,
     everyone: NDArray[np.float32] | None = None,
     poor: NDArray[np.bool_] | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[IntArray, LibraryEstimate]:
     """:func:`cluster`, with what was learned about the library (thresholds, impostor statistics).
 
     ``everyone`` is every face of the library when only some are clustered (the impostor statistics are
     measured on all of them); ``poor`` marks the faces :func:`facesets.calibration.poor_faces` finds poor, which
-    ``graph`` keeps from seeding or bridging clusters; ``progress(n)`` is told of each block of ``n``
+    ``graph`` keeps from seeding or bridging clusters; ``progress`` advances by each block of
     faces whose neighbours were searched."""
     conflicts = same_photo_pairs(photos)
     library = estimate(vectors, conflicts, params.distance, params.false_links, everyone, params.impostors)

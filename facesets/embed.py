@@ -14,14 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .cache import CacheWriter
 from .faces import Face, FaceEngine, build_engine
 from .packs import DEFAULT_PACK, resolve_pack
-from .progress import Progress
+from .progress import Progress, ProgressFactory
 from .queue import QueueEntry, read_queue
 from .records import ImageRecord, ImageStatus
 from .runtime import is_cpu_only, runtime_options
@@ -79,7 +78,7 @@ class Analyzed:
     transient: bool = False
 
 
-def run_embed(config: EmbedConfig, progress: Callable[[int], Progress] | None = None) -> EmbedStats:
+def run_embed(config: EmbedConfig, progress: ProgressFactory | None = None) -> EmbedStats:
     """Embed every queued image not in the cache yet; return the counters."""
     started = time.monotonic()
     entries = read_queue(config.queue)

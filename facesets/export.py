@@ -20,7 +20,7 @@ import re
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +50,7 @@ from .layout import SETS_LOCK
 from .paths import to_linux
 from .pipeline import read_image
 from .plan import Plan, PlanFace, PlanIdentity, read_plan
-from .progress import Progress
+from .progress import Progress, ProgressFactory
 from .report import write_report
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class ExportSummary:
         return dict(self.__dict__)
 
 
-def run_export(config: ExportConfig, progress: Callable[[int], Progress] | None = None) -> ExportSummary:
+def run_export(config: ExportConfig, progress: ProgressFactory | None = None) -> ExportSummary:
     """Apply the plan (see the module docstring); ``progress(total)`` makes the bar over the plan's faces."""
     plan = read_plan(config.plan)
     root = Path(config.sets_dir or plan.sets_dir)
@@ -103,8 +103,7 @@ def run_export(config: ExportConfig, progress: Callable[[int], Progress] | None 
         _check_numbers(root, top, plan)
         params = {"plan": plan.id, "algorithm": plan.algorithm, "thresholds": plan.thresholds}
         bar = progress(plan.faces) if progress else None
-        advance = bar.advance if bar else None
-        touched = [_apply_identity(root, identity, params, summary, config, advance) for identity in plan.identities]
+        touched = [_apply_identity(root, identity, params, summary, config, bar) for identity in plan.identities]
         if bar:
             bar.close()
         if config.split_eras:
@@ -167,7 +166,7 @@ def _apply_identity(
     params: dict[str, Any],
     summary: ExportSummary,
     config: ExportConfig,
-    progress: Callable[[int], None] | None,
+    progress: Progress | None,
 ) -> FaceSet:
     number = identity.set
     final = root / set_name(number)
@@ -181,7 +180,7 @@ def _apply_identity(
     resumed = len(identity.members) - len(todo)
     summary.faces_written += resumed
     if progress:
-        progress(resumed)
+        progress.advance(resumed)
     added = _write_crops(folder, todo, summary, config.io_concurrency, progress)
     faceset.members.extend(added)
     write_set_manifest(faceset, params)
@@ -200,7 +199,7 @@ def _write_crops(
     faces: list[PlanFace],
     summary: ExportSummary,
     workers: int,
-    progress: Callable[[int], None] | None,
+    progress: Progress | None,
 ) -> list[Member]:
     by_source: dict[str, list[PlanFace]] = defaultdict(list)
     for face in faces:
@@ -211,7 +210,7 @@ def _write_crops(
         results = pool.map(lambda item: _crops_of(folder, *item), items)
         for (_, of_source), (members, reason) in zip(items, results, strict=True):
             if progress:
-                progress(len(of_source))
+                progress.advance(len(of_source))
             if reason:
                 summary.faces_skipped += 1
                 summary.skip_reasons[reason] = summary.skip_reasons.get(reason, 0) + 1

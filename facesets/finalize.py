@@ -32,7 +32,7 @@ from .errors import ConfigError, StateError
 from .fsio import atomic_write_json
 from .layout import finalize_record, user_cache, user_plan, user_queue
 from .packs import DEFAULT_PACK
-from .progress import Progress
+from .progress import Progress, ProgressFactory
 from .settings import DEFAULT_MIN_FACES
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class FinalizeConfig:
     min_faces: int = DEFAULT_MIN_FACES  # smallest new face set
     progress: bool = False  # a bar for each step (on a terminal)
 
-    def bar(self, label: str, unit: str) -> Callable[[int], Progress] | None:
+    def bar(self, label: str, unit: str) -> ProgressFactory | None:
         """The progress factory a step hands to its stage, or None."""
         return (lambda total: Progress(total, f"{self.user}: {label}", unit)) if self.progress else None
 

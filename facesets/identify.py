@@ -22,7 +22,7 @@ import contextlib
 import itertools
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,7 +40,7 @@ from .layout import SETS_LOCK
 from .neighbors import first_of_runs, knn_graph
 from .packs import PackIdentity
 from .plan import Plan, PlanFace, PlanIdentity, write_plan
-from .progress import Progress
+from .progress import ProgressFactory
 from .settings import DEFAULT_MIN_FACES
 from .thresholds import Thresholds, resolve_thresholds
 
@@ -114,7 +114,7 @@ class ClusterSummary:
         }
 
 
-def run_cluster(config: ClusterConfig, progress: Callable[[int], Progress] | None = None) -> ClusterSummary:
+def run_cluster(config: ClusterConfig, progress: ProgressFactory | None = None) -> ClusterSummary:
     identity, table = load_faces(config.caches)
     check_embedder_model(config.embedder, identity)
     thresholds = resolve_thresholds(
@@ -142,9 +142,7 @@ def run_cluster(config: ClusterConfig, progress: Callable[[int], Progress] | Non
     params = cluster_params(config.algorithm, thresholds, config.min_points)
     bar = progress(len(rest)) if progress else None
     poor = poor_faces(table.norms[rest])
-    labels, summary.library = cluster_library(
-        table.vectors[rest], table.photos[rest], params, table.vectors, poor, bar.advance if bar else None
-    )
+    labels, summary.library = cluster_library(table.vectors[rest], table.photos[rest], params, table.vectors, poor, bar)
     if bar:
         bar.close()
     groups, dropped = refine(

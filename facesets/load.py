@@ -31,7 +31,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,7 +50,7 @@ from .indexstate import exported_galleries
 from .layout import CLIP_STORE, FACE_CACHE, INDEX_STATE
 from .loadsets import load_face_sets
 from .migrations import check_schema
-from .progress import Progress
+from .progress import Progress, ProgressFactory
 from .records import SourceKind
 
 CLIP_DIM = 512
@@ -102,8 +102,24 @@ class LoadStats:
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
+    def add_batch(self, batch: _BatchCounts) -> None:
+        self.images_added += batch.images
+        self.paths_added += batch.paths
+        self.immich_assets_added += batch.immich_assets
+        self.faces_added += batch.faces
 
-def run_load(config: LoadConfig, progress: Callable[[int], Progress] | None = None) -> LoadStats:
+
+@dataclass(frozen=True)
+class _BatchCounts:
+    """The rows one batch added (zero for a batch that did not run)."""
+
+    images: int = 0
+    paths: int = 0
+    immich_assets: int = 0
+    faces: int = 0
+
+
+def run_load(config: LoadConfig, progress: ProgressFactory | None = None) -> LoadStats:
     """Load what ``config`` names (see the module docstring); ``progress(total)`` makes a bar per face cache."""
     started = time.monotonic()
     stats = LoadStats()
@@ -241,7 +257,7 @@ def _load_face_cache(
     data: CacheData,
     config: LoadConfig,
     stats: LoadStats,
-    progress: Callable[[int], Progress] | None = None,
+    progress: ProgressFactory | None = None,
 ) -> None:
     """The cache's batches, each in its own transaction, over ``config.workers`` connections at once (while
     one connection's server process writes, another batch is encoded or written)."""
@@ -282,8 +298,7 @@ def _write_batches(
             futures = {pool.submit(_load_batch, connections, failed, data, batch, bulk): batch for batch in batches}
             try:
                 for future in as_completed(futures):
-                    for name, value in future.result().items():
-                        setattr(stats, name, getattr(stats, name) + value)
+                    stats.add_batch(future.result())
                     if bar:
                         bar.advance(len(futures[future].faces))
             except BaseException:
@@ -333,19 +348,19 @@ def _face_batches(data: CacheData, size: int) -> Iterator[_Batch]:
 
 def _load_batch(
     connections: queue.Queue[Any], failed: threading.Event, data: CacheData, batch: _Batch, bulk: bool
-) -> dict[str, int]:
+) -> _BatchCounts:
     """One batch in one transaction; none starts after a batch failed (those in flight finish whole)."""
     if failed.is_set():
-        return {}
+        return _BatchCounts()
     conn = connections.get()
     try:
         with conn.transaction():
-            return {
-                "images_added": _insert_images(conn, [data.images[i] for i in batch.images], bulk),
-                "paths_added": _insert_paths(conn, [data.images[i] for i in batch.paths], bulk),
-                "immich_assets_added": _insert_assets(conn, [data.images[i] for i in batch.members]),
-                "faces_added": _insert_faces(conn, data, batch.faces, data.identity.name, bulk),
-            }
+            return _BatchCounts(
+                images=_insert_images(conn, [data.images[i] for i in batch.images], bulk),
+                paths=_insert_paths(conn, [data.images[i] for i in batch.paths], bulk),
+                immich_assets=_insert_assets(conn, [data.images[i] for i in batch.members]),
+                faces=_insert_faces(conn, data, batch.faces, data.identity.name, bulk),
+            )
     except BaseException:
         failed.set()
         raise

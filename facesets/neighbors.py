@@ -20,12 +20,13 @@ graph, and everything built on it, does not depend on the order the faces arrive
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from .progress import Progress
 
 EXACT_LIMIT = 30_000
 BLOCK = 4096
@@ -52,10 +53,10 @@ def knn_graph(
     vectors: NDArray[np.float32],
     k: int = DEFAULT_K,
     min_sim: float = -1.0,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> Graph:
     """The symmetrised k-nearest-neighbour graph of L2-normalised ``vectors``, edges below ``min_sim`` dropped;
-    ``progress(n)`` is told of each block of ``n`` faces searched."""
+    ``progress`` advances by each block of faces searched."""
     count = len(vectors)
     k = min(k, count - 1)
     if k <= 0:
@@ -66,7 +67,7 @@ def knn_graph(
     for block_start, ids, sims in search(vectors, k):
         parts.append(_edges(block_start, ids, sims, min_sim))
         if progress:
-            progress(len(ids))
+            progress.advance(len(ids))
     src = np.concatenate([part[0] for part in parts])
     dst = np.concatenate([part[1] for part in parts])
     sim = np.concatenate([part[2] for part in parts])

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import KW_ONLY, asdict, dataclass, field
 from typing import Any
 
@@ -40,7 +39,7 @@ from .errors import ConfigError, DatabaseError
 from .identify import cluster_params, match_faces, refine
 from .migrations import check_schema
 from .packs import PackIdentity
-from .progress import Progress
+from .progress import ProgressFactory
 from .settings import DEFAULT_PERSON_MIN_FACES
 from .thresholds import Thresholds, resolve_thresholds
 
@@ -111,9 +110,7 @@ class PersonClusterStats:
         return asdict(self)
 
 
-def run_person_cluster(
-    config: PersonClusterConfig, progress: Callable[[int], Progress] | None = None
-) -> PersonClusterStats:
+def run_person_cluster(config: PersonClusterConfig, progress: ProgressFactory | None = None) -> PersonClusterStats:
     started = time.monotonic()
     overrides = config.overrides()
     stats = PersonClusterStats()
@@ -187,7 +184,7 @@ def plan_persons(
     thresholds: Thresholds,
     config: PersonClusterConfig,
     hidden: set[int] | None = None,
-    progress: Callable[[int], Progress] | None = None,
+    progress: ProgressFactory | None = None,
 ) -> PersonPlan:
     """Which unassigned faces join which person, and which form new persons (pure: no database). ``hidden``
     persons are never joined."""
@@ -205,9 +202,7 @@ def plan_persons(
     rest = np.asarray([row for row in free.tolist() if row not in plan.joins], np.int64)
     params = cluster_params(config.algorithm, thresholds, config.min_points)
     bar = progress(len(rest)) if progress else None
-    labels, plan.library = cluster_library(
-        faces.vectors[rest], faces.photos[rest], params, faces.vectors, progress=bar.advance if bar else None
-    )
+    labels, plan.library = cluster_library(faces.vectors[rest], faces.photos[rest], params, faces.vectors, progress=bar)
     if bar:
         bar.close()
     keys = [str(face_id) for face_id in faces.ids.tolist()]

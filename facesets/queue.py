@@ -36,7 +36,7 @@ from .fsio import atomic_write_json, exclusive_lock, remove_stale_temps, temp_pa
 from .layout import lock_of
 from .paths import to_windows, valid_utf8
 from .pipeline import hash_file
-from .progress import Progress
+from .progress import ProgressFactory
 from .records import NO_SOURCE, Source, SourceKind
 
 FORMAT = "facesets.queue"
@@ -185,9 +185,7 @@ class ScanResult:
     skipped: list[tuple[str, str]]
 
 
-def scan_folders(
-    folders: Sequence[Path], workers: int = 4, progress: Callable[[int], Progress] | None = None
-) -> ScanResult:
+def scan_folders(folders: Sequence[Path], workers: int = 4, progress: ProgressFactory | None = None) -> ScanResult:
     """Queue entries for every image file under ``folders``: stat + BLAKE3, hashed in parallel."""
     skipped: list[tuple[str, str]] = []
     files: list[Path] = []

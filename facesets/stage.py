@@ -88,6 +88,19 @@ class StageConfig:
         return self.staging.absolute() / f".partial-{self.user}"
 
 
+class Skip(StrEnum):
+    """Why an asset is passed over while the listing is read (each value is its counter in the summary)."""
+
+    BAD_ID = "skipped_bad_id"
+    ALREADY_DONE = "already_done"
+    VIDEO = "skipped_video"
+    NOT_IMAGE = "skipped_not_image"
+    TRASHED = "skipped_trashed"
+    OFFLINE = "skipped_offline"
+    GENERATED = "skipped_generated"
+    BY_CHECKSUM = "skipped_by_checksum"
+
+
 @dataclass
 class StageStats:
     total_assets_seen: int = 0
@@ -98,24 +111,19 @@ class StageStats:
     skipped_no_faces: int = 0
     skipped_download_error: int = 0
     elapsed: float = 0.0
-    already_done: int = 0
-    skipped_by_checksum: int = 0
-    skipped_generated: int = 0
-    skipped_video: int = 0
-    skipped_not_image: int = 0
-    skipped_trashed: int = 0
-    skipped_offline: int = 0
     skipped_faces_error: int = 0
     skipped_gone: int = 0
     skipped_unsafe_path: int = 0
-    skipped_bad_id: int = 0
     adopted: int = 0
     would_stage: int = 0
     downloaded_bytes: int = 0
     complete: bool = False
+    skips: dict[Skip, int] = field(default_factory=lambda: dict.fromkeys(Skip, 0))
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "elapsed": round(self.elapsed, 2)}
+        counts = {skip.value: count for skip, count in self.skips.items()}
+        fields = {name: value for name, value in asdict(self).items() if name != "skips"}
+        return {**fields, **counts, "elapsed": round(self.elapsed, 2)}
 
 
 class Fetch(StrEnum):
@@ -259,8 +267,8 @@ class Stager:
         self.stats.total_assets_seen += 1
         skip = self._skip_reason(asset)
         if skip is not None:
-            setattr(self.stats, skip, getattr(self.stats, skip) + 1)
-            if skip != "already_done" and not self.config.dry_run:
+            self.stats.skips[skip] += 1
+            if skip is not Skip.ALREADY_DONE and not self.config.dry_run:
                 self.state.forget_pending(asset.id)  # left for a retry, since trashed or the like
             self._advance()
             return None
@@ -269,25 +277,25 @@ class Stager:
         path = self.state.pending.get(asset.id) or relative_path(asset.original_path, asset.id)
         return Candidate(asset, self.claims.claim(path, asset.id), page)
 
-    def _skip_reason(self, asset: Asset) -> str | None:
+    def _skip_reason(self, asset: Asset) -> Skip | None:
         if not ASSET_ID.match(asset.id):  # untrusted: it names files and URLs, so only a UUID passes
             log.warning("skipping an asset whose id is not a UUID: %s", printable(asset.id[:80]))
-            return "skipped_bad_id"
+            return Skip.BAD_ID
         if asset.id in self.state.seen:
-            return "already_done"
+            return Skip.ALREADY_DONE
         if asset.type is AssetType.VIDEO:
-            return "skipped_video"
+            return Skip.VIDEO
         if asset.type is not AssetType.IMAGE:
-            return "skipped_not_image"
+            return Skip.NOT_IMAGE
         if asset.is_trashed:
-            return "skipped_trashed"
+            return Skip.TRASHED
         if asset.is_offline:
-            return "skipped_offline"
+            return Skip.OFFLINE
         if GENERATED.search(asset.original_path.replace("\\", "/")):
-            return "skipped_generated"
+            return Skip.GENERATED
         if asset.checksum and asset.checksum in self.known.checksums:
             log.info("skipping %s: same checksum as %s", asset.id, self.known.checksums[asset.checksum])
-            return "skipped_by_checksum"
+            return Skip.BY_CHECKSUM
         return None
 
     # -- fetch (worker threads) --------------------------------------------------------------------------
@@ -391,8 +399,8 @@ class Stager:
         twin = "cache" if download.blake3 in self.known.cached_hashes else self.known.staged_hashes.get(download.blake3)
         if twin is not None:
             target.unlink(missing_ok=True)
-            counter = "deduped_against_existing" if twin == "cache" else "deduped_against_staged"
-            setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+            self.stats.deduped_against_existing += twin == "cache"
+            self.stats.deduped_against_staged += twin != "cache"
             self._record(asset.id, SeenAsset(Outcome.DUPLICATE, path, asset.checksum, download.blake3, 0, twin))
             return
         self.known.staged_hashes[download.blake3] = path
