@@ -230,7 +230,7 @@ def test_verbose_goes_before_or_after_the_command(tmp_path: Path, capsys: pytest
 
 
 def test_human_summaries_have_no_python_reprs_and_times_have_units(capsys: pytest.CaptureFixture[str]) -> None:
-    from facesets.clicommon import emit
+    from facesets.cli.options import emit
 
     emit({"new_sets": ["faceset_001", "faceset_002"], "already_applied": False, "elapsed": 62.812, "none": []}, False)
     assert capsys.readouterr().out.splitlines() == [

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from facesets import neighbors
-from facesets.cli import ALGORITHMS
+from facesets.cli.cluster import ALGORITHMS
 from facesets.clustering import Algorithm, ClusterParams, cluster
 from facesets.evaluation import score, subject_face
 from facesets.neighbors import knn_graph

@@ -11,7 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from facesets.cli import cluster_then_export, main
+from facesets.cli import main
+from facesets.cli.cluster import cluster_then_export
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:], cluster_then_export("cluster_immich.py"), "cluster_immich.py"))

@@ -9,7 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from facesets.cli import embed, main
+from facesets.cli import main
+from facesets.cli.embed import embed
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:], embed, "embed_worker.py"))

@@ -9,7 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from facesets.cli import main
-from facesets.clicommon import immich_stage
+from facesets.cli.immich import immich_stage
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:], immich_stage, "immich_stage.py"))

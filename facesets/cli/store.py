@@ -1,18 +1,106 @@
-"""The commands on the PostgreSQL store after ``facesets load``: ``persons ...``, ``search`` and ``similar``."""
+"""The commands on the PostgreSQL store: ``migrate``, ``load``, ``persons ...``, ``search`` and ``similar``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 import orjson
 
-from .clicommon import database_options, emit, json_option, providers_option
+from .options import bar, database_options, emit, json_option, providers_option
+
+
+@click.command("migrate")
+@database_options
+@json_option
+def migrate(database: str | None, data: Path, as_json: bool) -> None:
+    """Create or update the database schema (numbered migrations; safe to run twice or concurrently).
+
+    Example: facesets migrate --database 'postgresql://faces@db.lan/faces?sslmode=require'
+    """
+    from ..database import DatabaseConfig, connect, database_url, describe
+    from ..migrations import LATEST
+    from ..migrations import migrate as run_migrations
+
+    with database_url(DatabaseConfig(database, data)) as url, connect(url) as conn:
+        applied = run_migrations(conn)
+        if as_json:
+            done = [{"version": migration.version, "name": migration.name} for migration in applied]
+            emit({"database": describe(url), "applied": done, "schema": LATEST}, True)
+            return
+        for migration in applied:
+            click.echo(f"applied migration {migration.version}: {migration.name}")
+        click.echo(f"{describe(url)}: schema at version {LATEST}" + ("" if applied else " (already up to date)"))
+
+
+@click.command()
+@database_options
+@click.option(
+    "--caches",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("caches"),
+    show_default=True,
+    help="Folder with faces.npz, index.sqlite and clip.sqlite (each loaded if present).",
+)
+@click.option(
+    "--cache",
+    "extra_caches",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Another face cache to load (for example one made by the embed worker); repeat for several.",
+)
+@click.option("--clip-model", default=None, help="Which CLIP model's vectors to load when clip.sqlite holds several.")
+@click.option(
+    "--sets",
+    "sets_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("facesets_swap_ready"),
+    show_default=True,
+    help="Face-set folder whose canonical sets become persons (loaded if it exists).",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=5000,
+    show_default=True,
+    help="Images per transaction: a killed load loses at most the batches in flight.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 16),
+    default=2,
+    show_default=True,
+    help="Connections writing face batches at once (each holds one batch of vectors in memory).",
+)
+@json_option
+def load(
+    database: str | None,
+    data: Path,
+    caches: Path,
+    extra_caches: Sequence[Path],
+    clip_model: str | None,
+    sets_dir: Path,
+    batch: int,
+    workers: int,
+    as_json: bool,
+) -> None:
+    """Load caches, the gallery index state, CLIP vectors and face sets into PostgreSQL (idempotent, batched).
+
+    Example: facesets load --caches caches --cache caches/peter.npz
+    """
+    from ..database import DatabaseConfig
+    from ..load import LoadConfig, run_load
+
+    config = LoadConfig(
+        DatabaseConfig(database, data), caches, tuple(extra_caches), clip_model, batch, sets_dir, workers
+    )
+    emit(run_load(config, progress=bar("load", "face", as_json)).as_dict(), as_json)
 
 
 def _store(database: str | None, data: Path) -> Any:
-    from .database import DatabaseConfig, open_store
+    from ..database import DatabaseConfig, open_store
 
     return open_store(DatabaseConfig(database, data, must_exist=True))
 
@@ -48,7 +136,7 @@ def persons_list(database: str | None, data: Path, hidden: bool, as_json: bool, 
 
     Example: facesets persons list
     """
-    from .personops import list_persons
+    from ..personops import list_persons
 
     with _store(database, data) as conn:
         rows = list_persons(conn, hidden)
@@ -73,7 +161,7 @@ def persons_show(person: str, database: str | None, data: Path, limit: int, as_j
 
     Example: facesets persons show Ann
     """
-    from .personops import person_faces, resolve_person
+    from ..personops import person_faces, resolve_person
 
     with _store(database, data) as conn:
         faces = person_faces(conn, resolve_person(conn, person), limit)
@@ -95,7 +183,7 @@ def persons_name(person: str, name: str, database: str | None, data: Path, as_js
 
     Example: facesets persons name 12 "Ann Smith"
     """
-    from .personops import name_person, resolve_person
+    from ..personops import name_person, resolve_person
 
     with _store(database, data) as conn:
         person_id = resolve_person(conn, person)
@@ -117,7 +205,7 @@ def persons_merge(keep: str, others: tuple[str, ...], database: str | None, data
 
     Example: facesets persons merge Ann 17 23
     """
-    from .personops import merge_persons, resolve_person
+    from ..personops import merge_persons, resolve_person
 
     with _store(database, data) as conn:
         kept = resolve_person(conn, keep)
@@ -138,7 +226,7 @@ def persons_reset(person: str | None, names: bool, yes: bool, database: str | No
 
     Example: facesets persons reset --person 17 --yes
     """
-    from .personops import reset_persons, resolve_person
+    from ..personops import reset_persons, resolve_person
 
     with _store(database, data) as conn:
         person_id = resolve_person(conn, person) if person is not None else None
@@ -158,7 +246,7 @@ def persons_not(face: int, person: str, database: str | None, data: Path, as_jso
 
     Example: facesets persons not 4711 Ann
     """
-    from .personops import not_person, resolve_person
+    from ..personops import not_person, resolve_person
 
     with _store(database, data) as conn:
         result = not_person(conn, face, resolve_person(conn, person))
@@ -183,7 +271,7 @@ def persons_assign(face: int, person: str, move_other: bool, database: str | Non
 
     Example: facesets persons assign 4711 Ann
     """
-    from .personops import assign_face, resolve_person
+    from ..personops import assign_face, resolve_person
 
     with _store(database, data) as conn:
         result = assign_face(conn, face, resolve_person(conn, person), move_other)
@@ -207,7 +295,7 @@ def persons_unassigned(database: str | None, data: Path, limit: int, as_json: bo
 
     Example: facesets persons unassigned --limit 20
     """
-    from .personops import unassigned_faces
+    from ..personops import unassigned_faces
 
     with _store(database, data) as conn:
         total, faces = unassigned_faces(conn, limit)
@@ -253,7 +341,7 @@ def persons_unhide(person: str, database: str | None, data: Path, as_json: bool)
 
 
 def _set_hidden(person: str, database: str | None, data: Path, hidden: bool, as_json: bool) -> None:
-    from .personops import hide_person, resolve_person
+    from ..personops import hide_person, resolve_person
 
     with _store(database, data) as conn:
         result = hide_person(conn, resolve_person(conn, person), hidden)
@@ -293,8 +381,8 @@ def _print_hits(hits: list[Any], as_json: bool, as_lines: bool) -> None:
 
 
 def _clip_folder(conn: Any, clip_dir: Path | None, clip_model: str | None) -> Path:
-    from .clip import resolve_clip
-    from .errors import DatabaseError
+    from ..clip import resolve_clip
+    from ..errors import DatabaseError
 
     held = conn.execute("SELECT identity->>'name' FROM models WHERE purpose = 'clip'").fetchone()
     if held is None:
@@ -325,10 +413,10 @@ def search_command(
 
     Example: facesets search "birthday cake on a table" --person Ann --limit 10
     """
-    from .cliptext import ClipText
-    from .personops import resolve_person
-    from .runtime import runtime_options
-    from .search import check_clip_model, nearest_images
+    from ..cliptext import ClipText
+    from ..personops import resolve_person
+    from ..runtime import runtime_options
+    from ..search import check_clip_model, nearest_images
 
     options = runtime_options(providers)
     with _store(database, data) as conn:
@@ -359,8 +447,8 @@ def similar_command(
 
     Example: facesets similar ~/Pictures/beach.jpg --limit 10
     """
-    from .personops import resolve_person
-    from .search import image_vector, nearest_images
+    from ..personops import resolve_person
+    from ..search import image_vector, nearest_images
 
     with _store(database, data) as conn:
         person_id = resolve_person(conn, person) if person is not None else None

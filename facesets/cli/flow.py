@@ -6,8 +6,11 @@ from pathlib import Path
 
 import click
 
-from .clicommon import database_options, emit, json_option, model_options, providers_option
-from .settings import DEFAULT_MIN_FACES
+from ..errors import ConfigError
+from ..settings import (
+    DEFAULT_MIN_FACES,
+)
+from .options import database_options, emit, json_option, model_options, providers_option
 
 
 def _steps(_context: click.Context, _parameter: click.Parameter, value: str) -> tuple[str, ...]:
@@ -115,10 +118,9 @@ def finalize_command(
 
     Example: facesets finalize --user nic --embed windows --win-root /mnt/c/face_embed --win-python py
     """
-    from .database import DatabaseConfig
-    from .errors import ConfigError
-    from .finalize import FinalizeConfig, Step, run_finalize
-    from .winside import WindowsSide, running_under_wsl
+    from ..database import DatabaseConfig
+    from ..finalize import FinalizeConfig, Step, run_finalize
+    from ..winside import WindowsSide, running_under_wsl
 
     side = None
     wants_windows = embed_where == "windows" or (

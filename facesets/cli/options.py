@@ -1,0 +1,96 @@
+"""The option bundles and the output of every command: each option and each default defined once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from ..database import DEFAULT_DATA
+from ..packs import DEFAULT_PACK, MODEL_ROOT_ENV
+from ..progress import Progress
+
+
+def emit(data: dict[str, Any], as_json: bool) -> None:
+    """Print a summary: aligned ``key  value`` lines a person reads, or indented JSON with ``--json``."""
+    if as_json:
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+        return
+    width = max((len(key) for key in data), default=0)
+    for key, value in data.items():
+        click.echo(f"{key:<{width}}  {human(key, value)}")
+
+
+def human(key: str, value: Any) -> str:
+    """One summary value in words: lists joined, yes/no, seconds with their unit, nested counters as k=v."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={human(k, v)}" for k, v in value.items()) or "-"
+    if isinstance(value, list | tuple):
+        return ", ".join(human(key, item) for item in value) or "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, int | float) and (key == "elapsed" or key.endswith("seconds")):
+        return f"{value:.1f} s"
+    return str(value)
+
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as JSON (and no progress bar)."
+)  # every command that prints a result takes it, with this one text
+
+
+def database_options(function: Any) -> Any:
+    """--database (or $DATABASE_URL) and --data, shared by the commands that use the PostgreSQL store."""
+    function = click.option(
+        "--data",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=DEFAULT_DATA,
+        show_default=True,
+        help="Data folder of the embedded PostgreSQL.",
+    )(function)
+    return click.option(
+        "--database",
+        envvar="DATABASE_URL",
+        default=None,
+        help="PostgreSQL URL (also $DATABASE_URL); without one the embedded server under --data is used.",
+    )(function)
+
+
+def _provider_list(_context: click.Context, _parameter: click.Parameter, value: str) -> tuple[str, ...]:
+    return tuple(part for part in value.split(",") if part.strip())
+
+
+def providers_option(function: Any) -> Any:
+    """--providers, handed to the command as a tuple of names (empty: the best available)."""
+    return click.option(
+        "--providers",
+        default="",
+        callback=_provider_list,
+        help="Execution providers in order, e.g. 'dml,cpu' or 'cuda,cpu' "
+        "(default: the best available of DirectML, CUDA, CoreML, CPU).",
+    )(function)
+
+
+def model_options(function: Any) -> Any:
+    """--model-dir and --model-pack: the face model pack."""
+    function = click.option(
+        "--model-pack",
+        default=DEFAULT_PACK,
+        show_default=True,
+        help=f"Pack name, looked up under ${MODEL_ROOT_ENV}, then ~/.insightface/models.",
+    )(function)
+    return click.option(
+        "--model-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        help="A pack folder holding the detector and recognizer .onnx files (overrides --model-pack).",
+    )(function)
+
+
+def bar(label: str, unit: str, as_json: bool) -> Any:
+    """A progress factory for a stage (a bar on a terminal), none with --json."""
+
+    return None if as_json else lambda total: Progress(total, label, unit)
