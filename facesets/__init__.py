@@ -1,24 +1,21 @@
 """facesets: turn large photo libraries into searchable faces and identities.
 
-The package is a library with a thin command line (:mod:`facesets.cli`). Modules follow the pipeline:
+A library with a thin command line (:mod:`facesets.cli`), in subpackages that follow the pipeline; each
+imports only from those before it (``tests/test_layout.py`` checks it):
 
-- sources:   :mod:`facesets.galleries` (gallery discovery and listing), :mod:`facesets.queue` (``queue.json``)
-- decoding:  :mod:`facesets.decode` (bytes -> upright BGR pixels, reduced JPEG decoding, guards)
-- models:    :mod:`facesets.packs` (face model packs and their identity), :mod:`facesets.runtime`
-             (onnxruntime sessions and provider choice), :mod:`facesets.clip` (CLIP model lookup)
-- engines:   :mod:`facesets.faces` (detection, alignment, face embeddings), :mod:`facesets.clipvisual`
-             (CLIP image embeddings)
-- stages:    :mod:`facesets.embed` (queue -> face cache), :mod:`facesets.index` (galleries -> face cache,
-             CLIP store and index state, with four skip layers), :mod:`facesets.backfill` (stat only)
-- artifacts: :mod:`facesets.layout` (every file name the stages pass on), :mod:`facesets.plan` (the cluster
-             plan, typed), :mod:`facesets.cache` (face caches,
-             NPZ schema 2, crash-safe journal), :mod:`facesets.cacheops`
-             (extend, purge, summary), :mod:`facesets.indexstate` (SQLite index state),
-             :mod:`facesets.clipstore` (CLIP vectors per model)
-- database:  :mod:`facesets.database` (server, connections, pool), :mod:`facesets.migrations` (schema)
-- shared:    :mod:`facesets.errors` (the one exception hierarchy), :mod:`facesets.records` (typed records),
-             :mod:`facesets.fsio` (atomic writes, locks), :mod:`facesets.pipeline` (bounded maps),
-             :mod:`facesets.paths` (Linux <-> Windows paths), :mod:`facesets.progress`, :mod:`facesets.settings`
+- :mod:`facesets.base`       errors, settings, atomic writes and locks, progress, bounded maps, paths, messages
+- :mod:`facesets.models`     model packs, onnxruntime sessions, decoding, faces (SCRFD + ArcFace), CLIP towers
+- :mod:`facesets.artifacts`  every file passed between stages: layout, records, queue, caches, plan, face-set
+                             folders, index state, CLIP store
+- :mod:`facesets.sources`    galleries and Immich (client, config, stage, state, paths)
+- :mod:`facesets.cluster`    algorithms, neighbour graph, learned and per-model thresholds, plans, evaluation
+- :mod:`facesets.embed`      the shared per-image stages; queue embed, gallery index, backfill
+- :mod:`facesets.export`     face sets from a plan, and their report
+- :mod:`facesets.store`      PostgreSQL: server, schema, copy, load, persons, search
+- :mod:`facesets.flow`       finalize for one staged user, the Windows embed side
+- :mod:`facesets.cli`        the ``facesets`` command
+
+Order: base < models < artifacts < sources, cluster < embed, export, store < flow < cli.
 """
 
 __version__ = "0.1.0"

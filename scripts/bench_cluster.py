@@ -31,9 +31,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from facesets.calibration import poor_faces
-from facesets.clustering import Algorithm, ClusterParams, cluster_library
-from facesets.evaluation import score
+from facesets.cluster.algorithms import Algorithm, ClusterParams, cluster_library
+from facesets.cluster.calibration import poor_faces
+from facesets.cluster.evaluation import score
 
 DIM = 512
 CENTRE_DIMS = 100  # identity centres: the strangers' similarity shared by the pair of people
@@ -170,8 +170,8 @@ def _norm_correlation(vectors: np.ndarray, people: np.ndarray, norms: np.ndarray
 
 def reference_statistics(cache: Path, labels: Path) -> dict[str, float]:
     """The same statistics on a real labeled set: each labeled photo's subject face."""
-    from facesets.cache import load_cache
-    from facesets.evaluation import subject_face
+    from facesets.artifacts.cache import load_cache
+    from facesets.cluster.evaluation import subject_face
 
     data = load_cache(cache)
     truth = json.loads(labels.read_text())

@@ -9,7 +9,7 @@
    faces into the same table (rolled back).
 2. Person clustering of the loaded faces with ``facesets cluster --database`` in a child process: time, peak
    memory (the child's maximum resident set size), and the share of faces put with their own identity.
-3. 100 text-search queries (each near one topic) through ``facesets.search.nearest_images`` (HNSW): p50/p95,
+3. 100 text-search queries (each near one topic) through ``facesets.store.search.nearest_images`` (HNSW): p50/p95,
    against the same queries as an exact scan (the index disabled), and the recall of the index's top 20.
 """
 
@@ -31,15 +31,15 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from facesets.cache import META_DTYPE, CacheData, write_npz  # noqa: E402
-from facesets.clip import ClipIdentity  # noqa: E402
-from facesets.clipstore import ClipStore  # noqa: E402
-from facesets.database import DatabaseConfig, connect, database_url  # noqa: E402
-from facesets.load import LoadConfig, run_load  # noqa: E402
-from facesets.migrations import migrate  # noqa: E402
-from facesets.packs import PackIdentity  # noqa: E402
-from facesets.records import ImageRecord, ImageStatus  # noqa: E402
-from facesets.search import nearest_images  # noqa: E402
+from facesets.artifacts.cache import META_DTYPE, CacheData, write_npz  # noqa: E402
+from facesets.artifacts.clipstore import ClipStore  # noqa: E402
+from facesets.artifacts.records import ImageRecord, ImageStatus  # noqa: E402
+from facesets.models.clip import ClipIdentity  # noqa: E402
+from facesets.models.packs import PackIdentity  # noqa: E402
+from facesets.store.database import DatabaseConfig, connect, database_url  # noqa: E402
+from facesets.store.load import LoadConfig, run_load  # noqa: E402
+from facesets.store.migrations import migrate  # noqa: E402
+from facesets.store.search import nearest_images  # noqa: E402
 
 FACES_PER_IDENTITY = 50
 NOISE = 0.9  # inner similarity 1 / (1 + NOISE**2), about 0.55

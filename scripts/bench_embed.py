@@ -33,14 +33,14 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from facesets.cache import load_cache  # noqa: E402
-from facesets.decode import decode  # noqa: E402
-from facesets.embed import EmbedConfig, run_embed  # noqa: E402
-from facesets.faces import align, build_engine  # noqa: E402
-from facesets.packs import resolve_pack  # noqa: E402
-from facesets.queue import QueueEntry, write_queue  # noqa: E402
-from facesets.runtime import RuntimeOptions  # noqa: E402
-from facesets.settings import Mode  # noqa: E402
+from facesets.artifacts.cache import load_cache  # noqa: E402
+from facesets.artifacts.queue import QueueEntry, write_queue  # noqa: E402
+from facesets.base.settings import Mode  # noqa: E402
+from facesets.embed.queue import EmbedConfig, run_embed  # noqa: E402
+from facesets.models.decode import decode  # noqa: E402
+from facesets.models.faces import align, build_engine  # noqa: E402
+from facesets.models.packs import resolve_pack  # noqa: E402
+from facesets.models.runtime import RuntimeOptions  # noqa: E402
 
 MIN_COMPARED_FACE = 90.0
 

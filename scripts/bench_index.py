@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 if TYPE_CHECKING:  # the bare walk child imports nothing of facesets
-    from facesets.faces import FaceEngine
-    from facesets.packs import PackIdentity
+    from facesets.models.faces import FaceEngine
+    from facesets.models.packs import PackIdentity
 
 
 def build_tree(root: Path, galleries: int, files: int) -> int:
@@ -94,7 +94,7 @@ class NoFaces:
 
     @property
     def identity(self) -> PackIdentity:
-        from facesets.packs import PackIdentity
+        from facesets.models.packs import PackIdentity
 
         return PackIdentity("none", "none", "0" * 64, "none", "0" * 64)
 
@@ -104,7 +104,7 @@ class NoFaces:
 
 def index_only(root: Path, caches: Path) -> None:
     """``facesets index`` with the no-op face model, in this process."""
-    from facesets.index import IndexConfig, run_index
+    from facesets.embed.index import IndexConfig, run_index
 
     stats = run_index(IndexConfig(targets=(root,), caches=caches, no_clip=True), face_model=NoFaces())
     print(json.dumps(stats.as_dict()))

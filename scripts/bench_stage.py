@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from facesets.immich import ClientOptions, Secret
-from facesets.stage import StageConfig, run_stage
+from facesets.sources.immich.client import ClientOptions, Secret
+from facesets.sources.immich.stage import StageConfig, run_stage
 from tests.fakeimmich import FakeAsset, FakeImmich, FakeUser, fake_uuid
 
 KEY = "bench-key"

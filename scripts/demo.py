@@ -24,12 +24,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from facesets.base.errors import FacesetsError  # noqa: E402
 from facesets.cli import main  # noqa: E402
-from facesets.clip import resolve_clip  # noqa: E402
-from facesets.errors import FacesetsError  # noqa: E402
-from facesets.faces import build_engine  # noqa: E402
-from facesets.packs import resolve_pack  # noqa: E402
-from facesets.runtime import RuntimeOptions  # noqa: E402
+from facesets.models.clip import resolve_clip  # noqa: E402
+from facesets.models.faces import build_engine  # noqa: E402
+from facesets.models.packs import resolve_pack  # noqa: E402
+from facesets.models.runtime import RuntimeOptions  # noqa: E402
 
 
 def sample_photos(shared: Path) -> tuple[Path, list[Path]]:

@@ -6,7 +6,7 @@ then
 - **cli**: ``facesets cluster`` with its defaults into an empty face-sets folder (matching, the clustering
   engine, the refine gates and ``min_faces``), each labeled photo's subject face (InsightFace's ``max_num``
   rule) scored by the set it lands in; a face in no set counts as its own singleton;
-- **engine**: every face clustered by :func:`facesets.clustering.cluster` alone (no gates), each algorithm at
+- **engine**: every face clustered by :func:`facesets.cluster.algorithms.cluster` alone (no gates), each algorithm at
   its own default: ours (the library-adaptive default), the original face-sets (average linkage at 0.55), the
   original rbv (components at similarity 0.65) and Immich (DBSCAN at 0.5, three faces).
 
@@ -33,14 +33,14 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from facesets.cache import load_cache
-from facesets.calibration import describe, poor_faces
-from facesets.clustering import Algorithm, ClusterParams, cluster_library
-from facesets.embed import EmbedConfig, run_embed
-from facesets.evaluation import Scores, score, subject_face
-from facesets.facesetdir import face_key
-from facesets.identify import ClusterConfig, run_cluster
-from facesets.queue import append_entries, scan_folders
+from facesets.artifacts.cache import load_cache
+from facesets.artifacts.facesetdir import face_key
+from facesets.artifacts.queue import append_entries, scan_folders
+from facesets.cluster.algorithms import Algorithm, ClusterParams, cluster_library
+from facesets.cluster.calibration import describe, poor_faces
+from facesets.cluster.evaluation import Scores, score, subject_face
+from facesets.cluster.identify import ClusterConfig, run_cluster
+from facesets.embed.queue import EmbedConfig, run_embed
 
 # The seed algorithms at their own published defaults (cosine distances).
 SEEDS = {

@@ -349,7 +349,7 @@ class _Stage:
 def _cache_records(where: Callable[[str], str]) -> Callable[[Path, str], object]:
     def records(base: Path, out: str) -> object:
         sys.path.insert(0, str(REPO))
-        from facesets.cache import load_cache
+        from facesets.artifacts.cache import load_cache
 
         data = load_cache(base / where(out))
         return sorted((Path(r.path).name, r.content_hash, r.status.value, r.faces) for r in data.images)
@@ -365,7 +365,7 @@ def _store(base: Path, out: str) -> object:
     sys.path.insert(0, str(REPO))
     import psycopg
 
-    from facesets.database import embedded_server
+    from facesets.store.database import embedded_server
 
     data = base / f"{out}-pg"
     deadline = time.monotonic() + 30
@@ -388,7 +388,7 @@ def _server_running(data: Path) -> bool:
 
 def _queue(base: Path, out: str) -> object:
     sys.path.insert(0, str(REPO))
-    from facesets.queue import read_queue
+    from facesets.artifacts.queue import read_queue
 
     return sorted((Path(entry.path).name, entry.content_hash) for entry in read_queue(base / f"{out}-q.json"))
 
@@ -396,7 +396,7 @@ def _queue(base: Path, out: str) -> object:
 def _plan(base: Path, out: str) -> object:
     """The plan's sets and their member faces."""
     sys.path.insert(0, str(REPO))
-    from facesets.plan import read_plan
+    from facesets.artifacts.plan import read_plan
 
     plan = read_plan(base / f"{out}-cplan.json")
     return sorted((identity.set, sorted(face.key for face in identity.members)) for identity in plan.identities)

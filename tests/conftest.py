@@ -11,9 +11,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from facesets.faces import FaceEngine, build_engine
-from facesets.packs import ModelPack, resolve_pack
-from facesets.runtime import RuntimeOptions
+from facesets.models.faces import FaceEngine, build_engine
+from facesets.models.packs import ModelPack, resolve_pack
+from facesets.models.runtime import RuntimeOptions
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("FACESETS_SHARED", REPO.parent / "shared"))
@@ -96,7 +96,7 @@ def server() -> Iterator[tuple[str, Path]]:
     """An embedded server in a folder its system user can traverse (pytest's tmp root is mode 0700)."""
     base = Path(tempfile.mkdtemp(prefix="facesets-pg-"))
     base.chmod(0o777)
-    from facesets.database import embedded_server
+    from facesets.store.database import embedded_server
 
     try:
         with embedded_server(base / "pg") as url:

@@ -16,11 +16,11 @@ import blake3
 import numpy as np
 from PIL import Image
 
-from facesets.cache import CacheWriter
-from facesets.decode import decode
-from facesets.faces import FaceEngine
-from facesets.packs import PackIdentity
-from facesets.records import ImageRecord, ImageStatus, Source, SourceKind
+from facesets.artifacts.cache import CacheWriter
+from facesets.artifacts.records import ImageRecord, ImageStatus, Source, SourceKind
+from facesets.models.decode import decode
+from facesets.models.faces import FaceEngine
+from facesets.models.packs import PackIdentity
 from tests.fakeimmich import FakeAsset, FakeUser, fake_uuid
 
 MIN_FACE = 90
@@ -37,7 +37,7 @@ HOSTILE = [
     "/photos/case.jpg",
     "/photos/CON.jpg",
 ]
-# Where each of HOSTILE lands under <staging>/peter/ (see facesets.stagepaths).
+# Where each of HOSTILE lands under <staging>/peter/ (see facesets.sources.immich.paths).
 EXPECTED_PATHS = [
     "photos/2019/beach.jpg",
     "etc/evil.jpg",

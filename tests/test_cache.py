@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesets.cache import (
+from facesets.artifacts.cache import (
     FIRST_META_DTYPE,
     META_DTYPE,
     CacheData,
@@ -13,11 +13,11 @@ from facesets.cache import (
     load_cache,
     write_npz,
 )
-from facesets.cacheops import cache_summary, extend_cache
-from facesets.errors import CacheCorruptError, CacheModelMismatchError, CacheVersionError, FacesetsError
-from facesets.faces import Face
-from facesets.packs import PackIdentity
-from facesets.records import ImageRecord, ImageStatus
+from facesets.artifacts.cacheops import cache_summary, extend_cache
+from facesets.artifacts.records import ImageRecord, ImageStatus
+from facesets.base.errors import CacheCorruptError, CacheModelMismatchError, CacheVersionError, FacesetsError
+from facesets.models.faces import Face
+from facesets.models.packs import PackIdentity
 
 IDENTITY = PackIdentity("p", "det.onnx", "d" * 64, "rec.onnx", "r" * 64)
 OTHER = PackIdentity("q", "det.onnx", "d" * 64, "rec2.onnx", "s" * 64)

@@ -8,7 +8,8 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from facesets.calibration import (
+from facesets.cluster.algorithms import Algorithm, ClusterParams, cluster, cluster_library
+from facesets.cluster.calibration import (
     FALSE_LINKS_PER_FACE,
     MIN_LIBRARY,
     estimate,
@@ -18,10 +19,9 @@ from facesets.calibration import (
     same_photo_pairs,
     shared_fraction,
 )
-from facesets.clustering import Algorithm, ClusterParams, cluster, cluster_library
-from facesets.evaluation import score
-from facesets.identify import refine
-from facesets.thresholds import Thresholds
+from facesets.cluster.evaluation import score
+from facesets.cluster.identify import refine
+from facesets.cluster.thresholds import Thresholds
 
 
 def library(people: int, per_person: int, seed: int = 5, quality: float = 0.78) -> tuple[np.ndarray, np.ndarray]:

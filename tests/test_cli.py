@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 import pytest
 
-from facesets.cache import load_cache
+from facesets.artifacts.cache import load_cache
 from facesets.cli import cli, main
 from tests.conftest import REPO
 
@@ -143,7 +143,7 @@ def test_queue_commands(tmp_path: Path, sample_photos: list[Path], capsys: pytes
 def test_progress_line_has_rate_and_eta() -> None:
     import io
 
-    from facesets.progress import Progress
+    from facesets.base.progress import Progress
 
     stream = io.StringIO()
     bar = Progress(4, "hash", "file", stream=stream, enabled=True)
@@ -161,7 +161,7 @@ def test_progress_line_has_rate_and_eta() -> None:
 
 
 def test_progress_fits_the_terminal_and_its_eta_follows_the_recent_rate() -> None:
-    from facesets.progress import WINDOW, Progress
+    from facesets.base.progress import WINDOW, Progress
 
     bar = Progress(1000, "embed", enabled=False)
     bar.started = 0.0
@@ -282,7 +282,7 @@ def test_no_exception_reaches_the_user_as_a_traceback(
     def broken(path: object) -> None:
         raise raised
 
-    monkeypatch.setattr("facesets.queue.read_queue", broken)
+    monkeypatch.setattr("facesets.artifacts.queue.read_queue", broken)
     assert main(["queue", "info", "q.json"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(expected) and "Traceback" not in err and len(err.splitlines()) == 1
@@ -296,7 +296,7 @@ def test_a_database_server_with_a_full_disk_is_one_line(
     def full(path: object) -> None:
         raise psycopg.errors.DiskFull("could not extend file base/5/16384: No space left on device")
 
-    monkeypatch.setattr("facesets.queue.read_queue", full)
+    monkeypatch.setattr("facesets.artifacts.queue.read_queue", full)
     assert main(["queue", "info", "q.json"]) == 1
     assert capsys.readouterr().err == (
         "error: the database server's disk is full: what was committed before is kept; free space on the server and "

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facesets.clip import CLIP_ROOT_ENV, clip_identity, resolve_clip
-from facesets.clipvisual import ClipVisual
-from facesets.decode import decode
-from facesets.errors import ModelPackError
+from facesets.base.errors import ModelPackError
+from facesets.models.clip import CLIP_ROOT_ENV, clip_identity, resolve_clip
+from facesets.models.clipvisual import ClipVisual
+from facesets.models.decode import decode
 from tests import clipmodel
 from tests.conftest import CPU
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facesets import neighbors
 from facesets.cli.cluster import ALGORITHMS
-from facesets.clustering import Algorithm, ClusterParams, cluster
-from facesets.evaluation import score, subject_face
-from facesets.neighbors import knn_graph
+from facesets.cluster import neighbors
+from facesets.cluster.algorithms import Algorithm, ClusterParams, cluster
+from facesets.cluster.evaluation import score, subject_face
+from facesets.cluster.neighbors import knn_graph
 
 
 def people(seed: int = 3, sizes: tuple[int, ...] = (6, 5, 4), spread: float = 0.35) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +119,7 @@ def test_subject_face_is_insightfaces_max_num_rule() -> None:
 
 
 def counted_rounds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    from facesets import clustering
+    from facesets.cluster import algorithms as clustering
 
     calls: list[int] = []
     real = clustering._merges

@@ -8,10 +8,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from facesets.base.errors import DatabaseError, SchemaError
 from facesets.cli import main
-from facesets.database import connect
-from facesets.errors import DatabaseError, SchemaError
-from facesets.migrations import LATEST, check_schema, ensure_extension, migrate
+from facesets.store.database import connect
+from facesets.store.migrations import LATEST, check_schema, ensure_extension, migrate
 from tests.conftest import REPO
 
 
@@ -182,7 +182,7 @@ def test_an_embedded_server_left_by_a_killed_command_is_adopted_and_stopped() ->
     try:
         holder = subprocess.Popen(
             [sys.executable, "-c", "import sys, time; from pathlib import Path\n"
-             "from facesets.database import embedded_server\n"
+             "from facesets.store.database import embedded_server\n"
              "with embedded_server(Path(sys.argv[1])) as url:\n    print(url, flush=True); time.sleep(120)", str(data)],
             env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
@@ -237,7 +237,7 @@ def test_a_command_killed_while_the_embedded_server_is_initialised_does_not_brea
 
 
 def test_a_data_folder_with_other_files_is_never_removed(tmp_path: Path) -> None:
-    from facesets.database import _discard_unfinished_init
+    from facesets.store.database import _discard_unfinished_init
 
     (tmp_path / "PG_VERSION").write_text("16\n")
     (tmp_path / "notes.txt").write_text("mine")

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facesets.decode import decode
-from facesets.errors import ImageLoadError
-from facesets.pipeline import read_image
+from facesets.base.errors import ImageLoadError
+from facesets.base.pipeline import read_image
+from facesets.models.decode import decode
 from tests import corpus
 
 
@@ -153,7 +153,7 @@ def test_read_error_is_a_reason() -> None:
 
 
 def test_only_the_supported_formats_are_opened() -> None:
-    from facesets.decode import FORMATS, decode
+    from facesets.models.decode import FORMATS, decode
 
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
     with pytest.raises(ImageLoadError, match="not an image"):

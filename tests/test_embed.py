@@ -10,13 +10,13 @@ import numpy as np
 import orjson
 import pytest
 
-from facesets.cache import journal_segments, load_cache
+from facesets.artifacts.cache import journal_segments, load_cache
+from facesets.artifacts.queue import QueueEntry, scan_folders, write_queue
+from facesets.artifacts.records import ImageStatus
+from facesets.base.errors import CacheCorruptError
+from facesets.base.settings import Mode
 from facesets.cli import main
-from facesets.embed import EmbedConfig, run_embed
-from facesets.errors import CacheCorruptError
-from facesets.queue import QueueEntry, scan_folders, write_queue
-from facesets.records import ImageStatus
-from facesets.settings import Mode
+from facesets.embed.queue import EmbedConfig, run_embed
 from tests import corpus
 from tests.conftest import REPO
 
@@ -308,7 +308,7 @@ def test_queue_add_skips_what_is_not_a_regular_file(tmp_path: Path, sample_photo
 def test_out_of_memory_is_not_recorded_and_the_next_run_retries(
     tmp_path: Path, pack_dir: Path, sample_photos: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import facesets.decode as decode_module
+    import facesets.models.decode as decode_module
 
     photos = photo_folder(tmp_path, {f"{index}.jpg": photo for index, photo in enumerate(sample_photos[:3])})
     make_queue(photos, tmp_path / "queue.json")

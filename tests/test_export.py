@@ -17,14 +17,14 @@ import orjson
 import pytest
 from PIL import Image
 
-from facesets import export as export_module
-from facesets.clustering import Algorithm
-from facesets.embed import EmbedConfig, run_embed
-from facesets.errors import ConfigError, FaceSetError, FacesetsError
-from facesets.export import ExportConfig, run_export
-from facesets.identify import ClusterConfig, PackEmbedder, run_cluster
-from facesets.packs import ModelPack
-from facesets.queue import append_entries, scan_folders
+from facesets.artifacts.queue import append_entries, scan_folders
+from facesets.base.errors import ConfigError, FaceSetError, FacesetsError
+from facesets.cluster.algorithms import Algorithm
+from facesets.cluster.identify import ClusterConfig, PackEmbedder, run_cluster
+from facesets.embed.queue import EmbedConfig, run_embed
+from facesets.export import sets as export_module
+from facesets.export.sets import ExportConfig, run_export
+from facesets.models.packs import ModelPack
 from tests.conftest import REPO
 
 PEOPLE = {"madonna": 2012, "elton_john": 2016, "jerry_seinfeld": 2021}
@@ -245,8 +245,8 @@ def test_bad_manifests_and_models_are_clear_errors(library: Path, tmp_path: Path
 
 
 def test_a_model_without_thresholds_needs_them_on_the_command_line() -> None:
-    from facesets.packs import PackIdentity
-    from facesets.thresholds import resolve_thresholds
+    from facesets.cluster.thresholds import resolve_thresholds
+    from facesets.models.packs import PackIdentity
 
     unknown = PackIdentity("custom", "det.onnx", "0" * 64, "rec.onnx", "1" * 64)
     with pytest.raises(ConfigError, match=r"pass --match-distance \(a cosine distance"):
@@ -311,8 +311,8 @@ def test_a_hostile_plan_writes_nothing_outside_the_sets(library: Path, tmp_path:
 
 
 def test_era_rebuilds_never_delete_what_facesets_did_not_make(library: Path, tmp_path: Path) -> None:
-    from facesets.export import _rebuild_eras
-    from facesets.facesetdir import read_set
+    from facesets.artifacts.facesetdir import read_set
+    from facesets.export.sets import _rebuild_eras
 
     sets = tmp_path / "facesets_swap_ready"
     plan = tmp_path / "clusters.json"
@@ -334,8 +334,8 @@ def test_era_rebuilds_never_delete_what_facesets_did_not_make(library: Path, tmp
 
 
 def test_a_plan_made_against_other_sets_is_refused(library: Path, tmp_path: Path) -> None:
-    from facesets.fsio import exclusive_lock
-    from facesets.layout import SETS_LOCK
+    from facesets.artifacts.layout import SETS_LOCK
+    from facesets.base.fsio import exclusive_lock
 
     sets = tmp_path / "facesets_swap_ready"
     first, second = tmp_path / "a.json", tmp_path / "b.json"
@@ -368,7 +368,7 @@ def test_a_photo_changed_since_clustering_is_skipped_not_cropped(
 
 
 def test_a_plan_reads_back_as_it_was_written(library: Path, tmp_path: Path) -> None:
-    from facesets.plan import read_plan, write_plan
+    from facesets.artifacts.plan import read_plan, write_plan
 
     plan_path = tmp_path / "clusters.json"
     run_cluster(ClusterConfig(caches=(library,), sets_dir=tmp_path / "sets", plan=plan_path, min_faces=3))

@@ -5,9 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from facesets.decode import decode
-from facesets.evaluation import subject_face
-from facesets.faces import ARCFACE_TEMPLATE, FaceEngine, align, nms, similarity_transform
+from facesets.cluster.evaluation import subject_face
+from facesets.models.decode import decode
+from facesets.models.faces import ARCFACE_TEMPLATE, FaceEngine, align, nms, similarity_transform
 
 
 def analyze(engine: FaceEngine, path: Path, fit: int | None = None) -> list:
@@ -143,7 +143,7 @@ def test_nms_keeps_the_best_of_overlapping_boxes() -> None:
 
 
 def test_min_face_drops_small_faces(pack, t1_jpg: Path) -> None:
-    from facesets.faces import build_engine
+    from facesets.models.faces import build_engine
     from tests.conftest import CPU
 
     everything = analyze(build_engine(pack, CPU), t1_jpg)

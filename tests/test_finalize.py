@@ -11,11 +11,11 @@ import orjson
 import psycopg
 import pytest
 
-from facesets.cache import load_cache
-from facesets.database import DatabaseConfig
-from facesets.errors import DatabaseError, PathMappingError
-from facesets.finalize import FinalizeConfig, Step, run_finalize
-from facesets.winside import WindowsSide, powershell_command, running_under_wsl
+from facesets.artifacts.cache import load_cache
+from facesets.base.errors import DatabaseError, PathMappingError
+from facesets.flow.finalize import FinalizeConfig, Step, run_finalize
+from facesets.flow.winside import WindowsSide, powershell_command, running_under_wsl
+from facesets.store.database import DatabaseConfig
 from tests.conftest import REPO
 from tests.fakeimmich import FakeImmich, SpecChecker
 from tests.immichlib import NIC, PETER, Library
@@ -129,7 +129,7 @@ def test_a_failed_step_resumes_and_a_changed_input_reruns_the_right_steps(
 def test_the_windows_side_refuses_paths_it_cannot_read(workdir: Path, pack_dir: Path) -> None:  # noqa: F811
     queue = workdir / "staging" / "queue-peter.json"
     queue.parent.mkdir()
-    from facesets.queue import QueueEntry, write_queue
+    from facesets.artifacts.queue import QueueEntry, write_queue
 
     write_queue(queue, [QueueEntry(str(workdir / "a.jpg"), None, "a" * 64, 1)])
     side = WindowsSide(workdir / "win", "python.exe", run=FakeWindows(pack_dir))
@@ -142,7 +142,7 @@ def test_a_checkouts_worker_script_runs_when_win_worker_names_it(
     pack_dir: Path,
     sample_photos: list[Path],
 ) -> None:
-    from facesets.queue import scan_folders, write_queue
+    from facesets.artifacts.queue import scan_folders, write_queue
 
     (workdir / "photos").mkdir()
     (workdir / "photos" / "a.jpg").write_bytes(sample_photos[0].read_bytes())

@@ -9,14 +9,14 @@ import numpy as np
 import orjson
 import pytest
 
-from facesets.backfill import run_backfill
-from facesets.cache import journal_segments, load_cache
-from facesets.errors import CacheError, ConfigError, ModelPackError
-from facesets.faces import FaceEngine
-from facesets.index import FaceModel, IndexConfig, run_index
-from facesets.indexstate import IndexState
-from facesets.layout import FACE_CACHE, INDEX_STATE
-from facesets.packs import PackIdentity
+from facesets.artifacts.cache import journal_segments, load_cache
+from facesets.artifacts.indexstate import IndexState
+from facesets.artifacts.layout import FACE_CACHE, INDEX_STATE
+from facesets.base.errors import CacheError, ConfigError, ModelPackError
+from facesets.embed.backfill import run_backfill
+from facesets.embed.index import FaceModel, IndexConfig, run_index
+from facesets.models.faces import FaceEngine
+from facesets.models.packs import PackIdentity
 from tests.conftest import REPO
 
 
@@ -238,12 +238,12 @@ def test_full_disk_keeps_previous_state_and_cache(
     caches = tmp_path / "caches"
     before = (caches / FACE_CACHE).read_bytes()
     (tree / "chunk1" / "a" / "new.jpg").write_bytes((faces_dir / "deepface" / "img5.jpg").read_bytes())
-    import facesets.cache
+    import facesets.artifacts.cache
 
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(facesets.cache, "write_npz", full)
+    monkeypatch.setattr(facesets.artifacts.cache, "write_npz", full)
     with pytest.raises(CacheError, match=r"No space left on device.*intact"):
         index(tmp_path, pack_dir, tree)
     monkeypatch.undo()
@@ -317,8 +317,8 @@ def test_sigkill_then_resume(tmp_path: Path, pack_dir: Path, faces_dir: Path) ->
 
 
 def test_clip_vectors_and_a_model_change_reembed_clip_only(tmp_path: Path, pack_dir: Path, tree: Path) -> None:
-    from facesets.clip import clip_identity
-    from facesets.clipstore import ClipStore
+    from facesets.artifacts.clipstore import ClipStore
+    from facesets.models.clip import clip_identity
     from tests import clipmodel
 
     model_a = clipmodel.build(tmp_path / "clip-a", seed=0)
@@ -369,7 +369,7 @@ def test_clip_added_after_a_faces_only_index(tmp_path: Path, pack_dir: Path, tre
 def test_missing_clip_model_is_a_clear_error(
     tmp_path: Path, pack_dir: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from facesets.errors import ModelPackError
+    from facesets.base.errors import ModelPackError
 
     monkeypatch.setenv("FACESETS_CLIP_ROOT", str(tmp_path / "none"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -421,7 +421,7 @@ def test_file_replaced_while_being_read(
     """The bytes actually read are what is recorded: their hash and their size, so the next run agrees."""
     import blake3
 
-    from facesets.pipeline import read_image as real_read
+    from facesets.base.pipeline import read_image as real_read
 
     target = tree / "chunk1" / "a" / "2.jpg"
     replacement = (faces_dir / "deepface" / "img7.jpg").read_bytes()
@@ -431,7 +431,7 @@ def test_file_replaced_while_being_read(
             target.write_bytes(replacement)
         return real_read(path, max_bytes)
 
-    monkeypatch.setattr("facesets.stages.read_image", replaced_during_read)
+    monkeypatch.setattr("facesets.embed.stages.read_image", replaced_during_read)
     index(tmp_path, pack_dir, tree)
     monkeypatch.undo()
     state = IndexState(tmp_path / "caches" / INDEX_STATE)
@@ -470,7 +470,7 @@ def test_a_fifo_or_device_in_a_gallery_is_a_counted_failure(tmp_path: Path, pack
 def test_out_of_memory_in_index_is_retried_next_run(
     tmp_path: Path, pack_dir: Path, faces_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import facesets.decode as decode_module
+    import facesets.models.decode as decode_module
 
     root = tmp_path / "root"
     photos = {"a.jpg": faces_dir / "deepface" / "img1.jpg", "b.jpg": faces_dir / "deepface" / "img2.jpg"}

@@ -10,14 +10,14 @@ import numpy as np
 import psycopg
 import pytest
 
-from facesets.cache import CacheWriter
-from facesets.database import DatabaseConfig, connect
-from facesets.errors import DatabaseError
-from facesets.index import IndexConfig, run_index
-from facesets.load import LoadConfig, run_load
-from facesets.migrations import migrate
-from facesets.packs import PackIdentity
-from facesets.records import ImageRecord, ImageStatus, Source, SourceKind
+from facesets.artifacts.cache import CacheWriter
+from facesets.artifacts.records import ImageRecord, ImageStatus, Source, SourceKind
+from facesets.base.errors import DatabaseError
+from facesets.embed.index import IndexConfig, run_index
+from facesets.models.packs import PackIdentity
+from facesets.store.database import DatabaseConfig, connect
+from facesets.store.load import LoadConfig, run_load
+from facesets.store.migrations import migrate
 from tests import clipmodel
 from tests.conftest import REPO
 from tests.test_index import make_gallery
@@ -111,11 +111,11 @@ def test_vectors_of_another_model_are_refused(database: str, indexed: tuple[Path
 def test_a_failed_batch_leaves_no_partial_batch(
     database: str, indexed: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import facesets.load
+    import facesets.store.load
 
     _, caches = indexed
     config = LoadConfig(migrated(database), caches, batch=1, workers=1)
-    real = facesets.load._insert_faces
+    real = facesets.store.load._insert_faces
     calls = []
 
     def fails_on_the_second_batch(*args: object) -> int:
@@ -124,7 +124,7 @@ def test_a_failed_batch_leaves_no_partial_batch(
             raise RuntimeError("killed")
         return real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(facesets.load, "_insert_faces", fails_on_the_second_batch)
+    monkeypatch.setattr(facesets.store.load, "_insert_faces", fails_on_the_second_batch)
     with pytest.raises(RuntimeError, match="killed"):
         run_load(config)
     partial = counts(database)
@@ -169,12 +169,12 @@ def test_a_bulk_load_adds_back_its_constraints_and_they_hold(database: str, inde
 
 
 def test_a_killed_bulk_load_is_made_whole_by_the_next_load(database: str, indexed: tuple[Path, Path]) -> None:
-    import facesets.load
+    import facesets.store.load
 
     _, caches = indexed
     config = migrated(database)
     with connect(database) as conn:
-        assert facesets.load._start_bulk(conn)  # as a bulk load killed before its end leaves the store
+        assert facesets.store.load._start_bulk(conn)  # as a bulk load killed before its end leaves the store
     assert bulk_constraints(database) == set()
     with psycopg.connect(database) as conn:
         conn.execute("INSERT INTO images VALUES (%s, 1)", ("a" * 64,))  # rows its first batches wrote

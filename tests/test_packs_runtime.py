@@ -3,9 +3,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesets.errors import ModelPackError, ProviderError
-from facesets.packs import DEFAULT_PACK, MODEL_ROOT_ENV, resolve_pack
-from facesets.runtime import RuntimeOptions, SerialSession, choose_providers, create_session
+from facesets.base.errors import ModelPackError, ProviderError
+from facesets.models.packs import DEFAULT_PACK, MODEL_ROOT_ENV, resolve_pack
+from facesets.models.runtime import RuntimeOptions, SerialSession, choose_providers, create_session
 
 
 def test_resolve_by_dir(pack_dir: Path) -> None:
@@ -106,7 +106,7 @@ def test_embed_uses_chosen_providers(monkeypatch: pytest.MonkeyPatch, pack_dir: 
     monkeypatch.setattr(
         onnxruntime, "get_available_providers", lambda: ["DmlExecutionProvider", "CPUExecutionProvider"]
     )
-    from facesets.runtime import available_providers
+    from facesets.models.runtime import available_providers
 
     providers = choose_providers(available_providers())
     session = create_session(resolve_pack(pack_dir).recognizer, RuntimeOptions(tuple(providers)))
@@ -121,7 +121,7 @@ def test_a_lazy_model_is_made_once_whatever_the_threads() -> None:
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from facesets.runtime import Lazy, runtime_options
+    from facesets.models.runtime import Lazy, runtime_options
 
     made: list[int] = []
     lock = threading.Lock()

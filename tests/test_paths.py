@@ -1,7 +1,7 @@
 import pytest
 
-from facesets.errors import PathMappingError
-from facesets.paths import require_windows, to_linux, to_windows
+from facesets.base.errors import PathMappingError
+from facesets.base.paths import require_windows, to_linux, to_windows
 
 
 @pytest.mark.parametrize(

@@ -10,17 +10,17 @@ import numpy as np
 import psycopg
 import pytest
 
+from facesets.base.errors import ConfigError, PersonError
 from facesets.cli import main
-from facesets.clustering import Algorithm
-from facesets.database import DatabaseConfig, connect
-from facesets.errors import ConfigError, PersonError
-from facesets.export import ExportConfig, run_export
-from facesets.identify import ClusterConfig, run_cluster
-from facesets.load import LoadConfig, run_load
-from facesets.migrations import migrate
-from facesets.personops import merge_persons, name_person, not_person, reset_persons, resolve_person
-from facesets.persons import FaceRows, PersonClusterConfig, plan_persons, run_person_cluster
-from facesets.thresholds import Thresholds
+from facesets.cluster.algorithms import Algorithm
+from facesets.cluster.identify import ClusterConfig, run_cluster
+from facesets.cluster.thresholds import Thresholds
+from facesets.export.sets import ExportConfig, run_export
+from facesets.store.database import DatabaseConfig, connect
+from facesets.store.load import LoadConfig, run_load
+from facesets.store.migrations import migrate
+from facesets.store.personops import merge_persons, name_person, not_person, reset_persons, resolve_person
+from facesets.store.persons import FaceRows, PersonClusterConfig, plan_persons, run_person_cluster
 from tests.test_export import PEOPLE, PHOTOS, _cache, _library
 
 

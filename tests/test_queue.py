@@ -3,9 +3,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from facesets.errors import QueueError
-from facesets.queue import QueueEntry, append_entries, read_queue, scan_folders, write_queue
-from facesets.records import Source, SourceKind
+from facesets.artifacts.queue import QueueEntry, append_entries, read_queue, scan_folders, write_queue
+from facesets.artifacts.records import Source, SourceKind
+from facesets.base.errors import QueueError
 
 
 def entry(name: str) -> QueueEntry:
@@ -84,7 +84,7 @@ def test_scan_hashes_images_and_survives_loops(tmp_path: Path, sample_photos: li
 
 
 def test_a_source_keeps_its_known_fields_and_an_empty_one_is_unknown() -> None:
-    from facesets.records import NO_SOURCE, ImageRecord, ImageStatus
+    from facesets.artifacts.records import NO_SOURCE, ImageRecord, ImageStatus
 
     stored = {"kind": "immich", "asset_id": "a1", "checksum": "c=", "added_later": "x", "user": None}
     source = Source.from_dict(stored)

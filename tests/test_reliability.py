@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from facesets.messages import printable, redact, safe
+from facesets.base.messages import printable, redact, safe
 from tests.conftest import REPO, shared_path
 
 SECRET = "LeakMe123"
@@ -95,7 +95,7 @@ def test_the_torture_script_finds_nothing_in_its_quick_round(tmp_path: Path) -> 
 
 
 def test_a_message_of_several_lines_keeps_its_lines_indented() -> None:
-    from facesets.messages import safe_lines
+    from facesets.base.messages import safe_lines
 
     message = "model pack 'x' not found. Looked in:\n  - /a\n  - /b\x1b[2J\nerror: forged"
     assert safe_lines(message) == "model pack 'x' not found. Looked in:\n  - /a\n  - /b\\x1b[2J\n  error: forged"

@@ -12,9 +12,9 @@ from pgvector.psycopg import register_vector
 from PIL import Image
 
 from facesets.cli import main
-from facesets.clip import clip_identity
-from facesets.database import connect
-from facesets.migrations import migrate
+from facesets.models.clip import clip_identity
+from facesets.store.database import connect
+from facesets.store.migrations import migrate
 from tests import clipmodel
 
 QUERY = "a red bicycle on the beach"

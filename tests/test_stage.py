@@ -17,15 +17,15 @@ import httpx
 import orjson
 import pytest
 
+from facesets.artifacts.queue import read_queue
+from facesets.base.errors import ConfigError
 from facesets.cli import main
-from facesets.errors import ConfigError
-from facesets.faces import FaceEngine
-from facesets.immich import Secret
-from facesets.immichconfig import UserEntry, key_variable, read_users, resolve_key
-from facesets.packs import ModelPack
-from facesets.queue import read_queue
-from facesets.stagepaths import PathClaims, inside, relative_path
-from facesets.stagestate import Outcome, StageState
+from facesets.models.faces import FaceEngine
+from facesets.models.packs import ModelPack
+from facesets.sources.immich.client import Secret
+from facesets.sources.immich.config import UserEntry, key_variable, read_users, resolve_key
+from facesets.sources.immich.paths import PathClaims, inside, relative_path
+from facesets.sources.immich.state import Outcome, StageState
 from tests.conftest import REPO, shared_path
 from tests.fakeimmich import FakeImmich, SpecChecker
 from tests.immichlib import KEY, MIN_FACE, NIC, PETER, Library, build_library, write_old_cache
@@ -383,7 +383,7 @@ def test_a_listing_that_keeps_failing_exits_2_with_its_progress_saved(
 def test_a_damaged_journal_line_is_skipped_with_a_warning_and_a_copy(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from facesets.stagestate import StageState
+    from facesets.sources.immich.state import StageState
 
     path = tmp_path / "state-peter.json"
     good = [

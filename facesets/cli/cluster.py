@@ -8,13 +8,13 @@ from typing import Any
 
 import click
 
-from ..errors import ConfigError
-from ..layout import PLAN
-from ..packs import DEFAULT_PACK
-from ..settings import (
+from ..artifacts.layout import PLAN
+from ..base.errors import ConfigError
+from ..base.settings import (
     DEFAULT_MIN_FACES,
     DEFAULT_PERSON_MIN_FACES,
 )
+from ..models.packs import DEFAULT_PACK
 from .options import bar, database_options, emit, json_option, model_options, providers_option
 
 ALGORITHMS = ("graph", "average", "components", "dbscan")  # clustering.Algorithm, without importing numpy
@@ -113,9 +113,9 @@ def cluster_command(
     Examples: facesets cluster --cache caches/peter.npz --sets facesets_swap_ready --plan clusters.json;
     facesets cluster --database postgresql://faces@db.lan/faces --threshold 0.65
     """
-    from ..clustering import Algorithm
-    from ..database import DatabaseConfig
-    from ..persons import PersonClusterConfig, run_person_cluster
+    from ..cluster.algorithms import Algorithm
+    from ..store.database import DatabaseConfig
+    from ..store.persons import PersonClusterConfig, run_person_cluster
 
     context = click.get_current_context()
     explicit_database = context.get_parameter_source("database") is click.core.ParameterSource.COMMANDLINE
@@ -175,9 +175,9 @@ def _cluster_caches(
     as_json: bool = False,
 ) -> dict[str, Any]:
     """`facesets cluster --cache`: the plan written, its summary returned."""
-    from ..clustering import Algorithm
-    from ..identify import ClusterConfig, PackEmbedder, run_cluster
-    from ..packs import resolve_pack
+    from ..cluster.algorithms import Algorithm
+    from ..cluster.identify import ClusterConfig, PackEmbedder, run_cluster
+    from ..models.packs import resolve_pack
 
     explicit_pack = model_dir is not None or model_pack != DEFAULT_PACK
     embedder = PackEmbedder(
@@ -202,7 +202,7 @@ def _cluster_caches(
 
 def _learned_in_words(summary: dict[str, Any], as_json: bool) -> dict[str, Any]:
     """The summary with its learned thresholds as one line a person reads (JSON keeps every figure)."""
-    from ..calibration import describe
+    from ..cluster.calibration import describe
 
     if not as_json and summary.get("estimate"):
         summary["estimate"] = describe(summary["estimate"])
@@ -262,7 +262,7 @@ def _export_plan(
     io_concurrency: int,
     as_json: bool = False,
 ) -> dict[str, Any]:
-    from ..export import ExportConfig, run_export
+    from ..export.sets import ExportConfig, run_export
 
     config = ExportConfig(plan, sets_dir, split_eras, era_years, min_era_faces, not no_report, io_concurrency)
     return run_export(config, progress=bar("export", "face", as_json)).as_dict()

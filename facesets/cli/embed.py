@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from ..progress import Progress
-from ..settings import (
+from ..base.progress import Progress
+from ..base.settings import (
     DEFAULT_DET_SIZES,
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -130,7 +130,7 @@ def embed(
 
     Example: facesets embed --queue queue.json --cache caches/faces.npz --model-pack buffalo_l
     """
-    from ..embed import EmbedConfig, run_embed
+    from ..embed.queue import EmbedConfig, run_embed
 
     config = EmbedConfig(
         queue=queue_path,
@@ -165,7 +165,7 @@ def cache_info(cache_path: Path, as_json: bool) -> None:
 
     Example: facesets cache info caches/faces.npz
     """
-    from ..cacheops import cache_summary
+    from ..artifacts.cacheops import cache_summary
 
     emit(cache_summary(cache_path), as_json)
 
@@ -181,7 +181,7 @@ def cache_extend(master: Path, parts: Sequence[Path], as_json: bool) -> None:
 
     Example: facesets cache extend caches/master.npz caches/peter.npz caches/nic.npz
     """
-    from ..cacheops import extend_cache
+    from ..artifacts.cacheops import extend_cache
 
     stats = extend_cache(master, list(parts), progress=bar("extend", "cache", as_json))
     emit({"master": str(master), **stats.as_dict()}, as_json)
@@ -208,7 +208,7 @@ def queue_add(queue_path: Path, folders: Sequence[Path], io_concurrency: int, as
 
     Example: facesets queue add --queue queue.json /mnt/d/photos
     """
-    from ..queue import append_entries, scan_folders
+    from ..artifacts.queue import append_entries, scan_folders
 
     result = scan_folders(list(folders), io_concurrency, progress=bar("hash", "file", as_json))
     for path, why in result.skipped:
@@ -229,7 +229,7 @@ def queue_info(queue_path: Path, as_json: bool) -> None:
 
     Example: facesets queue info queue.json
     """
-    from ..queue import read_queue
+    from ..artifacts.queue import read_queue
 
     entries = read_queue(queue_path)
     windows = sum(1 for entry in entries if entry.windows_path)

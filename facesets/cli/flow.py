@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..errors import ConfigError
-from ..settings import (
+from ..base.errors import ConfigError
+from ..base.settings import (
     DEFAULT_MIN_FACES,
 )
 from .options import database_options, emit, json_option, model_options, providers_option
@@ -118,9 +118,9 @@ def finalize_command(
 
     Example: facesets finalize --user nic --embed windows --win-root /mnt/c/face_embed --win-python py
     """
-    from ..database import DatabaseConfig
-    from ..finalize import FinalizeConfig, Step, run_finalize
-    from ..winside import WindowsSide, running_under_wsl
+    from ..flow.finalize import FinalizeConfig, Step, run_finalize
+    from ..flow.winside import WindowsSide, running_under_wsl
+    from ..store.database import DatabaseConfig
 
     side = None
     wants_windows = embed_where == "windows" or (

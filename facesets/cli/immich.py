@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 from .options import bar, emit, json_option
 
 
@@ -102,9 +102,9 @@ def immich_stage(
 
     Example: facesets immich stage --user peter --workers 8 --min-face 90
     """
-    from ..immich import ClientOptions
-    from ..immichconfig import read_users, resolve_key
-    from ..stage import StageConfig, run_stage
+    from ..sources.immich.client import ClientOptions
+    from ..sources.immich.config import read_users, resolve_key
+    from ..sources.immich.stage import StageConfig, run_stage
 
     if not url:
         raise ConfigError("no Immich URL: set IMMICH_URL (like http://immich.local:2283) or pass --url")

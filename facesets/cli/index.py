@@ -8,10 +8,10 @@ from typing import Any
 
 import click
 
-from ..clip import CLIP_ROOT_ENV, DEFAULT_CLIP_MODEL
-from ..settings import (
+from ..base.settings import (
     DEFAULT_MAX_BYTES,
 )
+from ..models.clip import CLIP_ROOT_ENV, DEFAULT_CLIP_MODEL
 from .options import bar, emit, json_option, model_options, providers_option
 
 
@@ -113,7 +113,7 @@ def index(
     Example: facesets index --target /mnt/d/galleries --caches caches --model-pack buffalo_l (add --no-clip when
     no CLIP model is installed)
     """
-    from ..index import IndexConfig, run_index
+    from ..embed.index import IndexConfig, run_index
 
     _check_store(database)
     config = IndexConfig(
@@ -146,7 +146,7 @@ def backfill(targets: Sequence[Path], caches: Path, database: str | None, concur
 
     Example: facesets backfill --target /mnt/d/galleries --caches caches --database "$DATABASE_URL"
     """
-    from ..backfill import run_backfill
+    from ..embed.backfill import run_backfill
 
     _check_store(database)
     stats = run_backfill(list(targets), caches, concurrency)
@@ -156,7 +156,7 @@ def backfill(targets: Sequence[Path], caches: Path, database: str | None, concur
 def _check_store(database: str | None) -> None:
     """Before a long run: the database named by --database is reachable and has the schema."""
     if database:
-        from ..database import DatabaseConfig, open_store
+        from ..store.database import DatabaseConfig, open_store
 
         with open_store(DatabaseConfig(url=database)):
             pass
@@ -168,8 +168,8 @@ def _load_into(
     """The run's counters, and with --database what loading the caches folder into it added."""
     if not database:
         return result
-    from ..database import DatabaseConfig
-    from ..load import LoadConfig, run_load
+    from ..store.database import DatabaseConfig
+    from ..store.load import LoadConfig, run_load
 
     config = LoadConfig(DatabaseConfig(url=database), caches=caches, galleries_only=galleries_only)
     loaded = run_load(config, progress=bar("load", "face", as_json))

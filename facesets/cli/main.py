@@ -12,8 +12,8 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..errors import FacesetsError
-from ..messages import SafeFormatter, safe, safe_lines
+from ..base.errors import FacesetsError
+from ..base.messages import SafeFormatter, safe, safe_lines
 from .cluster import cluster_command, export_command
 from .embed import cache, embed, queue
 from .flow import finalize_command

@@ -8,9 +8,9 @@ from typing import Any
 import click
 import orjson
 
-from ..database import DEFAULT_DATA
-from ..packs import DEFAULT_PACK, MODEL_ROOT_ENV
-from ..progress import Progress
+from ..base.progress import Progress
+from ..models.packs import DEFAULT_PACK, MODEL_ROOT_ENV
+from ..store.database import DEFAULT_DATA
 
 
 def emit(data: dict[str, Any], as_json: bool) -> None:

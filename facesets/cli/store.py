@@ -20,9 +20,9 @@ def migrate(database: str | None, data: Path, as_json: bool) -> None:
 
     Example: facesets migrate --database 'postgresql://faces@db.lan/faces?sslmode=require'
     """
-    from ..database import DatabaseConfig, connect, database_url, describe
-    from ..migrations import LATEST
-    from ..migrations import migrate as run_migrations
+    from ..store.database import DatabaseConfig, connect, database_url, describe
+    from ..store.migrations import LATEST
+    from ..store.migrations import migrate as run_migrations
 
     with database_url(DatabaseConfig(database, data)) as url, connect(url) as conn:
         applied = run_migrations(conn)
@@ -90,8 +90,8 @@ def load(
 
     Example: facesets load --caches caches --cache caches/peter.npz
     """
-    from ..database import DatabaseConfig
-    from ..load import LoadConfig, run_load
+    from ..store.database import DatabaseConfig
+    from ..store.load import LoadConfig, run_load
 
     config = LoadConfig(
         DatabaseConfig(database, data), caches, tuple(extra_caches), clip_model, batch, sets_dir, workers
@@ -100,7 +100,7 @@ def load(
 
 
 def _store(database: str | None, data: Path) -> Any:
-    from ..database import DatabaseConfig, open_store
+    from ..store.database import DatabaseConfig, open_store
 
     return open_store(DatabaseConfig(database, data, must_exist=True))
 
@@ -136,7 +136,7 @@ def persons_list(database: str | None, data: Path, hidden: bool, as_json: bool, 
 
     Example: facesets persons list
     """
-    from ..personops import list_persons
+    from ..store.personops import list_persons
 
     with _store(database, data) as conn:
         rows = list_persons(conn, hidden)
@@ -161,7 +161,7 @@ def persons_show(person: str, database: str | None, data: Path, limit: int, as_j
 
     Example: facesets persons show Ann
     """
-    from ..personops import person_faces, resolve_person
+    from ..store.personops import person_faces, resolve_person
 
     with _store(database, data) as conn:
         faces = person_faces(conn, resolve_person(conn, person), limit)
@@ -183,7 +183,7 @@ def persons_name(person: str, name: str, database: str | None, data: Path, as_js
 
     Example: facesets persons name 12 "Ann Smith"
     """
-    from ..personops import name_person, resolve_person
+    from ..store.personops import name_person, resolve_person
 
     with _store(database, data) as conn:
         person_id = resolve_person(conn, person)
@@ -205,7 +205,7 @@ def persons_merge(keep: str, others: tuple[str, ...], database: str | None, data
 
     Example: facesets persons merge Ann 17 23
     """
-    from ..personops import merge_persons, resolve_person
+    from ..store.personops import merge_persons, resolve_person
 
     with _store(database, data) as conn:
         kept = resolve_person(conn, keep)
@@ -226,7 +226,7 @@ def persons_reset(person: str | None, names: bool, yes: bool, database: str | No
 
     Example: facesets persons reset --person 17 --yes
     """
-    from ..personops import reset_persons, resolve_person
+    from ..store.personops import reset_persons, resolve_person
 
     with _store(database, data) as conn:
         person_id = resolve_person(conn, person) if person is not None else None
@@ -246,7 +246,7 @@ def persons_not(face: int, person: str, database: str | None, data: Path, as_jso
 
     Example: facesets persons not 4711 Ann
     """
-    from ..personops import not_person, resolve_person
+    from ..store.personops import not_person, resolve_person
 
     with _store(database, data) as conn:
         result = not_person(conn, face, resolve_person(conn, person))
@@ -271,7 +271,7 @@ def persons_assign(face: int, person: str, move_other: bool, database: str | Non
 
     Example: facesets persons assign 4711 Ann
     """
-    from ..personops import assign_face, resolve_person
+    from ..store.personops import assign_face, resolve_person
 
     with _store(database, data) as conn:
         result = assign_face(conn, face, resolve_person(conn, person), move_other)
@@ -295,7 +295,7 @@ def persons_unassigned(database: str | None, data: Path, limit: int, as_json: bo
 
     Example: facesets persons unassigned --limit 20
     """
-    from ..personops import unassigned_faces
+    from ..store.personops import unassigned_faces
 
     with _store(database, data) as conn:
         total, faces = unassigned_faces(conn, limit)
@@ -341,7 +341,7 @@ def persons_unhide(person: str, database: str | None, data: Path, as_json: bool)
 
 
 def _set_hidden(person: str, database: str | None, data: Path, hidden: bool, as_json: bool) -> None:
-    from ..personops import hide_person, resolve_person
+    from ..store.personops import hide_person, resolve_person
 
     with _store(database, data) as conn:
         result = hide_person(conn, resolve_person(conn, person), hidden)
@@ -381,8 +381,8 @@ def _print_hits(hits: list[Any], as_json: bool, as_lines: bool) -> None:
 
 
 def _clip_folder(conn: Any, clip_dir: Path | None, clip_model: str | None) -> Path:
-    from ..clip import resolve_clip
-    from ..errors import DatabaseError
+    from ..base.errors import DatabaseError
+    from ..models.clip import resolve_clip
 
     held = conn.execute("SELECT identity->>'name' FROM models WHERE purpose = 'clip'").fetchone()
     if held is None:
@@ -413,10 +413,10 @@ def search_command(
 
     Example: facesets search "birthday cake on a table" --person Ann --limit 10
     """
-    from ..cliptext import ClipText
-    from ..personops import resolve_person
-    from ..runtime import runtime_options
-    from ..search import check_clip_model, nearest_images
+    from ..models.cliptext import ClipText
+    from ..models.runtime import runtime_options
+    from ..store.personops import resolve_person
+    from ..store.search import check_clip_model, nearest_images
 
     options = runtime_options(providers)
     with _store(database, data) as conn:
@@ -447,8 +447,8 @@ def similar_command(
 
     Example: facesets similar ~/Pictures/beach.jpg --limit 10
     """
-    from ..personops import resolve_person
-    from ..search import image_vector, nearest_images
+    from ..store.personops import resolve_person
+    from ..store.search import image_vector, nearest_images
 
     with _store(database, data) as conn:
         person_id = resolve_person(conn, person) if person is not None else None
