@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 SHARED ?= ../shared
 
-.PHONY: test demo demo-immich lint stage embed cluster export load finalize bench-embed bench-index bench-db bench-cluster bench-stage eval-clusters torture clean
+.PHONY: test chromium demo demo-immich lint stage embed cluster export load finalize bench-embed bench-index bench-db bench-cluster bench-stage eval-clusters torture clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,13 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint chromium
 	$(BIN)/pytest
+
+# the browser tests drive Debian's Chromium (Playwright cannot download its own browser here)
+chromium:
+	@test -x /usr/bin/chromium || { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null || \
+	  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; }
 
 demo: $(VENV)/.installed
 	$(BIN)/python scripts/demo.py --shared $(SHARED)

@@ -128,6 +128,7 @@ def main_demo() -> int:
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     parser.add_argument("--out", type=Path, default=None, help="default: demo/ (demo-immich/ with --immich)")
     parser.add_argument("--immich", action="store_true", help="the Immich path, against the fake Immich server")
+    parser.add_argument("--serve", action="store_true", help="end by serving the review page on the demo's store")
     args = parser.parse_args()
     out: Path = args.out or REPO / ("demo-immich" if args.immich else "demo")
     if out.exists():
@@ -135,7 +136,16 @@ def main_demo() -> int:
     pg, scratch = pg_folder(out)
     try:
         out.mkdir(parents=True)
-        return (run_immich if args.immich else run_steps)(args.shared, out, pg)
+        code = (run_immich if args.immich else run_steps)(args.shared, out, pg)
+        serve = ["serve", "--data", str(pg), "--crops", str(out / "crops")]
+        if code:
+            return code
+        if not args.serve:  # the store of a scratch folder goes at exit: then only the demo can serve it
+            again = f"facesets {' '.join(serve)}" if scratch is None else "python scripts/demo.py --serve"
+            print(f"demo: review and name the persons in a browser: {again}")
+            return 0
+        print(f"\n$ facesets {' '.join(serve)}", flush=True)
+        return main(serve)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -258,7 +258,9 @@ def test_queue_commands_print_json(
 
 
 def test_every_command_that_prints_a_result_takes_json() -> None:
+    servers = ("serve",)  # runs until stopped: no result to print
     without = [" ".join(path) for path, command in _commands(cli) if not isinstance(command, click.Group)]
+    without = [name for name in without if name not in servers]
     without = [name for name in without if "--json" not in _options(_command(name.split()))]
     assert without == []
 

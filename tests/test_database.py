@@ -24,7 +24,7 @@ def test_migrate_from_empty_creates_the_schema(database: str) -> None:
         with pytest.raises(SchemaError, match="run `facesets migrate` first"):
             check_schema(conn)
         applied = migrate(conn)
-        assert [m.version for m in applied] == [1, 2, 3, 4] and check_schema(conn) == LATEST == 4
+        assert [m.version for m in applied] == [1, 2, 3, 4, 5] and check_schema(conn) == LATEST == 5
         assert tables(conn) >= {
             "galleries",
             "images",
@@ -43,7 +43,7 @@ def test_migrate_from_empty_creates_the_schema(database: str) -> None:
         assert "USING hnsw (embedding vector_cosine_ops)" in indexes["face_detections_embedding"]
         assert "USING hnsw (embedding vector_cosine_ops)" in indexes["clip_embeddings_embedding"]
         assert migrate(conn) == []  # safe to run twice
-        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == 4
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == LATEST
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -97,10 +97,7 @@ def test_concurrent_migrate_from_two_processes(database: str) -> None:
     assert sum("applied migration 1" in out for out, _ in outputs) == 1
     with connect(database) as conn:
         assert conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall() == [
-            (1,),
-            (2,),
-            (3,),
-            (4,),
+            (version,) for version in range(1, LATEST + 1)
         ]
 
 

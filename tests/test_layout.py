@@ -10,9 +10,10 @@ import pytest
 from tests.conftest import REPO
 
 PACKAGE = REPO / "facesets"
-# base < models < artifacts < sources, cluster < embed, export, store < flow < cli (same rank: no imports between)
+# base < models < artifacts < sources, cluster < embed, export, store < flow, review < cli (same rank: no imports
+# between)
 RANK = {"base": 0, "models": 1, "artifacts": 2, "sources": 3, "cluster": 3, "embed": 4, "export": 4, "store": 4}
-RANK |= {"flow": 5, "cli": 6}
+RANK |= {"flow": 5, "review": 5, "cli": 6}
 
 
 def layer(module: str) -> str | None:

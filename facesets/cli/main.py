@@ -19,6 +19,7 @@ from .embed import cache, embed, queue
 from .flow import finalize_command
 from .immich import immich
 from .index import backfill, index
+from .review import serve
 from .store import load, migrate, persons, search_command, similar_command
 
 # Stage modules (numpy, OpenCV, onnxruntime behind them) are imported inside the commands that use them,
@@ -96,6 +97,7 @@ for command in (
     similar_command,
     immich,
     finalize_command,
+    serve,
 ):
     cli.add_command(command)
 

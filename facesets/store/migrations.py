@@ -144,6 +144,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ADD COLUMN merged BOOLEAN NOT NULL DEFAULT false",
         ),
     ),
+    Migration(
+        5,
+        "cover faces",
+        # the face a person is shown by, chosen on the review page (none: its first face)
+        ("ALTER TABLE persons ADD COLUMN cover_face BIGINT REFERENCES face_detections(id) ON DELETE SET NULL",),
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -178,6 +178,43 @@ def hide_person(conn: Any, person: int, hidden: bool) -> dict[str, Any]:
     return {"person": person, "hidden": hidden}
 
 
+def set_cover(conn: Any, person: int, face: int) -> dict[str, int]:
+    """Show ``person`` by ``face`` (one of its own faces)."""
+    with conn.transaction():
+        if conn.execute("SELECT 1 FROM face_persons WHERE face_id = %s AND person_id = %s", (face, person)).fetchone():
+            conn.execute("UPDATE persons SET cover_face = %s WHERE id = %s", (face, person))
+            return {"person": person, "cover": face}
+    raise PersonError(f"face {face} is not a face of person {person}")
+
+
+def not_person_many(conn: Any, faces: list[int], person: int) -> dict[str, int]:
+    """:func:`not_person` for several faces, in one transaction."""
+    with conn.transaction():
+        unassigned = sum(not_person(conn, face, person)["unassigned"] for face in faces)
+    return {"faces": len(faces), "person": person, "unassigned": unassigned}
+
+
+def move_faces(conn: Any, faces: list[int], source: int, target: int | None) -> dict[str, Any]:
+    """Move faces of ``source`` into ``target`` (``None``: a new person), in one transaction: each is recorded as
+    not ``source`` and assigned to ``target`` by hand. Two faces of one photo never end in one person: the
+    move is refused whole if it would."""
+    with conn.transaction():
+        if target is None:
+            target = int(conn.execute("INSERT INTO persons DEFAULT VALUES RETURNING id").fetchone()[0])
+        if target == source:
+            raise PersonError("the faces are already in that person")
+        clash = conn.execute(
+            "SELECT f.image_id FROM face_detections f WHERE f.id = ANY(%s) GROUP BY f.image_id HAVING count(*) > 1",
+            (faces,),
+        ).fetchone()
+        if clash is not None:
+            raise PersonError("two of the faces are of one photo: a photo shows a person once")
+        for face in faces:
+            not_person(conn, face, source)
+            assign_face(conn, face, target)
+    return {"faces": len(faces), "from": source, "person": target}
+
+
 @dataclass(frozen=True)
 class UnassignedFace:
     face: int

@@ -1,0 +1,278 @@
+"""The review page: a small ASGI app (Starlette, Jinja2 templates, htmx) on the PostgreSQL store.
+
+Pages: people (``/``), a person (``/person/N``), the unassigned faces (``/unassigned``), a photo
+(``/photo/ID``). Every change is a POST that calls one :mod:`facesets.store.personops` function (one
+transaction each), so a CLI command or ``facesets cluster --database`` may run at the same time.
+
+Security: a request must name this server by a loopback host (no DNS rebinding) unless a token is set; with a
+token (required for a non-loopback bind) every request carries it, once in the URL and then as a cookie; a POST
+carries the page's CSRF token; images are looked up by their id in the store, never by a path from a request;
+everything shown is escaped by the templates; nothing is written but the crop cache.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from ..base.errors import FacesetsError, ImageLoadError, PersonError
+from ..store import personops
+from ..store.database import connect
+from . import images, queries
+
+log = logging.getLogger(__name__)
+HERE = Path(__file__).parent
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+COOKIE = "facesets_token"
+
+
+@dataclass(frozen=True)
+class ReviewConfig:
+    url: str  # the store
+    crops: Path  # the crop cache folder
+    token: str | None = None  # required on every request when set
+    loopback_only: bool = True  # refuse a Host header that is not a loopback name (when there is no token)
+
+
+def make_app(config: ReviewConfig) -> Starlette:
+    csrf = secrets.token_urlsafe(24)
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.globals["csrf"] = csrf
+    view = _Views(config, templates)
+    routes = [
+        Route("/", view.people),
+        Route("/person/{person:int}", view.person),
+        Route("/person/{person:int}/name", view.rename, methods=["POST"]),
+        Route("/person/{person:int}/hide", view.hide, methods=["POST"]),
+        Route("/person/{person:int}/merge", view.merge, methods=["POST"]),
+        Route("/person/{person:int}/faces", view.faces_action, methods=["POST"]),
+        Route("/person/{person:int}/cover", view.cover, methods=["POST"]),
+        Route("/unassigned", view.unassigned),
+        Route("/face/{face:int}/accept", view.accept, methods=["POST"]),
+        Route("/face/{face:int}/reject", view.reject, methods=["POST"]),
+        Route("/photo/{image:str}", view.photo),
+        Route("/crop/{face:int}.jpg", view.crop),
+        Route("/image/{image:str}.jpg", view.image),
+        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+    ]
+    guard = Middleware(BaseHTTPMiddleware, dispatch=_guard(config, csrf))
+    return Starlette(routes=routes, middleware=[guard], exception_handlers={FacesetsError: _failed})
+
+
+def _guard(config: ReviewConfig, csrf: str) -> Callable[[Request, Any], Awaitable[Response]]:
+    async def dispatch(request: Request, call_next: Any) -> Response:
+        host = _hostname(request.headers.get("host", ""))
+        if config.token is None and config.loopback_only and host not in LOOPBACK:
+            return PlainTextResponse("this page answers only on 127.0.0.1 (start it with --token to serve others)", 421)
+        if config.token is not None:
+            given = request.query_params.get("token") or request.cookies.get(COOKIE) or ""
+            if not hmac.compare_digest(given.encode(), config.token.encode()):
+                return PlainTextResponse("a token is needed: open the address facesets serve printed", 401)
+            if "token" in request.query_params:  # once in the URL, then as a cookie
+                response: Response = RedirectResponse(request.url.path, 303)
+                response.set_cookie(COOKIE, config.token, httponly=True, samesite="strict")
+                return response
+        if request.method == "POST":
+            sent = request.headers.get("x-csrf-token", "")
+            if not hmac.compare_digest(sent.encode(), csrf.encode()):
+                return PlainTextResponse("this form is out of date: reload the page", 403)
+        response = await call_next(request)
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; frame-ancestors 'none'"
+        )
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
+    return dispatch
+
+
+def _hostname(header: str) -> str:
+    """The name of a Host header, without its port (``[::1]:8000`` -> ``[::1]``)."""
+    return header.split("]")[0] + "]" if header.startswith("[") else header.rsplit(":", 1)[0]
+
+
+async def _failed(request: Request, exc: Exception) -> Response:
+    """A library error (a refused action, say) as its message, for htmx to show where the action was."""
+    return PlainTextResponse(str(exc), 409 if isinstance(exc, PersonError) else 400)
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(str(value))
+    except ValueError:
+        raise PersonError(f"{str(value)[:40]!r} is not a number") from None
+
+
+class _Views:
+    def __init__(self, config: ReviewConfig, templates: Jinja2Templates) -> None:
+        self.config = config
+        self.templates = templates
+
+    def _page(self, request: Request, name: str, **context: Any) -> HTMLResponse:
+        return self.templates.TemplateResponse(request, name, context)
+
+    # -- pages ---------------------------------------------------------------------------------------------
+
+    async def people(self, request: Request) -> Response:
+        show = request.query_params.get("show", "all")
+        if show not in queries.FILTERS:
+            show = "all"
+        with connect(self.config.url) as conn:
+            persons = queries.people(conn, show)
+            names = queries.person_names(conn)
+            total, _ = personops.unassigned_faces(conn, 0)
+        return self._page(request, "people.html", persons=persons, show=show, names=names, unassigned=total)
+
+    async def person(self, request: Request) -> Response:
+        person_id = request.path_params["person"]
+        page = max(0, _int(request.query_params.get("page", "0")))
+        uncertain = request.query_params.get("order") == "uncertain"
+        with connect(self.config.url) as conn:
+            person = queries.person(conn, person_id)
+            if person is None:
+                return PlainTextResponse(f"no person {person_id}", 404)
+            faces = queries.person_faces(conn, person_id, page, uncertain)
+            suggestions = queries.merge_suggestions(conn, person_id)
+            names = queries.person_names(conn)
+        pages = (person.faces + queries.PAGE - 1) // queries.PAGE
+        return self._page(
+            request, "person.html", person=person, faces=faces, page=page, pages=pages, uncertain=uncertain,
+            suggestions=suggestions, names=names,
+        )  # fmt: skip
+
+    async def unassigned(self, request: Request) -> Response:
+        with connect(self.config.url) as conn:
+            total, faces = personops.unassigned_faces(conn, 200)
+        return self._page(request, "unassigned.html", total=total, faces=faces)
+
+    async def photo(self, request: Request) -> Response:
+        image = request.path_params["image"]
+        with connect(self.config.url) as conn:
+            path = queries.known_path(conn, image)
+            faces = queries.photo_faces(conn, image)
+        if path is None:
+            return PlainTextResponse("no such photo in the store", 404)
+        try:
+            _, scale = images.photo(path)
+        except (OSError, ImageLoadError) as exc:
+            return PlainTextResponse(f"the photo cannot be read: {exc}", 410)
+        return self._page(request, "photo.html", image=image, path=path, faces=faces, scale=scale)
+
+    # -- images --------------------------------------------------------------------------------------------
+
+    async def crop(self, request: Request) -> Response:
+        face = request.path_params["face"]
+        with connect(self.config.url) as conn:
+            source = queries.face_source(conn, face)
+            path = queries.known_path(conn, source[0]) if source else None
+        if source is None or path is None:
+            return PlainTextResponse("no such face", 404)
+        try:
+            data = images.face_crop(path, source[1], self.config.crops, face)
+        except (OSError, ImageLoadError):
+            return PlainTextResponse("the photo of this face cannot be read", 410)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+
+    async def image(self, request: Request) -> Response:
+        with connect(self.config.url) as conn:
+            path = queries.known_path(conn, request.path_params["image"])
+        if path is None:
+            return PlainTextResponse("no such photo in the store", 404)
+        try:
+            data, _ = images.photo(path)
+        except (OSError, ImageLoadError):
+            return PlainTextResponse("the photo cannot be read", 410)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    # -- actions (each one personops call, one transaction) ------------------------------------------------
+
+    async def rename(self, request: Request) -> Response:
+        person_id = request.path_params["person"]
+        form = await request.form()
+        name = str(form.get("name", ""))
+        with connect(self.config.url) as conn:
+            try:
+                personops.name_person(conn, person_id, name)
+            except PersonError as exc:
+                taken = conn.execute(
+                    "SELECT person_id FROM person_names WHERE lower(name) = lower(%s)", (" ".join(name.split()),)
+                ).fetchone()
+                return self._page(
+                    request, "name_taken.html", person=person_id, message=str(exc),
+                    other=None if taken is None else int(taken[0]),
+                )  # fmt: skip
+            person = queries.person(conn, person_id)
+        return self._page(request, "name.html", person=person)
+
+    async def hide(self, request: Request) -> Response:
+        person_id = request.path_params["person"]
+        form = await request.form()
+        with connect(self.config.url) as conn:
+            personops.hide_person(conn, person_id, form.get("hidden", "1") == "1")
+        return Response(headers={"HX-Redirect": f"/person/{person_id}"})
+
+    async def merge(self, request: Request) -> Response:
+        person_id = request.path_params["person"]
+        form = await request.form()
+        other = _int(form.get("other"))
+        with connect(self.config.url) as conn:
+            named = {pid for pid, _ in queries.person_names(conn)}
+            keep, gone = (other, person_id) if other in named and person_id not in named else (person_id, other)
+            personops.merge_persons(conn, keep, [gone])
+        return Response(headers={"HX-Redirect": f"/person/{keep}"})
+
+    async def faces_action(self, request: Request) -> Response:
+        """``not`` (not this person), ``move`` (to ``target``) or ``new`` (a new person) for the chosen faces."""
+        person_id = request.path_params["person"]
+        form = await request.form()
+        faces = sorted({_int(value) for value in form.getlist("face")})
+        if not faces:
+            raise PersonError("choose one or more faces first")
+        action = form.get("action")
+        with connect(self.config.url) as conn:
+            if action == "not":
+                personops.not_person_many(conn, faces, person_id)
+            elif action == "move":
+                target = personops.resolve_person(conn, str(form.get("target", "")))
+                personops.move_faces(conn, faces, person_id, target)
+            elif action == "new":
+                personops.move_faces(conn, faces, person_id, None)
+            else:
+                raise PersonError("unknown action")
+        return Response(headers={"HX-Refresh": "true"})
+
+    async def cover(self, request: Request) -> Response:
+        person_id = request.path_params["person"]
+        form = await request.form()
+        with connect(self.config.url) as conn:
+            personops.set_cover(conn, person_id, _int(form.get("face")))
+        return PlainTextResponse("cover set")
+
+    async def accept(self, request: Request) -> Response:
+        face = request.path_params["face"]
+        form = await request.form()
+        with connect(self.config.url) as conn:
+            personops.assign_face(conn, face, _int(form.get("person")))
+        return HTMLResponse("")
+
+    async def reject(self, request: Request) -> Response:
+        face = request.path_params["face"]
+        form = await request.form()
+        with connect(self.config.url) as conn:
+            personops.not_person(conn, face, _int(form.get("person")))
+        return HTMLResponse("")

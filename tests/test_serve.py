@@ -1,0 +1,196 @@
+"""``facesets serve``: the review page's HTTP API in process, against the real embedded PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+from starlette.testclient import TestClient
+
+from facesets.review.app import ReviewConfig, make_app
+from facesets.store.persons import PersonClusterConfig, run_person_cluster
+from tests.test_export import PEOPLE
+from tests.test_persons import face_ids_of, library, loaded, people_of, person_of
+
+__all__ = ["library"]  # the fixture, shared with the persons tests
+
+
+@pytest.fixture
+def store(database: str, library: Path, tmp_path: Path) -> str:
+    """The persons tests' library loaded and clustered: three persons, two faces unassigned."""
+    run_person_cluster(PersonClusterConfig(loaded(database, library, tmp_path)))
+    return database
+
+
+def client_for(url: str, crops: Path, token: str | None = None) -> TestClient:
+    return TestClient(make_app(ReviewConfig(url, crops, token)), base_url="http://127.0.0.1:8000")
+
+
+def csrf_of(client: TestClient) -> str:
+    page = client.get("/").text
+    start = page.index('"X-CSRF-Token": "') + len('"X-CSRF-Token": "')
+    return page[start : page.index('"', start)]
+
+
+def person_ids(url: str) -> list[int]:
+    with psycopg.connect(url) as conn:
+        return [int(row[0]) for row in conn.execute("SELECT id FROM persons ORDER BY id")]
+
+
+def test_the_pages_show_the_persons_their_faces_the_queue_and_a_photo(store: str, tmp_path: Path) -> None:
+    client = client_for(store, tmp_path / "crops")
+    people = client.get("/")
+    assert people.status_code == 200 and people.headers["content-security-policy"].startswith("default-src 'self'")
+    persons = person_ids(store)
+    assert len(persons) == 3 and all(f'href="/person/{p}"' in people.text for p in persons)
+    assert "2 unassigned faces" in people.text
+    first = persons[0]
+    page = client.get(f"/person/{first}")
+    assert page.status_code == 200
+    faces = [face for who in PEOPLE for face in face_ids_of(store, who) if person_of(store, face) == first]
+    assert faces and all(f'value="{face}"' in page.text for face in faces)
+    crop = client.get(f"/crop/{faces[0]}.jpg")
+    assert crop.status_code == 200 and crop.headers["content-type"] == "image/jpeg" and crop.content[:2] == b"\xff\xd8"
+    assert (tmp_path / "crops" / f"{faces[0]}.jpg").read_bytes() == crop.content  # cached for the next time
+    queue = client.get("/unassigned")
+    assert queue.status_code == 200 and queue.text.count('class="card"') == 2
+    with psycopg.connect(store) as conn:
+        row = conn.execute("SELECT image_id FROM face_detections WHERE id = %s", (faces[0],)).fetchone()
+    assert row is not None
+    image = row[0]
+    photo = client.get(f"/photo/{image}")
+    assert photo.status_code == 200 and f'href="/person/{first}"' in photo.text
+    assert client.get(f"/image/{image}.jpg").content[:2] == b"\xff\xd8"
+
+
+def test_rename_a_taken_name_offers_the_merge_and_merge_keeps_the_named_person(store: str, tmp_path: Path) -> None:
+    client = client_for(store, tmp_path / "crops")
+    headers = {"X-CSRF-Token": csrf_of(client)}
+    first, second, _ = person_ids(store)
+    answer = client.post(f"/person/{first}/name", data={"name": "  Ben   Affleck "}, headers=headers)
+    assert answer.status_code == 200 and 'value="Ben Affleck"' in answer.text
+    taken = client.post(f"/person/{second}/name", data={"name": "ben affleck"}, headers=headers)
+    assert "already names person" in taken.text and f"merge into {first}" in taken.text
+    faces = len(people_of(store)[first]) + len(people_of(store)[second])
+    merged = client.post(f"/person/{second}/merge", data={"other": str(first)}, headers=headers)
+    assert merged.headers["hx-redirect"] == f"/person/{first}"  # the named one is kept
+    assert person_ids(store) == sorted({first} | set(person_ids(store))) and second not in person_ids(store)
+    assert len(people_of(store)[first]) == faces
+
+
+def test_not_this_person_stays_out_after_clustering_again(store: str, library: Path, tmp_path: Path) -> None:
+    client = client_for(store, tmp_path / "crops")
+    headers = {"X-CSRF-Token": csrf_of(client)}
+    person = person_ids(store)[0]
+    faces = [face for face in range(1, 100) if person_of(store, face) == person][:2]
+    answer = client.post(
+        f"/person/{person}/faces", data={"face": [str(f) for f in faces], "action": "not"}, headers=headers
+    )
+    assert answer.status_code == 200 and answer.headers["hx-refresh"] == "true"
+    assert [person_of(store, face) for face in faces] == [None, None]
+    run_person_cluster(PersonClusterConfig(loaded(store, library, tmp_path)))
+    assert all(person_of(store, face) != person for face in faces)
+    with psycopg.connect(store) as conn:
+        recorded = conn.execute("SELECT face_id FROM face_not_person WHERE person_id = %s ORDER BY face_id", (person,))
+        assert [int(row[0]) for row in recorded] == faces
+
+
+def test_move_to_a_new_person_and_the_one_photo_rule(store: str, tmp_path: Path) -> None:
+    client = client_for(store, tmp_path / "crops")
+    headers = {"X-CSRF-Token": csrf_of(client)}
+    person = person_ids(store)[0]
+    face = next(face for face in range(1, 100) if person_of(store, face) == person)
+    moved = client.post(f"/person/{person}/faces", data={"face": [str(face)], "action": "new"}, headers=headers)
+    assert moved.status_code == 200
+    new = person_of(store, face)
+    assert new is not None and new not in (person, None) and new in person_ids(store)
+    with psycopg.connect(store) as conn:
+        pair = conn.execute(
+            "SELECT a.id, b.id FROM face_detections a JOIN face_detections b ON a.image_id = b.image_id AND a.id < b.id"
+        ).fetchone()
+    assert pair is not None, "the library has a photo with two faces"
+    refused = client.post(
+        f"/person/{person}/faces", data={"face": [str(pair[0]), str(pair[1])], "action": "new"}, headers=headers
+    )
+    assert refused.status_code == 409 and "a photo shows a person once" in refused.text
+
+
+def test_the_unassigned_queue_accepts_and_rejects_the_candidate(store: str, tmp_path: Path) -> None:
+    client = client_for(store, tmp_path / "crops")
+    headers = {"X-CSRF-Token": csrf_of(client)}
+    with psycopg.connect(store) as conn:
+        waiting = [
+            int(row[0])
+            for row in conn.execute(
+                "SELECT f.id FROM face_detections f WHERE NOT EXISTS "
+                "(SELECT 1 FROM face_persons a WHERE a.face_id = f.id) ORDER BY f.id"
+            )
+        ]
+    assert len(waiting) == 2
+    holds = (
+        "EXISTS (SELECT 1 FROM face_persons a JOIN face_detections f ON f.id = a.face_id "
+        "JOIN face_detections w ON w.image_id = f.image_id WHERE a.person_id = p.id AND w.id = %s)"
+    )
+    with psycopg.connect(store) as conn:  # persons with no face of the second face's photo, and with one
+        free, clash = (
+            [
+                int(row[0])
+                for row in conn.execute(f"SELECT p.id FROM persons p WHERE {test} ORDER BY p.id", (waiting[1],))
+            ]
+            for test in (f"NOT {holds}", holds)
+        )
+    rejected = client.post(f"/face/{waiting[0]}/reject", data={"person": str(free[0])}, headers=headers)
+    assert rejected.status_code == 200 and rejected.text == ""  # the card goes, the page keeps its place
+    if clash:  # the other person of a photo of two: refused, with the reason
+        refused = client.post(f"/face/{waiting[1]}/accept", data={"person": str(clash[0])}, headers=headers)
+        assert refused.status_code == 409 and "a photo shows a person once" in refused.text
+    accepted = client.post(f"/face/{waiting[1]}/accept", data={"person": str(free[0])}, headers=headers)
+    assert accepted.status_code == 200 and person_of(store, waiting[1]) == free[0]
+    assert client.get("/unassigned").text.count('class="card"') == 1
+
+
+def test_hide_and_cover(store: str, tmp_path: Path) -> None:
+    client = client_for(store, tmp_path / "crops")
+    headers = {"X-CSRF-Token": csrf_of(client)}
+    person = person_ids(store)[0]
+    client.post(f"/person/{person}/hide", data={"hidden": "1"}, headers=headers)
+    assert f'href="/person/{person}"' not in client.get("/").text
+    assert f'href="/person/{person}"' in client.get("/?show=hidden").text
+    client.post(f"/person/{person}/hide", data={"hidden": "0"}, headers=headers)
+    last = max(face for face in range(1, 100) if person_of(store, face) == person)
+    assert client.post(f"/person/{person}/cover", data={"face": str(last)}, headers=headers).status_code == 200
+    assert f"/crop/{last}.jpg" in client.get("/").text
+    other = next(face for face in range(1, 100) if person_of(store, face) not in (person, None))
+    refused = client.post(f"/person/{person}/cover", data={"face": str(other)}, headers=headers)
+    assert refused.status_code == 409
+
+
+def test_requests_that_must_be_refused(store: str, tmp_path: Path) -> None:
+    client = client_for(store, tmp_path / "crops")
+    person = person_ids(store)[0]
+    assert client.post(f"/person/{person}/name", data={"name": "x"}).status_code == 403  # no CSRF token
+    assert (
+        client.post(f"/person/{person}/name", data={"name": "x"}, headers={"X-CSRF-Token": "guess"}).status_code == 403
+    )
+    assert client.get("/", headers={"Host": "attacker.example"}).status_code == 421  # DNS rebinding
+    for hostile in ("/image/..%2F..%2F..%2Fetc%2Fpasswd.jpg", "/photo/..%2F..%2Fetc%2Fpasswd", "/crop/99999.jpg",
+                    "/image/%2Fetc%2Fpasswd.jpg", "/static/..%2F..%2Fapp.py", "/person/99999"):  # fmt: skip
+        answer = client.get(hostile)
+        assert answer.status_code == 404, hostile
+        assert b"root:" not in answer.content and b"import" not in answer.content
+    escaped = client.post(
+        f"/person/{person}/name", data={"name": "<script>alert(1)</script>"}, headers={"X-CSRF-Token": csrf_of(client)}
+    )
+    assert "<script>alert" not in escaped.text and "&lt;script&gt;" in escaped.text
+
+
+def test_a_token_is_needed_when_one_is_set(store: str, tmp_path: Path) -> None:
+    token = "t0ken-for-the-review-page"
+    client = client_for(store, tmp_path / "crops", token)
+    assert client.get("/").status_code == 401
+    assert client.get("/?token=wrong").status_code == 401
+    first = client.get(f"/?token={token}", follow_redirects=False)
+    assert first.status_code == 303 and first.headers["location"] == "/"  # the token leaves the URL
+    assert client.get("/").status_code == 200  # then it is the cookie
+    assert client_for(store, tmp_path / "crops", token).get("/", headers={"Host": "nas.lan:8000"}).status_code == 401
