@@ -257,22 +257,19 @@ class _Views:
         return Response(headers={"HX-Refresh": "true"})
 
     async def cover(self, request: Request) -> Response:
-        person_id = request.path_params["person"]
-        form = await request.form()
-        with connect(self.config.url) as conn:
-            personops.set_cover(conn, person_id, _int(form.get("face")))
+        await self._apply(request, personops.set_cover, "person", "face")
         return PlainTextResponse("cover set")
 
     async def accept(self, request: Request) -> Response:
-        face = request.path_params["face"]
-        form = await request.form()
-        with connect(self.config.url) as conn:
-            personops.assign_face(conn, face, _int(form.get("person")))
-        return HTMLResponse("")
+        await self._apply(request, personops.assign_face, "face", "person")
+        return HTMLResponse("")  # the face's card goes: the page keeps its place
 
     async def reject(self, request: Request) -> Response:
-        face = request.path_params["face"]
+        await self._apply(request, personops.not_person, "face", "person")
+        return HTMLResponse("")
+
+    async def _apply(self, request: Request, operation: Callable[..., object], path: str, field: str) -> None:
+        """``operation(conn, <the path's id>, <the form's number>)``."""
         form = await request.form()
         with connect(self.config.url) as conn:
-            personops.not_person(conn, face, _int(form.get("person")))
-        return HTMLResponse("")
+            operation(conn, request.path_params[path], _int(form.get(field)))
