@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 SHARED ?= ../shared
 
-.PHONY: test chromium demo demo-immich lint stage embed cluster export load finalize bench-embed bench-index bench-db bench-cluster bench-stage eval-clusters torture clean
+.PHONY: test chromium demo demo-immich lint stage embed cluster export load finalize bench-embed bench-index bench-db bench-cluster bench-stage bench-serve eval-clusters torture clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,9 @@ bench-cluster: $(VENV)/.installed
 
 bench-stage: $(VENV)/.installed
 	$(BIN)/python scripts/bench_stage.py --shared $(SHARED)
+
+bench-serve: $(VENV)/.installed
+	$(BIN)/python scripts/bench_serve.py --shared $(SHARED)
 
 eval-clusters: $(VENV)/.installed
 	$(BIN)/python scripts/eval_clusters.py --shared $(SHARED)

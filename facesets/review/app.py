@@ -132,11 +132,16 @@ class _Views:
         show = request.query_params.get("show", "all")
         if show not in queries.FILTERS:
             show = "all"
+        page = max(0, _int(request.query_params.get("page", "0")))
         with connect(self.config.url) as conn:
-            persons = queries.people(conn, show)
+            count, persons = queries.people(conn, show, page)
             names = queries.person_names(conn)
             total, _ = personops.unassigned_faces(conn, 0)
-        return self._page(request, "people.html", persons=persons, show=show, names=names, unassigned=total)
+        pages = (count + queries.PEOPLE_PAGE - 1) // queries.PEOPLE_PAGE
+        return self._page(
+            request, "people.html", persons=persons, count=count, show=show, names=names, unassigned=total,
+            page=page, pages=pages,
+        )  # fmt: skip
 
     async def person(self, request: Request) -> Response:
         person_id = request.path_params["person"]

@@ -45,19 +45,39 @@ FILTERS = {
 }
 
 
-def people(conn: Any, show: str = "all") -> list[Person]:
-    """The persons of one filter (:data:`FILTERS`), most faces first, each with its cover face (the face nearest
-    its centre among the first faces, or the one set by hand)."""
+PEOPLE_PAGE = 200  # persons per page of the people grid
+
+
+def people(conn: Any, show: str = "all", page: int = 0) -> tuple[int, list[Person]]:
+    """How many persons one filter (:data:`FILTERS`) holds, and one page of them, most faces first, each with
+    its cover face (the one set by hand, else its first face). Faces are counted from the assignments alone;
+    photos only for the persons of the page."""
     where = FILTERS[show]  # a key of a fixed table, never text from a request
+    total = int(
+        conn.execute(
+            f"SELECT count(*) FROM persons p LEFT JOIN person_names n ON n.person_id = p.id WHERE {where}"
+        ).fetchone()[0]
+    )
     rows = conn.execute(
-        f"""SELECT p.id, n.name, count(a.face_id), count(DISTINCT f.image_id), p.hidden,
-                   coalesce(p.cover_face, min(a.face_id))
-            FROM persons p LEFT JOIN person_names n ON n.person_id = p.id
-            LEFT JOIN face_persons a ON a.person_id = p.id LEFT JOIN face_detections f ON f.id = a.face_id
-            WHERE {where}
-            GROUP BY p.id, n.name ORDER BY count(a.face_id) DESC, p.id"""
+        f"""WITH counts AS (SELECT person_id, count(*) AS faces, min(face_id) AS first FROM face_persons
+                            GROUP BY person_id)
+            SELECT p.id, n.name, coalesce(c.faces, 0), p.hidden, coalesce(p.cover_face, c.first)
+            FROM persons p LEFT JOIN person_names n ON n.person_id = p.id LEFT JOIN counts c ON c.person_id = p.id
+            WHERE {where} ORDER BY coalesce(c.faces, 0) DESC, p.id LIMIT %s OFFSET %s""",
+        (PEOPLE_PAGE, page * PEOPLE_PAGE),
     ).fetchall()
-    return [Person(int(a), b, int(c), int(d), bool(e), None if g is None else int(g)) for a, b, c, d, e, g in rows]
+    ids = [int(row[0]) for row in rows]
+    photos = dict(
+        conn.execute(
+            "SELECT a.person_id, count(DISTINCT f.image_id) FROM face_persons a JOIN face_detections f "
+            "ON f.id = a.face_id WHERE a.person_id = ANY(%s) GROUP BY a.person_id",
+            (ids,),
+        ).fetchall()
+    )
+    return total, [
+        Person(int(a), b, int(c), int(photos.get(a, 0)), bool(d), None if e is None else int(e))
+        for a, b, c, d, e in rows
+    ]
 
 
 def person(conn: Any, person_id: int) -> Person | None:
@@ -91,29 +111,52 @@ def person_faces(conn: Any, person_id: int, page: int, uncertain: bool) -> list[
     ]
 
 
+NEAR_FACES = 120  # faces of others nearest a person's centre, whose persons are the candidates
+
+
 def merge_suggestions(conn: Any, person_id: int, limit: int = 6) -> list[tuple[Person, float]]:
-    """The visible persons most likely to be this one: the cosine similarity of their centres, checked against
-    sample faces of both (the mean similarity of up to 8 faces of each), highest first."""
-    rows = conn.execute(
-        """WITH centres AS MATERIALIZED (
-               SELECT a.person_id, avg(f.embedding) AS c FROM face_persons a JOIN face_detections f ON f.id = a.face_id
-               JOIN persons p ON p.id = a.person_id WHERE NOT p.hidden OR p.id = %(p)s GROUP BY a.person_id),
-           near AS (SELECT o.person_id, 1 - (o.c <=> me.c) AS similarity FROM centres o, centres me
-                    WHERE me.person_id = %(p)s AND o.person_id <> %(p)s ORDER BY o.c <=> me.c LIMIT %(limit)s),
-           samples AS (SELECT a.person_id, f.embedding, row_number() OVER (PARTITION BY a.person_id ORDER BY f.id) AS k
-                       FROM face_persons a JOIN face_detections f ON f.id = a.face_id
-                       WHERE a.person_id = %(p)s OR a.person_id IN (SELECT person_id FROM near))
-           SELECT near.person_id, near.similarity,
-                  (SELECT avg(1 - (x.embedding <=> y.embedding)) FROM samples x, samples y
-                   WHERE x.person_id = %(p)s AND y.person_id = near.person_id AND x.k <= 8 AND y.k <= 8)
-           FROM near ORDER BY near.similarity DESC""",
-        {"p": person_id, "limit": limit},
-    ).fetchall()
+    """The visible persons most likely to be this one, highest first. Candidates are the persons of the faces
+    of others nearest this person's centre (the HNSW index, so the cost does not grow with the store), the
+    nearest first; each is scored by the similarity of the two centres, checked against sample faces of both
+    (the mean similarity of up to 8 faces of each: the lower of the two counts)."""
+    row = conn.execute(
+        "SELECT avg(f.embedding)::text FROM face_persons a JOIN face_detections f ON f.id = a.face_id "
+        "WHERE a.person_id = %s",
+        (person_id,),
+    ).fetchone()
+    if row is None or row[0] is None:
+        return []
+    with conn.transaction():
+        conn.execute(f"SET LOCAL hnsw.ef_search = {NEAR_FACES}")
+        conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")  # past this person's own faces
+        rows = conn.execute(
+            """WITH near AS MATERIALIZED (
+                   SELECT f.id, f.embedding <=> %(c)s::vector AS distance FROM face_detections f
+                   WHERE NOT EXISTS (SELECT 1 FROM face_persons a WHERE a.face_id = f.id AND a.person_id = %(p)s)
+                   ORDER BY f.embedding <=> %(c)s::vector LIMIT %(near)s),
+               ranked AS (SELECT a.person_id FROM near JOIN face_persons a ON a.face_id = near.id
+                          JOIN persons p ON p.id = a.person_id WHERE NOT p.hidden
+                          GROUP BY a.person_id ORDER BY min(near.distance) LIMIT 2 * %(limit)s),
+               best AS (SELECT a.person_id, 1 - (avg(f.embedding) <=> %(c)s::vector) AS similarity
+                        FROM face_persons a JOIN face_detections f ON f.id = a.face_id
+                        WHERE a.person_id IN (SELECT person_id FROM ranked) GROUP BY a.person_id
+                        ORDER BY similarity DESC LIMIT %(limit)s),
+               samples AS (SELECT a.person_id, f.embedding,
+                                  row_number() OVER (PARTITION BY a.person_id ORDER BY f.id) AS k
+                           FROM face_persons a JOIN face_detections f ON f.id = a.face_id
+                           WHERE a.person_id = %(p)s OR a.person_id IN (SELECT person_id FROM best))
+               SELECT best.person_id, best.similarity,
+                      (SELECT avg(1 - (x.embedding <=> y.embedding)) FROM samples x, samples y
+                       WHERE x.person_id = %(p)s AND y.person_id = best.person_id AND x.k <= 8 AND y.k <= 8)
+               FROM best ORDER BY best.similarity DESC""",
+            {"p": person_id, "c": row[0], "near": NEAR_FACES, "limit": limit},
+        ).fetchall()
     found = []
     for other, similarity, sampled in rows:
-        row = person(conn, int(other))
-        if row is not None:
-            found.append((row, round(min(float(similarity), float(sampled or similarity)), 3)))
+        candidate = person(conn, int(other))
+        if candidate is not None:
+            found.append((candidate, round(min(float(similarity), float(sampled or similarity)), 3)))
+    found.sort(key=lambda pair: -pair[1])
     return found
 
 
