@@ -194,3 +194,41 @@ def test_a_token_is_needed_when_one_is_set(store: str, tmp_path: Path) -> None:
     assert first.status_code == 303 and first.headers["location"] == "/"  # the token leaves the URL
     assert client.get("/").status_code == 200  # then it is the cookie
     assert client_for(store, tmp_path / "crops", token).get("/", headers={"Host": "nas.lan:8000"}).status_code == 401
+
+
+def _snapshot(url: str) -> tuple[object, ...]:
+    with psycopg.connect(url) as conn:
+        return tuple(
+            conn.execute(query).fetchall()
+            for query in (
+                "SELECT id, hidden, merged, cover_face FROM persons ORDER BY id",
+                "SELECT person_id, name FROM person_names ORDER BY person_id",
+                "SELECT face_id, person_id, assigned_by FROM face_persons ORDER BY face_id",
+                "SELECT face_id, person_id FROM face_not_person ORDER BY face_id, person_id",
+            )
+        )
+
+
+def test_undo_puts_back_each_change_in_turn_and_the_activity_lists_them(store: str, tmp_path: Path) -> None:
+    client = client_for(store, tmp_path / "crops")
+    headers = {"X-CSRF-Token": csrf_of(client)}
+    first, second, third = person_ids(store)
+    states = [_snapshot(store)]
+    client.post(f"/person/{first}/name", data={"name": "Ann"}, headers=headers)
+    states.append(_snapshot(store))
+    faces = [face for face in range(1, 100) if person_of(store, face) == first][:2]
+    client.post(f"/person/{first}/faces", data={"face": [str(f) for f in faces], "action": "new"}, headers=headers)
+    states.append(_snapshot(store))
+    client.post(f"/person/{second}/merge", data={"other": str(first)}, headers=headers)  # second goes into Ann
+    states.append(_snapshot(store))
+    client.post(f"/person/{third}/hide", data={"hidden": "1"}, headers=headers)
+    assert second not in person_ids(store)
+    listed = client.get("/activity").text
+    for summary in ("named person", "moved 2 faces", f"merged person {second} into person {first}", "hid person"):
+        assert summary in listed
+    for state in reversed(states):  # each undo puts back the state before the latest change left
+        answer = client.post("/undo", headers=headers)
+        assert answer.status_code == 200 and answer.text.startswith("undone: ")
+        assert _snapshot(store) == state
+    assert client.post("/undo", headers=headers).status_code == 409  # nothing left to undo
+    assert "(undone)" in client.get("/activity").text

@@ -197,3 +197,21 @@ def test_a_token_server_refuses_a_browser_without_it(browser: Any, serve: Any) -
     assert refused is not None and refused.status == 401
     page.goto(f"{base}/?token={token}")
     assert page.url == base + "/" and page.locator("h1").first.inner_text().startswith("People")
+
+
+def test_undo_from_the_page(browser: Any, serve: Any, store: str) -> None:
+    base = serve()
+    page = browser.new_page()
+    person = person_ids(store)[0]
+    page.goto(f"{base}/person/{person}")
+    boxes = page.locator("#faces input[name=face]")
+    before = boxes.count()
+    face = int(boxes.nth(0).get_attribute("value"))
+    boxes.nth(0).check()
+    page.get_by_role("button", name="Not this person").click()
+    _until(page, "document.querySelectorAll('#faces input[name=face]').length", before - 1)
+    page.get_by_role("button", name="Undo", exact=True).click()
+    _until(page, "document.querySelectorAll('#faces input[name=face]').length", before)
+    assert person_of(store, face) == person and _not_person(store, person) == []
+    page.goto(base + "/activity")
+    assert f"1 face: not person {person} (undone)" in page.locator("ol.activity").inner_text()

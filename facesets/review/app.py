@@ -31,6 +31,7 @@ from starlette.templating import Jinja2Templates
 
 from ..base.errors import FacesetsError, ImageLoadError, PersonError
 from ..store import personops
+from ..store.activity import recent, recorded, undo_last
 from ..store.database import connect
 from . import images, queries
 
@@ -62,6 +63,8 @@ def make_app(config: ReviewConfig) -> Starlette:
         Route("/person/{person:int}/faces", view.faces_action, methods=["POST"]),
         Route("/person/{person:int}/cover", view.cover, methods=["POST"]),
         Route("/unassigned", view.unassigned),
+        Route("/activity", view.activity),
+        Route("/undo", view.undo, methods=["POST"]),
         Route("/face/{face:int}/accept", view.accept, methods=["POST"]),
         Route("/face/{face:int}/reject", view.reject, methods=["POST"]),
         Route("/photo/{image:str}", view.photo),
@@ -109,6 +112,10 @@ def _hostname(header: str) -> str:
 async def _failed(request: Request, exc: Exception) -> Response:
     """A library error (a refused action, say) as its message, for htmx to show where the action was."""
     return PlainTextResponse(str(exc), 409 if isinstance(exc, PersonError) else 400)
+
+
+def _count(faces: list[int]) -> str:
+    return f"{len(faces)} face" + ("" if len(faces) == 1 else "s")
 
 
 def _int(value: Any) -> int:
@@ -204,22 +211,22 @@ class _Views:
             return PlainTextResponse("the photo cannot be read", 410)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
-    # -- actions (each one personops call, one transaction) ------------------------------------------------
+    # -- actions: each one personops call in one transaction, logged with what it changed (for undo) ---------
 
     async def rename(self, request: Request) -> Response:
         person_id = request.path_params["person"]
         form = await request.form()
-        name = str(form.get("name", ""))
+        name = " ".join(str(form.get("name", "")).split())
         with connect(self.config.url) as conn:
             try:
-                personops.name_person(conn, person_id, name)
+                recorded(conn, f"named person {person_id} {name!r}", (), (person_id,),
+                         lambda: personops.name_person(conn, person_id, name))  # fmt: skip
             except PersonError as exc:
-                taken = conn.execute(
-                    "SELECT person_id FROM person_names WHERE lower(name) = lower(%s)", (" ".join(name.split()),)
-                ).fetchone()
+                taken = conn.execute("SELECT person_id FROM person_names WHERE lower(name) = lower(%s)", (name,))
+                other = taken.fetchone()
                 return self._page(
                     request, "name_taken.html", person=person_id, message=str(exc),
-                    other=None if taken is None else int(taken[0]),
+                    other=None if other is None else int(other[0]),
                 )  # fmt: skip
             person = queries.person(conn, person_id)
         return self._page(request, "name.html", person=person)
@@ -227,8 +234,10 @@ class _Views:
     async def hide(self, request: Request) -> Response:
         person_id = request.path_params["person"]
         form = await request.form()
+        hidden = form.get("hidden", "1") == "1"
         with connect(self.config.url) as conn:
-            personops.hide_person(conn, person_id, form.get("hidden", "1") == "1")
+            recorded(conn, f"{'hid' if hidden else 'unhid'} person {person_id}", (), (person_id,),
+                     lambda: personops.hide_person(conn, person_id, hidden))  # fmt: skip
         return Response(headers={"HX-Redirect": f"/person/{person_id}"})
 
     async def merge(self, request: Request) -> Response:
@@ -238,7 +247,8 @@ class _Views:
         with connect(self.config.url) as conn:
             named = {pid for pid, _ in queries.person_names(conn)}
             keep, gone = (other, person_id) if other in named and person_id not in named else (person_id, other)
-            personops.merge_persons(conn, keep, [gone])
+            recorded(conn, f"merged person {gone} into person {keep}", (), (keep, gone),
+                     lambda: personops.merge_persons(conn, keep, [gone]))  # fmt: skip
         return Response(headers={"HX-Redirect": f"/person/{keep}"})
 
     async def faces_action(self, request: Request) -> Response:
@@ -251,30 +261,45 @@ class _Views:
         action = form.get("action")
         with connect(self.config.url) as conn:
             if action == "not":
-                personops.not_person_many(conn, faces, person_id)
-            elif action == "move":
-                target = personops.resolve_person(conn, str(form.get("target", "")))
-                personops.move_faces(conn, faces, person_id, target)
-            elif action == "new":
-                personops.move_faces(conn, faces, person_id, None)
+                recorded(conn, f"{_count(faces)}: not person {person_id}", faces, (person_id,),
+                         lambda: personops.not_person_many(conn, faces, person_id))  # fmt: skip
+            elif action in ("move", "new"):
+                target = personops.resolve_person(conn, str(form.get("target", ""))) if action == "move" else None
+                where = f"person {target}" if target is not None else "a new person"
+                recorded(conn, f"moved {_count(faces)} from person {person_id} to {where}", faces,
+                         [person_id] + ([target] if target is not None else []),
+                         lambda: personops.move_faces(conn, faces, person_id, target))  # fmt: skip
             else:
                 raise PersonError("unknown action")
         return Response(headers={"HX-Refresh": "true"})
 
     async def cover(self, request: Request) -> Response:
-        await self._apply(request, personops.set_cover, "person", "face")
+        person, face = request.path_params["person"], _int((await request.form()).get("face"))
+        with connect(self.config.url) as conn:
+            recorded(conn, f"person {person} shown by face {face}", (), (person,),
+                     lambda: personops.set_cover(conn, person, face))  # fmt: skip
         return PlainTextResponse("cover set")
 
     async def accept(self, request: Request) -> Response:
-        await self._apply(request, personops.assign_face, "face", "person")
+        face, person = request.path_params["face"], _int((await request.form()).get("person"))
+        with connect(self.config.url) as conn:
+            recorded(conn, f"face {face} is person {person}", (face,), (person,),
+                     lambda: personops.assign_face(conn, face, person))  # fmt: skip
         return HTMLResponse("")  # the face's card goes: the page keeps its place
 
     async def reject(self, request: Request) -> Response:
-        await self._apply(request, personops.not_person, "face", "person")
+        face, person = request.path_params["face"], _int((await request.form()).get("person"))
+        with connect(self.config.url) as conn:
+            recorded(conn, f"face {face} is not person {person}", (face,), (person,),
+                     lambda: personops.not_person(conn, face, person))  # fmt: skip
         return HTMLResponse("")
 
-    async def _apply(self, request: Request, operation: Callable[..., object], path: str, field: str) -> None:
-        """``operation(conn, <the path's id>, <the form's number>)``."""
-        form = await request.form()
+    async def activity(self, request: Request) -> Response:
         with connect(self.config.url) as conn:
-            operation(conn, request.path_params[path], _int(form.get(field)))
+            actions = recent(conn)
+        return self._page(request, "activity.html", actions=actions)
+
+    async def undo(self, request: Request) -> Response:
+        with connect(self.config.url) as conn:
+            action = undo_last(conn)
+        return PlainTextResponse(f"undone: {action.summary}", headers={"HX-Refresh": "true"})

@@ -150,6 +150,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         # the face a person is shown by, chosen on the review page (none: its first face)
         ("ALTER TABLE persons ADD COLUMN cover_face BIGINT REFERENCES face_detections(id) ON DELETE SET NULL",),
     ),
+    Migration(
+        6,
+        "review activity",
+        (
+            # each change made on the review page, with what it changed as it was before (for undo)
+            """CREATE TABLE review_actions (
+            id BIGSERIAL PRIMARY KEY,
+            at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            summary TEXT NOT NULL,
+            before JSONB NOT NULL,
+            undone BOOLEAN NOT NULL DEFAULT false
+        )""",
+        ),
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 
