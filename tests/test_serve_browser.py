@@ -86,6 +86,15 @@ def _until(page: Any, expression: str, value: object, seconds: float = 10.0) -> 
         time.sleep(0.05)
 
 
+def _on_person_page(browser: Any, serve: Any, store: str) -> tuple[str, Any, int]:
+    """A new page on a new server, showing the first person's faces: the base URL, the page, the person."""
+    base = serve()
+    page = browser.new_page()
+    person = person_ids(store)[0]
+    page.goto(f"{base}/person/{person}")
+    return base, page, person
+
+
 def _not_person(store: str, person: int) -> list[int]:
     with psycopg.connect(store) as conn:
         rows = conn.execute("SELECT face_id FROM face_not_person WHERE person_id = %s ORDER BY face_id", (person,))
@@ -119,10 +128,7 @@ def test_rename_inline_then_a_taken_name_offers_the_merge(browser: Any, serve: A
 
 
 def test_choose_faces_then_not_this_person_and_hide(browser: Any, serve: Any, store: str) -> None:
-    base = serve()
-    page = browser.new_page()
-    person = person_ids(store)[0]
-    page.goto(f"{base}/person/{person}")
+    base, page, person = _on_person_page(browser, serve, store)
     boxes = page.locator("#faces input[name=face]")
     before = boxes.count()
     chosen = [int(boxes.nth(i).get_attribute("value")) for i in (0, 1)]
@@ -200,10 +206,7 @@ def test_a_token_server_refuses_a_browser_without_it(browser: Any, serve: Any) -
 
 
 def test_undo_from_the_page(browser: Any, serve: Any, store: str) -> None:
-    base = serve()
-    page = browser.new_page()
-    person = person_ids(store)[0]
-    page.goto(f"{base}/person/{person}")
+    base, page, person = _on_person_page(browser, serve, store)
     boxes = page.locator("#faces input[name=face]")
     before = boxes.count()
     face = int(boxes.nth(0).get_attribute("value"))
