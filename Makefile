@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 SHARED ?= ../shared
 
-.PHONY: test chromium demo demo-immich lint stage embed cluster export load finalize bench-embed bench-index bench-db bench-cluster bench-stage bench-serve eval-clusters torture clean
+.PHONY: test chromium demo demo-immich lint stage embed cluster export load finalize bench-embed bench-index bench-db bench-cluster bench-stage bench-serve screenshots eval-clusters torture clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ bench-stage: $(VENV)/.installed
 
 bench-serve: $(VENV)/.installed
 	$(BIN)/python scripts/bench_serve.py --shared $(SHARED)
+
+# after `make demo`: the README's pictures of the review page, from the demo's store
+screenshots: $(VENV)/.installed chromium
+	$(BIN)/python scripts/screenshots.py --data demo/pg --out docs/screenshots
 
 eval-clusters: $(VENV)/.installed
 	$(BIN)/python scripts/eval_clusters.py --shared $(SHARED)
