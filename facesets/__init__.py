@@ -13,9 +13,10 @@ imports only from those before it (``tests/test_layout.py`` checks it):
 - :mod:`facesets.export`     face sets from a plan, and their report
 - :mod:`facesets.store`      PostgreSQL: server, schema, copy, load, persons, search
 - :mod:`facesets.flow`       finalize for one staged user, the Windows embed side
+- :mod:`facesets.review`     the review page (``facesets serve``): app, queries, crops
 - :mod:`facesets.cli`        the ``facesets`` command
 
-Order: base < models < artifacts < sources, cluster < embed, export, store < flow < cli.
+Order: base < models < artifacts < sources, cluster < embed, export, store < flow, review < cli.
 """
 
 __version__ = "0.1.0"
