@@ -232,3 +232,26 @@ def test_undo_puts_back_each_change_in_turn_and_the_activity_lists_them(store: s
         assert _snapshot(store) == state
     assert client.post("/undo", headers=headers).status_code == 409  # nothing left to undo
     assert "(undone)" in client.get("/activity").text
+
+
+def test_search_shows_the_photos_that_match_best_first(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from facesets.models.clip import CLIP_ROOT_ENV
+    from tests import clipmodel
+    from tests.test_search import QUERY, near, plant
+
+    clip = clipmodel.build_text(clipmodel.build(tmp_path / "models" / "ViT-tiny"))
+    monkeypatch.setenv(CLIP_ROOT_ENV, str(clip.parent))  # found by the name the store records, as in search
+    query = clipmodel.reference_text_vector(QUERY)
+    plant(database, clip, {"best": near(query, 0.9, 1), "second": near(query, 0.8, 2), "third": near(query, 0.7, 3)})
+    page = client_for(database, tmp_path / "crops").get("/search", params={"q": QUERY}).text
+    found = [part.split('"')[0] for part in page.split('<li data-image="')[1:]]
+    assert found[:3] == ["best", "second", "third"] and len(found) == 60
+    assert 'href="/photo/best"' in page and "0.900" in page
+
+
+def test_search_without_clip_vectors_says_how_to_get_them(store: str, tmp_path: Path) -> None:
+    page = client_for(store, tmp_path / "crops").get("/search", params={"q": "a beach"})
+    assert page.status_code == 200 and "holds no CLIP vectors" in page.text and "facesets load" in page.text
+    assert '<li data-image="' not in page.text

@@ -380,20 +380,6 @@ def _print_hits(hits: list[Any], as_json: bool, as_lines: bool) -> None:
         click.echo(f"{hit.score:.4f}  {where}{assets}")
 
 
-def _clip_folder(conn: Any, clip_dir: Path | None, clip_model: str | None) -> Path:
-    from ..base.errors import DatabaseError
-    from ..models.clip import resolve_clip
-
-    held = conn.execute("SELECT identity->>'name' FROM models WHERE purpose = 'clip'").fetchone()
-    if held is None:
-        raise DatabaseError(
-            "the database holds no CLIP vectors, so there is nothing to search: index the photos with a CLIP "
-            "model (`facesets index`, the model under ~/.cache/facesets/clip/NAME or --clip-dir DIR), then "
-            "`facesets load --caches caches` loads their vectors"
-        )
-    return resolve_clip(clip_dir, clip_model or held[0])
-
-
 @click.command("search")
 @click.argument("text")
 @_search_options
@@ -416,12 +402,12 @@ def search_command(
     from ..models.cliptext import ClipText
     from ..models.runtime import runtime_options
     from ..store.personops import resolve_person
-    from ..store.search import check_clip_model, nearest_images
+    from ..store.search import check_clip_model, clip_folder, nearest_images
 
     options = runtime_options(providers)
     with _store(database, data) as conn:
         person_id = resolve_person(conn, person) if person is not None else None
-        folder = _clip_folder(conn, clip_dir, clip_model)
+        folder = clip_folder(conn, clip_dir, clip_model)
         check_clip_model(conn, folder)
         vector = ClipText(folder, options).embed(text)
         hits = nearest_images(conn, vector, limit, person_id)
@@ -448,10 +434,10 @@ def similar_command(
     Example: facesets similar ~/Pictures/beach.jpg --limit 10
     """
     from ..store.personops import resolve_person
-    from ..store.search import image_vector, nearest_images
+    from ..store.search import clip_folder, image_vector, nearest_images
 
     with _store(database, data) as conn:
         person_id = resolve_person(conn, person) if person is not None else None
-        vector, digest = image_vector(conn, image, lambda: _clip_folder(conn, clip_dir, clip_model), providers)
+        vector, digest = image_vector(conn, image, lambda: clip_folder(conn, clip_dir, clip_model), providers)
         hits = nearest_images(conn, vector, limit, person_id, exclude=digest)
     _print_hits(hits, as_json, as_lines)

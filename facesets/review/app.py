@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,16 +30,19 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from ..base.errors import FacesetsError, ImageLoadError, PersonError
+from ..base.errors import ConfigError, DatabaseError, FacesetsError, ImageLoadError, ModelPackError, PersonError
+from ..models.runtime import Lazy, runtime_options
 from ..store import personops
 from ..store.activity import recent, recorded, undo_last
 from ..store.database import connect
+from ..store.search import check_clip_model, clip_folder, nearest_images
 from . import images, queries
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 COOKIE = "facesets_token"
+SEARCH_LIMIT = 60  # photos a text search shows
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ def make_app(config: ReviewConfig) -> Starlette:
         Route("/face/{face:int}/accept", view.accept, methods=["POST"]),
         Route("/face/{face:int}/reject", view.reject, methods=["POST"]),
         Route("/photo/{image:str}", view.photo),
+        Route("/search", view.search),
+        Route("/thumb/{image:str}.jpg", view.thumb),
         Route("/crop/{face:int}.jpg", view.crop),
         Route("/image/{image:str}.jpg", view.image),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
@@ -129,6 +135,15 @@ class _Views:
     def __init__(self, config: ReviewConfig, templates: Jinja2Templates) -> None:
         self.config = config
         self.templates = templates
+        self._text_towers: dict[Path, Lazy[Any]] = {}  # CLIP text towers by model folder, made on first use
+        self._towers_lock = threading.Lock()
+
+    def _text_tower(self, folder: Path) -> Any:
+        from ..models.cliptext import ClipText
+
+        with self._towers_lock:
+            tower = self._text_towers.setdefault(folder, Lazy(lambda: ClipText(folder, runtime_options())))
+        return tower.get()
 
     def _page(self, request: Request, name: str, **context: Any) -> HTMLResponse:
         return self.templates.TemplateResponse(request, name, context)
@@ -185,7 +200,33 @@ class _Views:
             return PlainTextResponse(f"the photo cannot be read: {exc}", 410)
         return self._page(request, "photo.html", image=image, path=path, faces=faces, scale=scale)
 
+    async def search(self, request: Request) -> Response:
+        """Photos that match a text (CLIP), where the store holds CLIP vectors; a note that says how otherwise."""
+        text = request.query_params.get("q", "").strip()[:500]
+        hits: list[Any] = []
+        note = ""
+        if text:
+            with connect(self.config.url) as conn:
+                try:
+                    folder = clip_folder(conn)
+                    check_clip_model(conn, folder)
+                    hits = nearest_images(conn, self._text_tower(folder).embed(text), SEARCH_LIMIT)
+                except (DatabaseError, ModelPackError, ConfigError) as exc:
+                    note = str(exc)
+        return self._page(request, "search.html", text=text, hits=hits, note=note)
+
     # -- images --------------------------------------------------------------------------------------------
+
+    async def thumb(self, request: Request) -> Response:
+        with connect(self.config.url) as conn:
+            path = queries.known_path(conn, request.path_params["image"])
+        if path is None:
+            return PlainTextResponse("no such photo in the store", 404)
+        try:
+            data, _ = images.photo(path, images.THUMB_SIDE)
+        except (OSError, ImageLoadError):
+            return PlainTextResponse("the photo cannot be read", 410)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     async def crop(self, request: Request) -> Response:
         face = request.path_params["face"]

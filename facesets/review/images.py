@@ -20,6 +20,7 @@ from ..base.settings import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 CROP_SIDE = 160  # pixels of a face tile
 PHOTO_SIDE = 1600  # the long side a photo is shown at
+THUMB_SIDE = 320  # the long side of a search result
 MARGIN = 0.35  # of the box size, around a crop
 
 
@@ -53,11 +54,11 @@ def face_crop(path: str, box: tuple[float, float, float, float], cache: Path, fa
     return data
 
 
-def photo(path: str) -> tuple[bytes, float]:
-    """The photo at ``path`` as a JPEG of at most :data:`PHOTO_SIDE` pixels, and the scale it was shown at."""
+def photo(path: str, side: int = PHOTO_SIDE) -> tuple[bytes, float]:
+    """The photo at ``path`` as a JPEG of at most ``side`` pixels, and the scale it was shown at."""
     image = _upright(path)
     width, height = image.size
-    scale = min(1.0, PHOTO_SIDE / max(width, height))
+    scale = min(1.0, side / max(width, height))
     if scale < 1.0:
         image = image.resize((round(width * scale), round(height * scale)))
     out = io.BytesIO()

@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..base.errors import ConfigError, DatabaseError, ImageLoadError
-from ..models.clip import clip_identity
+from ..models.clip import clip_identity, resolve_clip
 from .database import with_vectors
 
 MIN_EF_SEARCH = 100  # pgvector's default of 40 misses too many of the true top 20 (scripts/bench_db.py)
@@ -37,6 +37,19 @@ class Hit:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def clip_folder(conn: Any, clip_dir: Path | None = None, clip_model: str | None = None) -> Path:
+    """The folder of the CLIP model whose image vectors the store holds (``clip_model``/``clip_dir`` to choose
+    another), or an error that says how to get vectors into the store."""
+    held = conn.execute("SELECT identity->>'name' FROM models WHERE purpose = 'clip'").fetchone()
+    if held is None:
+        raise DatabaseError(
+            "the database holds no CLIP vectors, so there is nothing to search: index the photos with a CLIP "
+            "model (`facesets index`, the model under ~/.cache/facesets/clip/NAME or --clip-dir DIR), then "
+            "`facesets load --caches caches` loads their vectors"
+        )
+    return resolve_clip(clip_dir, clip_model or held[0])
 
 
 def check_clip_model(conn: Any, folder: Path) -> str:
