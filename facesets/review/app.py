@@ -218,15 +218,7 @@ class _Views:
     # -- images --------------------------------------------------------------------------------------------
 
     async def thumb(self, request: Request) -> Response:
-        with connect(self.config.url) as conn:
-            path = queries.known_path(conn, request.path_params["image"])
-        if path is None:
-            return PlainTextResponse("no such photo in the store", 404)
-        try:
-            data, _ = images.photo(path, images.THUMB_SIDE)
-        except (OSError, ImageLoadError):
-            return PlainTextResponse("the photo cannot be read", 410)
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+        return await self._photo_file(request, images.THUMB_SIDE)
 
     async def crop(self, request: Request) -> Response:
         face = request.path_params["face"]
@@ -242,12 +234,16 @@ class _Views:
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
     async def image(self, request: Request) -> Response:
+        return await self._photo_file(request, images.PHOTO_SIDE)
+
+    async def _photo_file(self, request: Request, side: int) -> Response:
+        """The photo a known image id names, at most ``side`` pixels long."""
         with connect(self.config.url) as conn:
             path = queries.known_path(conn, request.path_params["image"])
         if path is None:
             return PlainTextResponse("no such photo in the store", 404)
         try:
-            data, _ = images.photo(path)
+            data, _ = images.photo(path, side)
         except (OSError, ImageLoadError):
             return PlainTextResponse("the photo cannot be read", 410)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
