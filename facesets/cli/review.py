@@ -44,9 +44,15 @@ def serve(
 
     Example: facesets serve --data demo/pg --open
     """
-    import uvicorn
+    try:
+        import uvicorn
 
-    from ..review.app import ReviewConfig, make_app
+        from ..review.app import ReviewConfig, make_app
+    except ImportError as exc:
+        raise ConfigError(
+            f"the review page needs {exc.name or 'its packages'}: pip install -e '.[review]' (Starlette, Jinja2, "
+            "python-multipart, uvicorn)"
+        ) from exc
     from ..store.database import DatabaseConfig, connect, database_url
     from ..store.migrations import check_schema
 
