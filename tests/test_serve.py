@@ -255,3 +255,15 @@ def test_search_without_clip_vectors_says_how_to_get_them(store: str, tmp_path: 
     page = client_for(store, tmp_path / "crops").get("/search", params={"q": "a beach"})
     assert page.status_code == 200 and "holds no CLIP vectors" in page.text and "facesets load" in page.text
     assert '<li data-image="' not in page.text
+
+
+def test_serve_without_its_packages_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from facesets.cli import main
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as where the review extra is not installed
+    assert main(["serve", "--data", str(tmp_path / "pg")]) == 1
+    assert "pip install -e '.[review]'" in capsys.readouterr().err
