@@ -24,7 +24,7 @@ def test_migrate_from_empty_creates_the_schema(database: str) -> None:
         with pytest.raises(SchemaError, match="run `facesets migrate` first"):
             check_schema(conn)
         applied = migrate(conn)
-        assert [m.version for m in applied] == list(range(1, LATEST + 1)) and check_schema(conn) == LATEST == 6
+        assert [m.version for m in applied] == list(range(1, LATEST + 1)) and check_schema(conn) == LATEST == 7
         assert tables(conn) >= {
             "galleries",
             "images",

@@ -10,7 +10,8 @@ import numpy as np
 import psycopg
 import pytest
 
-from facesets.artifacts.cache import CacheWriter
+from facesets.artifacts.cache import CacheWriter, load_cache
+from facesets.artifacts.layout import FACE_CACHE
 from facesets.artifacts.records import ImageRecord, ImageStatus, Source, SourceKind
 from facesets.base.errors import DatabaseError
 from facesets.embed.index import IndexConfig, run_index
@@ -72,6 +73,10 @@ def test_load_then_load_again_changes_nothing(database: str, indexed: tuple[Path
         assert row is not None
         vector = row[0]
         assert abs(float(np.linalg.norm(np.array(vector.strip("[]").split(","), float))) - 1.0) < 1e-5
+        stored = sorted(float(r[0]) for r in conn.execute("SELECT norm FROM face_detections"))
+    cached = load_cache(caches / FACE_CACHE).meta["norm"]
+    assert np.isfinite(cached).all()
+    assert np.array_equal(np.array(stored, np.float32), np.sort(cached))  # each face's quality, as the cache has it
 
 
 def test_a_newer_cache_adds_only_what_is_new(

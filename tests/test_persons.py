@@ -118,6 +118,23 @@ def test_two_faces_of_one_photo_never_share_a_person() -> None:
     assert plan.joins == {2: 7, 3: 7, 4: 7, 5: 7} and plan.new_groups == []
 
 
+def test_poor_faces_neither_seed_nor_bridge_persons_in_the_store() -> None:
+    """The quality rule of cache clustering holds for the store's persons too (the norm is loaded with each face)."""
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(3, 512)).astype(np.float32)
+    good = np.repeat(centres, 10, axis=0) + 0.6 * rng.normal(size=(30, 512)).astype(np.float32)
+    poor = rng.normal(size=(3, 512)).astype(np.float32)  # blurred: near no one in particular
+    vectors = np.concatenate([good, poor])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    norms = np.concatenate([20 + rng.normal(size=30), np.full(3, 8.0)]).astype(np.float32)
+    faces = FaceRows(np.arange(33), vectors, np.arange(33), np.full(33, -1), norms)
+    config = PersonClusterConfig(DatabaseConfig(), min_faces=2)
+    plan = plan_persons(faces, {}, Thresholds(match=0.5, cluster=0.6, export=0.6), config)
+    assert plan.library is not None and (plan.library.poor_faces, plan.library.poor_attached) == (3, 0)
+    assert plan.dropped == {"low_quality": 3}
+    assert sorted(sorted(group) for group in plan.new_groups) == [list(range(i, i + 10)) for i in (0, 10, 20)]
+
+
 def test_threshold_is_a_similarity_and_conflicts_are_refused(database: str, library: Path, tmp_path: Path) -> None:
     assert PersonClusterConfig(DatabaseConfig(), threshold=0.65).overrides()["cluster"] == 0.35
     with pytest.raises(ConfigError, match="pass one"):

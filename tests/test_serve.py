@@ -267,3 +267,41 @@ def test_serve_without_its_packages_names_the_extra(
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # as where the review extra is not installed
     assert main(["serve", "--data", str(tmp_path / "pg")]) == 1
     assert "pip install -e '.[review]'" in capsys.readouterr().err
+
+
+def test_faces_too_poor_to_tell_are_shown_apart_and_dismissed_at_once(store: str, tmp_path: Path) -> None:
+    from facesets.store.database import with_vectors
+    from facesets.store.persons import read_faces
+
+    with psycopg.connect(store) as conn:
+        waiting = [
+            int(row[0])
+            for row in conn.execute(
+                "SELECT id FROM face_detections f WHERE NOT EXISTS "
+                "(SELECT 1 FROM face_persons a WHERE a.face_id = f.id) ORDER BY id"
+            )
+        ]
+        known = conn.execute("SELECT count(*) FROM face_detections").fetchone()
+        assert known is not None and known[0] >= 19
+        # the library's quality: every face about 20, the two faces no person took 5 (blurred, tiny)
+        conn.execute("UPDATE face_detections SET norm = 20 + (id % 7) * 0.3")
+        conn.execute("UPDATE face_detections SET norm = 5 WHERE id = ANY(%s)", (waiting,))
+        conn.execute(  # and a few more faces of good quality, so that the library is large enough to judge
+            "INSERT INTO face_detections(image_id, box, keypoints, score, face_short, model, embedding, norm) "
+            "SELECT image_id, ARRAY[box[1] + 1000 * k, box[2], box[3] + 1000 * k, box[4]]::real[], keypoints, score, "
+            "face_short, model, embedding, 20 FROM face_detections, generate_series(1, 2) k "
+            "WHERE id IN (SELECT id FROM face_detections ORDER BY id LIMIT 3)"
+        )
+    client = client_for(store, tmp_path / "crops")
+    page = client.get("/unassigned").text
+    section = page[page.index("Too blurred or small to tell") :]
+    assert sorted(int(part.split('"')[0]) for part in section.split('data-face="')[1:]) == waiting
+    headers = {"X-CSRF-Token": csrf_of(client)}
+    dismissed = client.post("/dismiss", data={"face": [str(face) for face in waiting]}, headers=headers)
+    assert dismissed.status_code == 200
+    assert "Too blurred or small to tell" not in client.get("/unassigned").text
+    with psycopg.connect(store) as conn:
+        faces = read_faces(with_vectors(conn))
+    assert not set(waiting) & set(faces.ids.tolist())  # clustering no longer sees them
+    client.post("/undo", headers=headers)
+    assert "Too blurred or small to tell" in client.get("/unassigned").text

@@ -229,18 +229,25 @@ def shared_fraction(
     return float(min(1.0, max(RHO_FLOOR, rho))), len(big)
 
 
-def poor_faces(norms: NDArray[np.float32] | None) -> NDArray[np.bool_] | None:
-    """Faces whose raw embedding norm is more than :data:`POOR_Z` robust standard deviations (1.4826 x MAD)
-    below the library's median; ``None`` when too few norms are known (caches written before norms were kept
-    hold NaN: such a face is never poor)."""
+def poor_cutoff(norms: NDArray[np.float32] | None) -> float | None:
+    """The norm below which a face of this library is poor: :data:`POOR_Z` robust standard deviations (1.4826 x
+    MAD) below the median of the known norms; ``None`` when too few are known (caches written before norms
+    were kept hold NaN: such a face is never poor)."""
     if norms is None:
         return None
-    known = np.isfinite(norms)
-    if np.count_nonzero(known) < MIN_NORMS:
+    known = norms[np.isfinite(norms)]
+    if len(known) < MIN_NORMS:
         return None
-    middle = float(np.median(norms[known]))
-    sd = 1.4826 * float(np.median(np.abs(norms[known] - middle)))
-    poor: NDArray[np.bool_] = known & (norms < middle - POOR_Z * sd)
+    middle = float(np.median(known))
+    return middle - POOR_Z * 1.4826 * float(np.median(np.abs(known - middle)))
+
+
+def poor_faces(norms: NDArray[np.float32] | None) -> NDArray[np.bool_] | None:
+    """The faces whose norm is below :func:`poor_cutoff` (``None``: none can be judged, or none is poor)."""
+    cutoff = poor_cutoff(norms)
+    if norms is None or cutoff is None:
+        return None
+    poor: NDArray[np.bool_] = np.isfinite(norms) & (norms < cutoff)
     return poor if poor.any() else None
 
 

@@ -71,6 +71,7 @@ def make_app(config: ReviewConfig) -> Starlette:
         Route("/undo", view.undo, methods=["POST"]),
         Route("/face/{face:int}/accept", view.accept, methods=["POST"]),
         Route("/face/{face:int}/reject", view.reject, methods=["POST"]),
+        Route("/dismiss", view.dismiss, methods=["POST"]),
         Route("/photo/{image:str}", view.photo),
         Route("/search", view.search),
         Route("/thumb/{image:str}.jpg", view.thumb),
@@ -183,9 +184,13 @@ class _Views:
         )  # fmt: skip
 
     async def unassigned(self, request: Request) -> Response:
+        """The unassigned faces, those too blurred or small to tell apart (to dismiss at once)."""
         with connect(self.config.url) as conn:
             total, faces = personops.unassigned_faces(conn, 200)
-        return self._page(request, "unassigned.html", total=total, faces=faces)
+            cutoff = queries.poor_cutoff(conn)
+        poor = [face for face in faces if cutoff is not None and face.norm is not None and face.norm < cutoff]
+        sure = [face for face in faces if face not in poor]
+        return self._page(request, "unassigned.html", total=total, faces=sure, poor=poor)
 
     async def photo(self, request: Request) -> Response:
         image = request.path_params["image"]
@@ -330,6 +335,15 @@ class _Views:
             recorded(conn, f"face {face} is not person {person}", (face,), (person,),
                      lambda: personops.not_person(conn, face, person))  # fmt: skip
         return HTMLResponse("")
+
+    async def dismiss(self, request: Request) -> Response:
+        faces = sorted({_int(value) for value in (await request.form()).getlist("face")})
+        if not faces:
+            raise PersonError("no face to dismiss")
+        with connect(self.config.url) as conn:
+            recorded(conn, f"dismissed {_count(faces)} too blurred or small to tell", faces, (),
+                     lambda: personops.dismiss_faces(conn, faces))  # fmt: skip
+        return Response(headers={"HX-Refresh": "true"})
 
     async def activity(self, request: Request) -> Response:
         with connect(self.config.url) as conn:

@@ -182,5 +182,16 @@ def face_source(conn: Any, face: int) -> tuple[str, tuple[float, float, float, f
     return None if row is None else (str(row[0]), (row[1][0], row[1][1], row[1][2], row[1][3]))
 
 
+def poor_cutoff(conn: Any) -> float | None:
+    """The norm below which a face of the store is too blurred or small to tell
+    (:func:`facesets.cluster.calibration.poor_cutoff` over every known norm)."""
+    import numpy as np
+
+    from ..cluster.calibration import poor_cutoff as cutoff
+
+    norms = [row[0] for row in conn.execute("SELECT norm FROM face_detections WHERE norm IS NOT NULL")]
+    return cutoff(np.asarray(norms, np.float32))
+
+
 def person_names(conn: Any) -> list[tuple[int, str]]:
     return [(int(a), str(b)) for a, b in conn.execute("SELECT person_id, name FROM person_names ORDER BY lower(name)")]

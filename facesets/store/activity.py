@@ -93,6 +93,9 @@ def _state(conn: Any, faces: list[int], persons: list[int]) -> dict[str, Any]:
                 scope,
             )
         ],
+        "dismissed": [
+            int(row[0]) for row in conn.execute("SELECT face_id FROM dismissed_faces WHERE face_id = ANY(%(f)s)", scope)
+        ],
         "face_sets": [
             list(row)
             for row in conn.execute("SELECT number, person_id FROM face_sets WHERE person_id = ANY(%(p)s)", scope)
@@ -128,6 +131,9 @@ def _restore(conn: Any, before: dict[str, Any]) -> None:
         conn.execute(
             "INSERT INTO face_not_person(face_id, person_id) VALUES (%s, %s) ON CONFLICT DO NOTHING", (face, person)
         )
+    conn.execute("DELETE FROM dismissed_faces WHERE face_id = ANY(%(f)s)", scope)
+    for face in before["dismissed"]:
+        conn.execute("INSERT INTO dismissed_faces(face_id) VALUES (%s) ON CONFLICT DO NOTHING", (face,))
     for number, person in before["face_sets"]:
         conn.execute("UPDATE face_sets SET person_id = %s WHERE number = %s", (person, number))
     conn.execute(  # persons the change made, left empty now

@@ -64,8 +64,10 @@ def face_rows(
     face_short: NDArray[np.float32],
     model: str,
     vectors: NDArray[np.float32],
+    norms: NDArray[np.float32],
 ) -> memoryview:
-    """The COPY stream for rows (image_id, box, keypoints, score, face_short, model, embedding)."""
+    """The COPY stream for rows (image_id, box, keypoints, score, face_short, model, embedding, norm); an unknown
+    norm is NaN."""
     _check_hashes(hashes)
     encoded = np.asarray(hashes, dtype=f"S{HASH_LENGTH}")
     name = model.encode()
@@ -87,6 +89,8 @@ def face_rows(
             ("dim", ">i2"),
             ("unused", ">i2"),
             ("vector", ">f4", (dim,)),
+            ("norm_size", ">i4"),
+            ("norm", ">f4"),
         ]
     )
     # one buffer holds the whole stream: the rows are a view between signature and trailer, so no copy is made
@@ -94,7 +98,7 @@ def face_rows(
     stream[: len(SIGNATURE)] = np.frombuffer(SIGNATURE, np.uint8)
     stream[len(stream) - len(TRAILER) :] = np.frombuffer(TRAILER, np.uint8)
     rows = stream[len(SIGNATURE) : len(stream) - len(TRAILER)].view(dtype)
-    rows["fields"] = 7
+    rows["fields"] = 8
     rows["hash_size"], rows["hash"] = HASH_LENGTH, encoded
     _fill_float_array(rows["box"], boxes)
     _fill_float_array(rows["kps"], keypoints)
@@ -102,4 +106,5 @@ def face_rows(
     rows["short_size"], rows["short"] = 4, face_short
     rows["model_size"], rows["model"] = len(name), name
     rows["vector_size"], rows["dim"], rows["unused"], rows["vector"] = 4 + 4 * dim, dim, 0, vectors
+    rows["norm_size"], rows["norm"] = 4, norms
     return stream.data

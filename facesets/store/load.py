@@ -429,7 +429,7 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
-FACE_COLUMNS = "image_id, box, keypoints, score, face_short, model, embedding"
+FACE_COLUMNS = "image_id, box, keypoints, score, face_short, model, embedding, norm"
 
 
 def _insert_faces(conn: Any, data: CacheData, rows: np.ndarray, model: str, bulk: bool) -> int:
@@ -447,6 +447,7 @@ def _insert_faces(conn: Any, data: CacheData, rows: np.ndarray, model: str, bulk
         meta["face_short"],
         model,
         data.embeddings[rows],
+        meta["norm"],
     )
     known = (
         not bulk
@@ -458,7 +459,7 @@ def _insert_faces(conn: Any, data: CacheData, rows: np.ndarray, model: str, bulk
     if known:
         conn.execute(
             "CREATE TEMP TABLE tmp_faces (image_id TEXT, box REAL[], keypoints REAL[], score REAL, face_short REAL, "
-            f"model TEXT, embedding vector({EMBEDDING_DIM})) ON COMMIT DROP"
+            f"model TEXT, embedding vector({EMBEDDING_DIM}), norm REAL) ON COMMIT DROP"
         )
     with conn.cursor().copy(f"COPY {target} FROM STDIN WITH (FORMAT BINARY)") as copy:
         copy.write(payload)

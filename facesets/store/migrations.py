@@ -164,6 +164,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         )""",
         ),
     ),
+    Migration(
+        7,
+        "face quality",
+        (
+            # the recognizer's raw embedding norm (NULL: loaded before it was kept), which tracks the quality of the
+            # crop (see facesets.cluster.calibration.poor_faces); and the faces set aside on the review page
+            "ALTER TABLE face_detections ADD COLUMN norm REAL",
+            """CREATE TABLE dismissed_faces (
+            face_id BIGINT PRIMARY KEY REFERENCES face_detections(id) ON DELETE CASCADE
+        )""",
+        ),
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -224,17 +224,19 @@ class UnassignedFace:
     candidate: int | None  # the person whose centre is nearest (not hidden, not recorded as "not this person")
     candidate_name: str | None
     distance: float | None  # cosine distance to that centre
+    norm: float | None = None  # the recognizer's raw norm (its quality; None: not known)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def unassigned_faces(conn: Any, limit: int) -> tuple[int, list[UnassignedFace]]:
-    """How many faces have no person, and the first ``limit`` of them with their best candidate person."""
+    """How many faces have no person (and were not dismissed), and the first ``limit`` of them with their best
+    candidate person."""
     total = int(
         conn.execute(
-            "SELECT count(*) FROM face_detections f "
-            "WHERE NOT EXISTS (SELECT 1 FROM face_persons a WHERE a.face_id = f.id)"
+            "SELECT count(*) FROM face_detections f WHERE NOT EXISTS (SELECT 1 FROM face_persons a "
+            "WHERE a.face_id = f.id) AND NOT EXISTS (SELECT 1 FROM dismissed_faces d WHERE d.face_id = f.id)"
         ).fetchone()[0]
     )
     rows = conn.execute(
@@ -245,7 +247,7 @@ def unassigned_faces(conn: Any, limit: int) -> tuple[int, list[UnassignedFace]]:
            SELECT f.id, f.image_id,
                   coalesce((SELECT array_agg(i.path ORDER BY i.path) FROM image_paths i WHERE i.image_id = f.image_id),
                            '{}'),
-                  f.score, best.person_id, n.name, best.distance
+                  f.score, best.person_id, n.name, best.distance, f.norm
            FROM face_detections f
            LEFT JOIN LATERAL (
                SELECT c.person_id, c.centre <=> f.embedding AS distance FROM centres c
@@ -253,6 +255,7 @@ def unassigned_faces(conn: Any, limit: int) -> tuple[int, list[UnassignedFace]]:
                ORDER BY distance, c.person_id LIMIT 1) best ON true
            LEFT JOIN person_names n ON n.person_id = best.person_id
            WHERE NOT EXISTS (SELECT 1 FROM face_persons a WHERE a.face_id = f.id)
+             AND NOT EXISTS (SELECT 1 FROM dismissed_faces d WHERE d.face_id = f.id)
            ORDER BY f.id LIMIT %s""",
         (limit,),
     ).fetchall()
@@ -265,9 +268,21 @@ def unassigned_faces(conn: Any, limit: int) -> tuple[int, list[UnassignedFace]]:
             None if e is None else int(e),
             g,
             None if h is None else round(float(h), 4),
+            None if k is None or k != k else round(float(k), 4),  # NULL or NaN: not known
         )
-        for a, b, c, d, e, g, h in rows
+        for a, b, c, d, e, g, h, k in rows
     ]
+
+
+def dismiss_faces(conn: Any, faces: list[int]) -> dict[str, int]:
+    """Set ``faces`` aside: out of the unassigned faces and out of clustering (too blurred or small to tell)."""
+    with conn.transaction():
+        added = conn.execute(
+            "INSERT INTO dismissed_faces(face_id) SELECT id FROM face_detections WHERE id = ANY(%s) "
+            "ON CONFLICT DO NOTHING",
+            (faces,),
+        ).rowcount
+    return {"dismissed": int(added)}
 
 
 def not_person(conn: Any, face: int, person: int) -> dict[str, int]:

@@ -36,7 +36,7 @@ from ..base.errors import ConfigError, DatabaseError
 from ..base.progress import ProgressFactory
 from ..base.settings import DEFAULT_PERSON_MIN_FACES
 from ..cluster.algorithms import Algorithm, cluster_library
-from ..cluster.calibration import LibraryEstimate
+from ..cluster.calibration import LibraryEstimate, poor_faces
 from ..cluster.identify import cluster_params, match_faces, refine
 from ..cluster.thresholds import Thresholds, resolve_thresholds
 from ..models.packs import PackIdentity
@@ -79,6 +79,7 @@ class FaceRows:
     vectors: NDArray[np.float32]
     photos: NDArray[np.int64]
     persons: NDArray[np.int64]  # -1: no person
+    norms: NDArray[np.float32] | None = None  # the recognizer's raw norm (NaN: not known), the face's quality
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -143,29 +144,34 @@ def face_model(conn: Any) -> PackIdentity | None:
 
 
 def read_faces(conn: Any) -> FaceRows:
-    """Every face, in canonical order, into arrays sized up front (no per-row Python objects kept)."""
-    count = int(conn.execute("SELECT count(*) FROM face_detections").fetchone()[0])
+    """Every face but those dismissed, in canonical order, into arrays sized up front (no per-row Python objects
+    kept)."""
+    dismissed = "NOT EXISTS (SELECT 1 FROM dismissed_faces d WHERE d.face_id = f.id)"  # set aside by hand
+    count = int(conn.execute(f"SELECT count(*) FROM face_detections f WHERE {dismissed}").fetchone()[0])
     ids = np.empty(count, np.int64)
     vectors = np.empty((count, EMBEDDING_DIM), np.float32)
     persons = np.empty(count, np.int64)
+    norms = np.empty(count, np.float32)
     photo_hashes: list[str] = []
     done = 0
     with conn.transaction(), conn.cursor(name="facesets_faces", binary=True) as cursor:
         cursor.itersize = READ_BATCH
         cursor.execute(
-            "SELECT f.id, f.image_id, coalesce(a.person_id, -1), f.embedding FROM face_detections f "
-            "LEFT JOIN face_persons a ON a.face_id = f.id ORDER BY f.image_id, f.box"
+            "SELECT f.id, f.image_id, coalesce(a.person_id, -1), coalesce(f.norm, 'NaN'), f.embedding "
+            "FROM face_detections f "
+            f"LEFT JOIN face_persons a ON a.face_id = f.id WHERE {dismissed} ORDER BY f.image_id, f.box"
         )
         while block := cursor.fetchmany(READ_BATCH):
             stop = min(count, done + len(block))
-            for offset, (face_id, image_id, person_id, vector) in enumerate(block[: stop - done]):
+            for offset, (face_id, image_id, person_id, norm, vector) in enumerate(block[: stop - done]):
                 ids[done + offset] = face_id
                 persons[done + offset] = person_id
+                norms[done + offset] = norm
                 vectors[done + offset] = vector.to_numpy()
                 photo_hashes.append(image_id)
             done = stop
     _, photos = np.unique(np.asarray(photo_hashes[:done], dtype=object), return_inverse=True)
-    return FaceRows(ids[:done], vectors[:done], photos.astype(np.int64), persons[:done])
+    return FaceRows(ids[:done], vectors[:done], photos.astype(np.int64), persons[:done], norms[:done])
 
 
 def read_not_person(conn: Any, faces: FaceRows) -> dict[int, set[int]]:
@@ -202,11 +208,12 @@ def plan_persons(
     rest = np.asarray([row for row in free.tolist() if row not in plan.joins], np.int64)
     params = cluster_params(config.algorithm, thresholds, config.min_points)
     bar = progress(len(rest)) if progress else None
-    labels, plan.library = cluster_library(faces.vectors[rest], faces.photos[rest], params, faces.vectors, progress=bar)
+    poor = poor_faces(faces.norms[rest]) if faces.norms is not None else None
+    labels, plan.library = cluster_library(faces.vectors[rest], faces.photos[rest], params, faces.vectors, poor, bar)
     if bar:
         bar.close()
     keys = [str(face_id) for face_id in faces.ids.tolist()]
-    groups, dropped = refine(faces.vectors, keys, rest, labels, thresholds, config.min_faces, plan.library)
+    groups, dropped = refine(faces.vectors, keys, rest, labels, thresholds, config.min_faces, plan.library, poor)
     for entry in dropped:
         plan.dropped[entry["reason"]] = plan.dropped.get(entry["reason"], 0) + entry["faces"]
     for members in groups:
