@@ -305,3 +305,25 @@ def test_faces_too_poor_to_tell_are_shown_apart_and_dismissed_at_once(store: str
     assert not set(waiting) & set(faces.ids.tolist())  # clustering no longer sees them
     client.post("/undo", headers=headers)
     assert "Too blurred or small to tell" in client.get("/unassigned").text
+
+
+def test_look_alike_unassigned_faces_come_as_groups_that_become_a_person(store: str, tmp_path: Path) -> None:
+    from facesets.store.personops import reset_persons
+
+    with psycopg.connect(store, autocommit=True) as conn:
+        reset_persons(conn, None, names=True)  # every face unassigned again: clusters too small to be persons
+    client = client_for(store, tmp_path / "crops")
+    page = client.get("/unassigned").text
+    sections = page.split('<section class="group"')[1:]
+    assert len(sections) >= 2  # the library's people, each a group
+    group = sorted(int(part.split('"')[0]) for part in sections[0].split('data-face="')[1:])
+    assert len(group) >= 2 and all(person_of(store, face) is None for face in group)
+    headers = {"X-CSRF-Token": csrf_of(client)}
+    made = client.post("/group", data={"face": [str(face) for face in group]}, headers=headers)
+    assert made.status_code == 200
+    persons = {person_of(store, face) for face in group}
+    assert len(persons) == 1 and None not in persons  # one new person of exactly those faces
+    (person,) = persons
+    assert sorted(face for face in range(1, 100) if person_of(store, face) == person) == group
+    client.post("/undo", headers=headers)
+    assert all(person_of(store, face) is None for face in group) and person not in person_ids(store)

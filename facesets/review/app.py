@@ -35,6 +35,7 @@ from ..models.runtime import Lazy, runtime_options
 from ..store import personops
 from ..store.activity import recent, recorded, undo_last
 from ..store.database import connect
+from ..store.persons import look_alike_groups
 from ..store.search import check_clip_model, clip_folder, nearest_images
 from . import images, queries
 
@@ -72,6 +73,7 @@ def make_app(config: ReviewConfig) -> Starlette:
         Route("/face/{face:int}/accept", view.accept, methods=["POST"]),
         Route("/face/{face:int}/reject", view.reject, methods=["POST"]),
         Route("/dismiss", view.dismiss, methods=["POST"]),
+        Route("/group", view.group, methods=["POST"]),
         Route("/photo/{image:str}", view.photo),
         Route("/search", view.search),
         Route("/thumb/{image:str}.jpg", view.thumb),
@@ -119,6 +121,16 @@ def _hostname(header: str) -> str:
 async def _failed(request: Request, exc: Exception) -> Response:
     """A library error (a refused action, say) as its message, for htmx to show where the action was."""
     return PlainTextResponse(str(exc), 409 if isinstance(exc, PersonError) else 400)
+
+
+def _common_candidate(faces: list[Any], match: float | None) -> Any:
+    """The face whose candidate every face of a group shares, when all are within the model's match distance of
+    that person (a group is offered to a person only then); None otherwise."""
+    first = faces[0]
+    if match is None or first.candidate is None:
+        return None
+    near = all(f.candidate == first.candidate and f.distance is not None and f.distance <= match for f in faces)
+    return first if near else None
 
 
 def _count(faces: list[int]) -> str:
@@ -188,9 +200,17 @@ class _Views:
         with connect(self.config.url) as conn:
             total, faces = personops.unassigned_faces(conn, 200)
             cutoff = queries.poor_cutoff(conn)
-        poor = [face for face in faces if cutoff is not None and face.norm is not None and face.norm < cutoff]
-        sure = [face for face in faces if face not in poor]
-        return self._page(request, "unassigned.html", total=total, faces=sure, poor=poor)
+            poor = [face for face in faces if cutoff is not None and face.norm is not None and face.norm < cutoff]
+            sure = [face for face in faces if face not in poor]
+            groups = look_alike_groups(conn, [face.face for face in sure])
+            match = queries.match_distance(conn)
+        grouped = {face for group in groups for face in group}
+        by_face = {face.face: face for face in sure}
+        offers = [_common_candidate([by_face[face] for face in group], match) for group in groups]
+        return self._page(
+            request, "unassigned.html", total=total, poor=poor, faces=[f for f in sure if f.face not in grouped],
+            groups=[([by_face[face] for face in group], offer) for group, offer in zip(groups, offers, strict=True)],
+        )  # fmt: skip
 
     async def photo(self, request: Request) -> Response:
         image = request.path_params["image"]
@@ -335,6 +355,22 @@ class _Views:
             recorded(conn, f"face {face} is not person {person}", (face,), (person,),
                      lambda: personops.not_person(conn, face, person))  # fmt: skip
         return HTMLResponse("")
+
+    async def group(self, request: Request) -> Response:
+        """A group of unassigned faces as a new person, or all of them into an existing ``person``."""
+        form = await request.form()
+        faces = sorted({_int(value) for value in form.getlist("face")})
+        if len(faces) < 2:
+            raise PersonError("a group is two faces or more")
+        with connect(self.config.url) as conn:
+            if form.get("person"):
+                person = _int(form.get("person"))
+                recorded(conn, f"{_count(faces)} are person {person}", faces, (person,),
+                         lambda: [personops.assign_face(conn, face, person) for face in faces])  # fmt: skip
+            else:
+                recorded(conn, f"a new person of {_count(faces)}", faces, (),
+                         lambda: personops.new_person(conn, faces))  # fmt: skip
+        return Response(headers={"HX-Refresh": "true"})
 
     async def dismiss(self, request: Request) -> Response:
         faces = sorted({_int(value) for value in (await request.form()).getlist("face")})

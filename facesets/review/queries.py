@@ -193,5 +193,15 @@ def poor_cutoff(conn: Any) -> float | None:
     return cutoff(np.asarray(norms, np.float32))
 
 
+def match_distance(conn: Any) -> float | None:
+    """The store's face model's match distance (a face joins a person's centre within it), where it is known."""
+    from ..cluster.thresholds import model_thresholds
+    from ..store.persons import face_model
+
+    identity = face_model(conn)
+    thresholds = model_thresholds(identity) if identity is not None else None
+    return None if thresholds is None else thresholds.match
+
+
 def person_names(conn: Any) -> list[tuple[int, str]]:
     return [(int(a), str(b)) for a, b in conn.execute("SELECT person_id, name FROM person_names ORDER BY lower(name)")]

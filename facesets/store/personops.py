@@ -194,6 +194,26 @@ def not_person_many(conn: Any, faces: list[int], person: int) -> dict[str, int]:
     return {"faces": len(faces), "person": person, "unassigned": unassigned}
 
 
+def new_person(conn: Any, faces: list[int]) -> dict[str, Any]:
+    """A new person of ``faces`` (faces of no person yet, say), assigned by hand, in one transaction; refused
+    whole if two of them are of one photo."""
+    with conn.transaction():
+        _refuse_one_photo_twice(conn, faces)
+        person = int(conn.execute("INSERT INTO persons DEFAULT VALUES RETURNING id").fetchone()[0])
+        for face in faces:
+            assign_face(conn, face, person)
+    return {"faces": len(faces), "person": person}
+
+
+def _refuse_one_photo_twice(conn: Any, faces: list[int]) -> None:
+    clash = conn.execute(
+        "SELECT f.image_id FROM face_detections f WHERE f.id = ANY(%s) GROUP BY f.image_id HAVING count(*) > 1",
+        (faces,),
+    ).fetchone()
+    if clash is not None:
+        raise PersonError("two of the faces are of one photo: a photo shows a person once")
+
+
 def move_faces(conn: Any, faces: list[int], source: int, target: int | None) -> dict[str, Any]:
     """Move faces of ``source`` into ``target`` (``None``: a new person), in one transaction: each is recorded as
     not ``source`` and assigned to ``target`` by hand. Two faces of one photo never end in one person: the
@@ -203,12 +223,7 @@ def move_faces(conn: Any, faces: list[int], source: int, target: int | None) -> 
             target = int(conn.execute("INSERT INTO persons DEFAULT VALUES RETURNING id").fetchone()[0])
         if target == source:
             raise PersonError("the faces are already in that person")
-        clash = conn.execute(
-            "SELECT f.image_id FROM face_detections f WHERE f.id = ANY(%s) GROUP BY f.image_id HAVING count(*) > 1",
-            (faces,),
-        ).fetchone()
-        if clash is not None:
-            raise PersonError("two of the faces are of one photo: a photo shows a person once")
+        _refuse_one_photo_twice(conn, faces)
         for face in faces:
             not_person(conn, face, source)
             assign_face(conn, face, target)

@@ -174,6 +174,28 @@ def read_faces(conn: Any) -> FaceRows:
     return FaceRows(ids[:done], vectors[:done], photos.astype(np.int64), persons[:done], norms[:done])
 
 
+def look_alike_groups(conn: Any, faces: list[int]) -> list[list[int]]:
+    """``faces`` (unassigned faces, say) clustered among themselves with the store's model thresholds: the
+    groups of two or more faces that look like one person (too few to have become a person), largest first."""
+    identity = face_model(conn)
+    if identity is None or len(faces) < 2:
+        return []
+    rows = (
+        with_vectors(conn)
+        .execute(
+            "SELECT id, image_id, embedding FROM face_detections WHERE id = ANY(%s) ORDER BY image_id, box", (faces,)
+        )
+        .fetchall()
+    )
+    ids = np.asarray([int(row[0]) for row in rows], np.int64)
+    _, photos = np.unique(np.asarray([row[1] for row in rows], dtype=object), return_inverse=True)
+    vectors = np.asarray([row[2].to_numpy() for row in rows], np.float32)
+    params = cluster_params(Algorithm.GRAPH, resolve_thresholds(identity, {}), 3)
+    labels, _ = cluster_library(vectors, photos.astype(np.int64), params)
+    groups = [ids[labels == label].tolist() for label in np.unique(labels)]
+    return sorted((sorted(group) for group in groups if len(group) > 1), key=lambda group: (-len(group), group))
+
+
 def read_not_person(conn: Any, faces: FaceRows) -> dict[int, set[int]]:
     """Recorded "face F is not person P", by face row."""
     row_of = {int(face_id): row for row, face_id in enumerate(faces.ids.tolist())}

@@ -83,6 +83,6 @@ document.addEventListener("DOMContentLoaded", () => {
   const photo = document.getElementById("photo");
   if (photo) { if (photo.complete) { placeBoxes(); } else { photo.addEventListener("load", placeBoxes); } }
   const first = cards()[0];
-  if (first) { first.focus(); }
+  if (first) { first.focus({ preventScroll: true }); }
   watchQueue();
 });
