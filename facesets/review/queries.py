@@ -176,10 +176,10 @@ def known_path(conn: Any, image_id: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-def face_source(conn: Any, face: int) -> tuple[str, tuple[float, float, float, float]] | None:
-    """The image and box of a face."""
-    row = conn.execute("SELECT image_id, box FROM face_detections WHERE id = %s", (face,)).fetchone()
-    return None if row is None else (str(row[0]), (row[1][0], row[1][1], row[1][2], row[1][3]))
+def face_source(conn: Any, face: int) -> tuple[str, list[float]] | None:
+    """The image of a face and its 5 keypoints (x, y in the upright original)."""
+    row = conn.execute("SELECT image_id, keypoints FROM face_detections WHERE id = %s", (face,)).fetchone()
+    return None if row is None else (str(row[0]), [float(value) for value in row[1]])
 
 
 def poor_cutoff(conn: Any) -> float | None:
