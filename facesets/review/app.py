@@ -186,8 +186,9 @@ class _Views:
             person = queries.person(conn, person_id)
             if person is None:
                 return PlainTextResponse(f"no person {person_id}", 404)
-            faces = queries.person_faces(conn, person_id, page, uncertain)
-            suggestions = queries.merge_suggestions(conn, person_id)
+            middle = queries.centre(conn, person_id)
+            faces = queries.person_faces(conn, person_id, page, uncertain, middle)
+            suggestions = queries.merge_suggestions(conn, person_id, middle)
             names = queries.person_names(conn)
         pages = (person.faces + queries.PAGE - 1) // queries.PAGE
         return self._page(

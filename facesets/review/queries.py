@@ -95,16 +95,27 @@ def person(conn: Any, person_id: int) -> Person | None:
     return Person(int(a), b, int(c), int(d), bool(e), None if g is None else int(g))
 
 
-def person_faces(conn: Any, person_id: int, page: int, uncertain: bool) -> list[FaceTile]:
-    """One page of a person's faces: in face order, or the least certain first (farthest from the centre)."""
+def centre(conn: Any, person_id: int) -> str | None:
+    """The mean of a person's face vectors (pgvector's text form), read once per page; None: no face."""
+    row = conn.execute(
+        "SELECT avg(f.embedding)::text FROM face_persons a JOIN face_detections f ON f.id = a.face_id "
+        "WHERE a.person_id = %s",
+        (person_id,),
+    ).fetchone()
+    return None if row is None or row[0] is None else str(row[0])
+
+
+def person_faces(conn: Any, person_id: int, page: int, uncertain: bool, middle: str | None) -> list[FaceTile]:
+    """One page of a person's faces: in face order, or the least certain first (farthest from the ``middle``,
+    the person's :func:`centre`)."""
+    if middle is None:
+        return []
     order = "distance DESC, f.id" if uncertain else "f.id"  # one of two fixed orders
     rows = conn.execute(
-        f"""WITH centre AS (SELECT avg(f.embedding) AS c FROM face_persons a
-                            JOIN face_detections f ON f.id = a.face_id WHERE a.person_id = %(p)s)
-            SELECT f.id, f.image_id, f.score, f.embedding <=> (SELECT c FROM centre) AS distance, a.assigned_by
+        f"""SELECT f.id, f.image_id, f.score, f.embedding <=> %(c)s::vector AS distance, a.assigned_by
             FROM face_persons a JOIN face_detections f ON f.id = a.face_id
             WHERE a.person_id = %(p)s ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s""",
-        {"p": person_id, "limit": PAGE, "offset": page * PAGE},
+        {"p": person_id, "c": middle, "limit": PAGE, "offset": page * PAGE},
     ).fetchall()
     return [
         FaceTile(int(a), b, round(float(c), 3), None if d is None else round(float(d), 3), e) for a, b, c, d, e in rows
@@ -114,17 +125,12 @@ def person_faces(conn: Any, person_id: int, page: int, uncertain: bool) -> list[
 NEAR_FACES = 120  # faces of others nearest a person's centre, whose persons are the candidates
 
 
-def merge_suggestions(conn: Any, person_id: int, limit: int = 6) -> list[tuple[Person, float]]:
+def merge_suggestions(conn: Any, person_id: int, middle: str | None, limit: int = 6) -> list[tuple[Person, float]]:
     """The visible persons most likely to be this one, highest first. Candidates are the persons of the faces
     of others nearest this person's centre (the HNSW index, so the cost does not grow with the store), the
     nearest first; each is scored by the similarity of the two centres, checked against sample faces of both
     (the mean similarity of up to 8 faces of each: the lower of the two counts)."""
-    row = conn.execute(
-        "SELECT avg(f.embedding)::text FROM face_persons a JOIN face_detections f ON f.id = a.face_id "
-        "WHERE a.person_id = %s",
-        (person_id,),
-    ).fetchone()
-    if row is None or row[0] is None:
+    if middle is None:
         return []
     with conn.transaction():
         conn.execute(f"SET LOCAL hnsw.ef_search = {NEAR_FACES}")
@@ -149,7 +155,7 @@ def merge_suggestions(conn: Any, person_id: int, limit: int = 6) -> list[tuple[P
                       (SELECT avg(1 - (x.embedding <=> y.embedding)) FROM samples x, samples y
                        WHERE x.person_id = %(p)s AND y.person_id = best.person_id AND x.k <= 8 AND y.k <= 8)
                FROM best ORDER BY best.similarity DESC""",
-            {"p": person_id, "c": row[0], "near": NEAR_FACES, "limit": limit},
+            {"p": person_id, "c": middle, "near": NEAR_FACES, "limit": limit},
         ).fetchall()
     found = []
     for other, similarity, sampled in rows:
