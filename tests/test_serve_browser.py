@@ -218,3 +218,39 @@ def test_undo_from_the_page(browser: Any, serve: Any, store: str) -> None:
     assert person_of(store, face) == person and _not_person(store, person) == []
     page.goto(base + "/activity")
     assert f"1 face: not person {person} (undone)" in page.locator("ol.activity").inner_text()
+
+
+def test_merge_from_a_suggestion_and_hostile_image_urls(browser: Any, serve: Any, store: str) -> None:
+    base, page, person = _on_person_page(browser, serve, store)
+    page.on("dialog", lambda dialog: dialog.accept())  # the merge asks first
+    suggestion = page.locator("section.suggestions li").first
+    other = int(suggestion.get_attribute("data-person"))
+    faces = len([face for face in range(1, 100) if person_of(store, face) in (person, other)])
+    suggestion.get_by_role("button", name="Merge").click()
+    deadline = time.monotonic() + 10
+    while other in person_ids(store):  # neither is named: the page's person is kept, the suggested one goes
+        assert time.monotonic() < deadline, "the merge did not happen"
+        time.sleep(0.05)
+    page.wait_for_load_state("networkidle")
+    assert page.url == f"{base}/person/{person}"
+    assert len([face for face in range(1, 100) if person_of(store, face) == person]) == faces
+    for hostile in ("/image/..%2F..%2F..%2Fetc%2Fpasswd.jpg", "/crop/..%2F..%2Fetc%2Fpasswd.jpg", "/photo/..%2Fetc"):
+        answer = page.goto(base + hostile)
+        assert answer is not None and answer.status == 404 and "root:" not in page.content()
+
+
+def test_not_this_person_in_the_browser_holds_after_clustering_again(
+    browser: Any, serve: Any, store: str, library: Path, tmp_path: Path
+) -> None:
+    from facesets.store.persons import PersonClusterConfig, run_person_cluster
+    from tests.test_persons import loaded
+
+    _, page, person = _on_person_page(browser, serve, store)
+    face = int(page.locator("#faces input[name=face]").nth(0).get_attribute("value"))
+    page.locator(f"#faces input[value='{face}']").check()
+    page.get_by_role("button", name="Not this person").click()
+    _until(page, f"document.querySelectorAll(\"#faces input[value='{face}']\").length", 0)
+    run_person_cluster(PersonClusterConfig(loaded(store, library, tmp_path)))
+    assert person_of(store, face) != person
+    page.reload()
+    assert page.locator(f"#faces input[value='{face}']").count() == 0
