@@ -11,11 +11,10 @@ import click
 from ..base.progress import Progress
 from ..base.settings import (
     DEFAULT_DET_SIZES,
-    DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
     Mode,
 )
-from .options import bar, emit, json_option, model_options, providers_option
+from .options import bar, emit, json_option, max_bytes_option, model_options, providers_option
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +97,7 @@ def _parse_sizes(value: str) -> tuple[int, ...]:
     show_default=True,
     help="Refuse images with more pixels than this (decompression-bomb guard).",
 )
-@click.option(
-    "--max-bytes",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_BYTES,
-    show_default=True,
-    help="Refuse files larger than this before reading them (a sparse file or a device named like a photo).",
-)
+@max_bytes_option
 @click.option("--retry-errors", is_flag=True, help="Try again images recorded as load errors.")
 @json_option
 def embed(

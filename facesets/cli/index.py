@@ -8,11 +8,8 @@ from typing import Any
 
 import click
 
-from ..base.settings import (
-    DEFAULT_MAX_BYTES,
-)
 from ..models.clip import CLIP_ROOT_ENV, DEFAULT_CLIP_MODEL
-from .options import bar, emit, json_option, model_options, providers_option
+from .options import bar, emit, json_option, max_bytes_option, model_options, providers_option
 
 
 def _target_options(function: Any) -> Any:
@@ -79,13 +76,7 @@ def _target_options(function: Any) -> Any:
     show_default=True,
     help="Images per commit of the cache journal and the state: a kill loses at most this many.",
 )
-@click.option(
-    "--max-bytes",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_BYTES,
-    show_default=True,
-    help="Refuse files larger than this before reading them (a sparse file or a device named like a photo).",
-)
+@max_bytes_option
 @json_option
 def index(
     targets: Sequence[Path],

@@ -9,6 +9,7 @@ import click
 import orjson
 
 from ..base.progress import Progress
+from ..base.settings import DEFAULT_MAX_BYTES
 from ..models.packs import DEFAULT_PACK, MODEL_ROOT_ENV
 from ..store.database import DEFAULT_DATA
 
@@ -41,6 +42,15 @@ def human(key: str, value: Any) -> str:
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print the result as JSON (and no progress bar)."
 )  # every command that prints a result takes it, with this one text
+
+
+max_bytes_option = click.option(
+    "--max-bytes",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_BYTES,
+    show_default=True,
+    help="Refuse files larger than this before reading them (a sparse file or a device named like a photo).",
+)
 
 
 def database_options(function: Any) -> Any:

@@ -11,8 +11,6 @@ import click
 from ..base.errors import ConfigError
 from .options import database_options
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
 
 @click.command("serve")
 @database_options
@@ -47,7 +45,7 @@ def serve(
     try:
         import uvicorn
 
-        from ..review.app import ReviewConfig, make_app
+        from ..review.app import LOOPBACK, ReviewConfig, make_app
     except ImportError as exc:
         raise ConfigError(
             f"the review page needs {exc.name or 'its packages'}: pip install -e '.[review]' (Starlette, Jinja2, "
@@ -56,7 +54,7 @@ def serve(
     from ..store.database import DatabaseConfig, connect, database_url
     from ..store.migrations import check_schema
 
-    token = _token(host, token_file)
+    token = _token(host, token_file, LOOPBACK)
     with database_url(DatabaseConfig(database, data, must_exist=True)) as url:
         with connect(url) as conn:
             check_schema(conn)
@@ -69,7 +67,7 @@ def serve(
         uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
-def _token(host: str, token_file: Path | None) -> str | None:
+def _token(host: str, token_file: Path | None, loopback: tuple[str, ...]) -> str | None:
     if token_file is not None:
         try:
             token = token_file.read_text().strip()
@@ -78,6 +76,6 @@ def _token(host: str, token_file: Path | None) -> str | None:
         if len(token) < 16:
             raise ConfigError(f"the token in {token_file} is too short: use at least 16 characters")
         return token
-    if host in LOOPBACK:
+    if host in loopback:
         return None
     return secrets.token_urlsafe(24)
