@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -34,7 +32,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-import uvicorn  # noqa: E402
 from bench_db import synthetic_faces, write_faces  # noqa: E402
 
 from facesets.review.app import ReviewConfig, make_app  # noqa: E402
@@ -42,6 +39,7 @@ from facesets.store import personops  # noqa: E402
 from facesets.store.database import DatabaseConfig, connect, database_url  # noqa: E402
 from facesets.store.load import LoadConfig, run_load  # noqa: E402
 from facesets.store.migrations import migrate  # noqa: E402
+from tests.browser import served  # noqa: E402
 
 BIG = 10_000  # faces of the largest person
 LOADS = 20
@@ -80,17 +78,6 @@ def real_photos(url: str, photos: list[Path], folder: Path, person: int) -> None
             link = folder / f"{number:06d}.jpg"
             link.symlink_to(photos[number % len(photos)])
             conn.execute("UPDATE image_paths SET path = %s WHERE image_id = %s", (str(link), image))
-
-
-def serve(app: object) -> tuple[str, uvicorn.Server]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))  # type: ignore[arg-type]
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}", server
 
 
 def timed_loads(client: httpx.Client, path: str) -> tuple[list[float], list[float], int]:
@@ -145,8 +132,7 @@ def run(url: str, work: Path) -> None:
             started = time.perf_counter()
             personops.list_persons(conn)
             baseline.append(1000 * (time.perf_counter() - started))
-    base, server = serve(make_app(ReviewConfig(url, work / "crops")))
-    with httpx.Client(base_url=base, timeout=60) as client:
+    with served(make_app(ReviewConfig(url, work / "crops"))) as base, httpx.Client(base_url=base, timeout=60) as client:
         for name, path in (("people page", "/"), (f"person page ({BIG:,} faces)", "/person/1"),
                            ("person page, least certain first", "/person/1?order=uncertain")):  # fmt: skip
             first, full, size = timed_loads(client, path)
@@ -178,7 +164,6 @@ def run(url: str, work: Path) -> None:
         assert answer.status_code == 200, answer.text
         print(f"actions: 100-face 'not this person' {not_ms:.0f} ms, merge of two persons {merge_ms:.0f} ms "
               "(target 500 ms each)")  # fmt: skip
-    server.should_exit = True
 
 
 if __name__ == "__main__":

@@ -10,25 +10,17 @@ faces boxed (JPEG, 1100 px wide).
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import uvicorn  # noqa: E402
-
 from facesets.review.app import ReviewConfig, make_app  # noqa: E402
 from facesets.store.database import DatabaseConfig, connect, database_url  # noqa: E402
 from facesets.store.migrations import check_schema  # noqa: E402
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+from tests.browser import ARGS, CHROMIUM, served  # noqa: E402
 
 
 def main() -> int:
@@ -54,19 +46,7 @@ def main() -> int:
                 "error: the store has no persons: run the demo (or facesets cluster --database) first", file=sys.stderr
             )
             return 1
-        with tempfile.TemporaryDirectory() as crops, socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-            probe.close()
-            server = uvicorn.Server(
-                uvicorn.Config(
-                    make_app(ReviewConfig(url, Path(crops))), host="127.0.0.1", port=port, log_level="warning"
-                )
-            )
-            threading.Thread(target=server.run, daemon=True).start()
-            while not server.started:
-                time.sleep(0.05)
-            base = f"http://127.0.0.1:{port}"
+        with tempfile.TemporaryDirectory() as crops, served(make_app(ReviewConfig(url, Path(crops)))) as base:
             pages = {"people": "/", "person": f"/person/{person[0]}", "unassigned": "/unassigned",
                      "photo": f"/photo/{photo[0]}"}  # fmt: skip
             with sync_playwright() as playwright:
@@ -79,7 +59,6 @@ def main() -> int:
                     page.screenshot(path=str(target), type="jpeg", quality=80)
                     print(f"{target} ({target.stat().st_size / 1024:.0f} KiB)")
                 browser.close()
-            server.should_exit = True
     return 0
 
 

@@ -3,9 +3,8 @@ real port, on the real embedded PostgreSQL."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,18 +12,13 @@ from typing import Any
 
 import psycopg
 import pytest
-import uvicorn
 
 from facesets.review.app import ReviewConfig, make_app
+from tests.browser import ARGS, CHROMIUM, served
 from tests.test_persons import library, person_of
 from tests.test_serve import person_ids, store
 
 __all__ = ["library", "store"]  # fixtures shared with the HTTP tests
-
-CHROMIUM = "/usr/bin/chromium"
-# headless as root, and none of Chromium's background connections (this machine has no network beyond itself)
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -39,34 +33,16 @@ def browser() -> Iterator[Any]:
         launched.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def serve(store: str, tmp_path: Path) -> Iterator[Any]:
     """Start the review app on a free loopback port; yields ``start(token=None) -> base URL``."""
-    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+    with contextlib.ExitStack() as servers:
 
-    def start(token: str | None = None) -> str:
-        port = _free_port()
-        app = make_app(ReviewConfig(store, tmp_path / "crops", token, loopback_only=token is None))
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.started, "the review server did not start"
-        servers.append((server, thread))
-        return f"http://127.0.0.1:{port}"
+        def start(token: str | None = None) -> str:
+            app = make_app(ReviewConfig(store, tmp_path / "crops", token, loopback_only=token is None))
+            return servers.enter_context(served(app))
 
-    yield start
-    for server, thread in servers:
-        server.should_exit = True
-        thread.join(timeout=10)
+        yield start
 
 
 def _until(page: Any, expression: str, value: object, seconds: float = 10.0) -> None:
