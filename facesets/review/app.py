@@ -202,15 +202,15 @@ class _Views:
             total, faces = personops.unassigned_faces(conn, 200)
             cutoff = queries.poor_cutoff(conn)
             poor = [face for face in faces if cutoff is not None and face.norm is not None and face.norm < cutoff]
-            sure = [face for face in faces if face not in poor]
-            groups = look_alike_groups(conn, [face.face for face in sure])
+            poor_ids = {face.face for face in poor}
+            sure = [face for face in faces if face.face not in poor_ids]
+            by_face = {face.face: face for face in sure}
+            groups = [[by_face[face] for face in group] for group in look_alike_groups(conn, list(by_face))]
             match = queries.match_distance(conn)
-        grouped = {face for group in groups for face in group}
-        by_face = {face.face: face for face in sure}
-        offers = [_common_candidate([by_face[face] for face in group], match) for group in groups]
+        grouped = {face.face for group in groups for face in group}
         return self._page(
             request, "unassigned.html", total=total, poor=poor, faces=[f for f in sure if f.face not in grouped],
-            groups=[([by_face[face] for face in group], offer) for group, offer in zip(groups, offers, strict=True)],
+            groups=[(group, _common_candidate(group, match)) for group in groups],
         )  # fmt: skip
 
     async def photo(self, request: Request) -> Response:
