@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 SHARED ?= ../shared
 
-.PHONY: test chromium demo demo-immich lint stage embed cluster export load finalize bench-embed bench-index bench-db bench-cluster bench-stage bench-serve screenshots eval-clusters torture clean
+.PHONY: test chromium demo demo-immich lint stage embed cluster export load finalize bench-embed bench-distributed bench-index bench-db bench-cluster bench-stage bench-serve screenshots eval-clusters torture clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,9 @@ finalize: $(VENV)/.installed
 
 bench-embed: $(VENV)/.installed
 	$(BIN)/python scripts/bench_embed.py --shared $(SHARED)
+
+bench-distributed: $(VENV)/.installed
+	$(BIN)/python scripts/bench_distributed.py --shared $(SHARED)
 
 bench-index: $(VENV)/.installed
 	$(BIN)/python scripts/bench_index.py

@@ -402,10 +402,22 @@ class CacheWriter:
         return self._existing.images if self._existing else []
 
     def add(self, record: ImageRecord, faces: Sequence[FaceLike], aliases: dict[str, str] | None = None) -> None:
+        meta, vectors = faces_to_arrays(0, faces)
+        self.add_rows(record, meta, vectors, aliases)
+
+    def add_rows(
+        self,
+        record: ImageRecord,
+        meta: NDArray[Any] | None,
+        vectors: NDArray[np.float32],
+        aliases: dict[str, str] | None = None,
+    ) -> None:
+        """Add one image with its face rows (``meta`` of :data:`META_DTYPE`, any image index; None: no faces)."""
         index = len(self._pending.images)
         self._pending.images.append(record)
-        if faces:
-            meta, vectors = faces_to_arrays(index, faces)
+        if meta is not None and len(meta):
+            meta = meta.copy()
+            meta["image"] = index
             self._pending.meta = np.concatenate([self._pending.meta, meta])
             self._pending.embeddings = np.concatenate([self._pending.embeddings, vectors])
         if aliases:

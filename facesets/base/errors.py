@@ -15,6 +15,9 @@
     │   ├── CacheVersionError      the cache's schema is newer or older than this code reads
     │   └── CacheModelMismatchError  the cache was made by another model pack
     ├── FaceSetError               facesets_swap_ready/ or a cluster plan cannot be used (bad manifest, ...)
+    ├── SchedulerError             the Dask scheduler of a distributed embed cannot be reached or went away
+    │                              (exit code 2: what came back is flushed, the same command resumes)
+    ├── WorkerRefusedError         a Dask worker's model pack is not the driver's (embeddings never mix)
     └── ImmichError                the Immich server cannot be used (wrong URL, bad answer)
         ├── ImmichAuthError        the API key was rejected, or belongs to another user than expected
         └── ImmichUnavailableError the server stopped answering mid-run (exit code 2: run the same command again)
@@ -87,6 +90,16 @@ class CacheModelMismatchError(CacheError):
 
 class FaceSetError(FacesetsError):
     """The face-set folder, one of its manifests, or a cluster plan cannot be used."""
+
+
+class SchedulerError(FacesetsError):
+    """The Dask scheduler cannot be reached, or went away mid-run; what came back is in the cache."""
+
+    exit_code = 2
+
+
+class WorkerRefusedError(FacesetsError):
+    """A Dask worker cannot embed for this cache: another model pack, none, or no usable provider."""
 
 
 class ImmichError(FacesetsError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -99,6 +100,42 @@ def _parse_sizes(value: str) -> tuple[int, ...]:
 )
 @max_bytes_option
 @click.option("--retry-errors", is_flag=True, help="Try again images recorded as load errors.")
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="Embed on the workers of this Dask scheduler (tcp://host:8786) instead of here; this machine only "
+    "records the cache. Workers: `dask worker ADDRESS` on each machine where facesets and the same model pack "
+    "are installed (see the README). --concurrency, --providers and --model-dir then apply on each worker.",
+)
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="With --scheduler: the most images per unit of work sent to a worker (the last ones are smaller, so "
+    "that no worker idles while another finishes a big one).",
+)
+@click.option(
+    "--resources",
+    default="",
+    metavar="NAME=N[,...]",
+    help="With --scheduler: each shard needs these worker resources, e.g. dml=1 for workers started with "
+    '`--resources "dml=1"`.',
+)
+@click.option(
+    "--path-map",
+    "path_maps",
+    multiple=True,
+    metavar="FROM=TO",
+    help="With --scheduler: a worker reads a queued path (either form) that starts with FROM at TO instead. "
+    "Repeatable.",
+)
+@click.option(
+    "--ship-bytes",
+    is_flag=True,
+    help="With --scheduler: send every image's bytes from this machine (workers that see no shared folder). "
+    "Without it, only the images a worker cannot find are sent.",
+)
 @json_option
 def embed(
     queue_path: Path,
@@ -115,15 +152,26 @@ def embed(
     max_pixels: int,
     max_bytes: int,
     retry_errors: bool,
+    scheduler: str | None,
+    shard_size: int,
+    resources: str,
+    path_maps: tuple[str, ...],
+    ship_bytes: bool,
     as_json: bool,
 ) -> None:
     """Detect, align and embed the faces of every queued image into a face cache.
 
-    Resumable: run the same command again after a crash and it continues where it stopped.
+    Resumable: run the same command again after a crash and it continues where it stopped. With --scheduler
+    the work runs on Dask workers (Linux and Windows machines at once) and this machine writes the cache.
 
     Example: facesets embed --queue queue.json --cache caches/faces.npz --model-pack buffalo_l
     """
-    from ..embed.queue import EmbedConfig, run_embed
+    from ..embed.queue import EmbedConfig, EmbedStats, run_embed
+
+    ctx = click.get_current_context()
+    given = [p.opts[0] for p in ctx.command.params if p.name in _DISTRIBUTED and _given(ctx, str(p.name))]
+    if given and not scheduler:
+        raise click.UsageError(f"{', '.join(given)} only apply with --scheduler")
 
     config = EmbedConfig(
         queue=queue_path,
@@ -141,8 +189,40 @@ def embed(
         max_bytes=max_bytes,
         retry_errors=retry_errors,
     )
-    stats = run_embed(config, progress=lambda total: Progress(total, "embed", enabled=None if not as_json else False))
-    emit({"cache": str(cache_path), **stats.as_dict()}, as_json)
+    progress = lambda total: Progress(total, "embed", enabled=None if not as_json else False)  # noqa: E731
+    stats: EmbedStats
+    if scheduler:
+        from ..embed.scheduler import DistributedConfig, parse_resources, run_distributed
+        from ..embed.shards import PathMap
+
+        try:
+            needs = parse_resources(resources)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--resources") from None
+        maps = tuple(PathMap.parse(text) for text in path_maps)
+        spread = DistributedConfig(scheduler, shard_size, needs, maps, ship_bytes)
+        stats = run_distributed(config, spread, progress)
+    else:
+        stats = run_embed(config, progress)
+    summary = {"cache": str(cache_path), **stats.as_dict()}
+    if as_json or not scheduler:
+        emit(summary, as_json)
+        return
+    workers: dict[str, dict[str, Any]] = summary.pop("workers")  # type: ignore[assignment]
+    emit(summary, False)
+    for name, worker in workers.items():
+        click.echo(
+            f"worker {name}: {worker['images']} images, {worker['faces']} faces, {worker['errors']} errors, "
+            f"{worker['img_s']} img/s"
+        )
+
+
+_DISTRIBUTED = ("shard_size", "resources", "path_maps", "ship_bytes")
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source is not click.core.ParameterSource.DEFAULT
 
 
 @click.group()

@@ -35,12 +35,19 @@ def _steps(_context: click.Context, _parameter: click.Parameter, value: str) -> 
 @click.option(
     "--embed",
     "embed_where",
-    type=click.Choice(["auto", "local", "windows"]),
+    type=click.Choice(["auto", "local", "windows", "dask"]),
     envvar="EMBED",
     default="auto",
     show_default=True,
-    help="Where the embed step runs: windows = the Windows side of WSL (WIN_ROOT, WIN_PYTHON); auto = windows "
-    "under WSL when both are set, else local.",
+    help="Where the embed step runs: windows = the Windows side of WSL (WIN_ROOT, WIN_PYTHON); dask = the workers "
+    "of --scheduler (DASK_SCHEDULER); auto = windows under WSL when both WIN_ variables are set, else local.",
+)
+@click.option(
+    "--scheduler",
+    envvar="DASK_SCHEDULER",
+    metavar="ADDRESS",
+    help="With --embed dask: the Dask scheduler whose workers embed, e.g. tcp://192.168.1.20:8786 "
+    "(also $DASK_SCHEDULER).",
 )
 @click.option(
     "--win-root",
@@ -99,6 +106,7 @@ def finalize_command(
     win_root: Path | None,
     win_python: str | None,
     win_worker: Path | None,
+    scheduler: str | None,
     staging: Path,
     caches: Path,
     sets_dir: Path,
@@ -122,6 +130,8 @@ def finalize_command(
     from ..flow.winside import WindowsSide, running_under_wsl
     from ..store.database import DatabaseConfig
 
+    if embed_where == "dask" and not scheduler:
+        raise ConfigError("--embed dask needs --scheduler (DASK_SCHEDULER), e.g. tcp://192.168.1.20:8786")
     side = None
     wants_windows = embed_where == "windows" or (
         embed_where == "auto" and running_under_wsl() and bool(win_root) and bool(win_python)
@@ -143,6 +153,7 @@ def finalize_command(
         model_pack=model_pack,
         providers=providers,
         embed_side=side,
+        scheduler=scheduler if embed_where == "dask" else None,
         split_eras=split_eras,
         min_faces=min_faces,
         progress=not as_json,

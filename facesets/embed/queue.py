@@ -14,15 +14,20 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from ..artifacts.cache import CacheWriter
+import numpy as np
+from numpy.typing import NDArray
+
+from ..artifacts.cache import EMBEDDING_DIM, META_DTYPE, CacheWriter, faces_to_arrays
 from ..artifacts.queue import QueueEntry, read_queue
 from ..artifacts.records import ImageRecord, ImageStatus
-from ..base.progress import Progress, ProgressFactory
+from ..base.progress import ProgressFactory
 from ..base.settings import DEFAULT_DET_SIZES, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Mode
-from ..models.faces import Face, FaceEngine, build_engine
+from ..models.faces import FaceEngine, build_engine
 from ..models.packs import DEFAULT_PACK, resolve_pack
 from ..models.runtime import is_cpu_only, runtime_options
 from .stages import Claims, Read, analyze, count_reason, decode_into, read_and_claim, run_stages
@@ -70,12 +75,25 @@ class EmbedStats:
 
 
 @dataclass(frozen=True)
-class Analyzed:
+class Outcome:
+    """What the embed stage learned of one queued image, ready to record: plain values and face rows, so that
+    a worker on another machine can send it back (:mod:`facesets.embed.shards`)."""
+
     entry: QueueEntry
-    read: Read
-    faces: list[Face]
+    digest: str = ""
+    size: int = 0
+    new: bool = False  # the bytes were claimed by this image (False: a duplicate of an image seen before)
+    width: int = 0
+    height: int = 0
     error: str = ""
-    transient: bool = False
+    transient: bool = False  # the error is no property of the image: not recorded, tried again next run
+    missing: bool = False  # the file is not there where this was computed (a worker may not see it)
+    meta: NDArray[Any] = field(default_factory=lambda: np.zeros(0, META_DTYPE))
+    vectors: NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, EMBEDDING_DIM), np.float32))
+
+    @property
+    def faces(self) -> int:
+        return len(self.meta)
 
 
 def run_embed(config: EmbedConfig, progress: ProgressFactory | None = None) -> EmbedStats:
@@ -84,16 +102,21 @@ def run_embed(config: EmbedConfig, progress: ProgressFactory | None = None) -> E
     entries = read_queue(config.queue)
     pack = resolve_pack(config.model_dir, config.model_pack)
     options = runtime_options(config.providers)
-    workers = config.concurrency or (os.cpu_count() or 1 if is_cpu_only(options.providers) else 1)
+    workers = inference_workers(config, options.providers)
     log.info("model pack %s, providers %s, %d inference workers", pack.folder, ", ".join(options.providers), workers)
-    square = config.mode is Mode.REFERENCE
-    engine = build_engine(pack, options, config.det_sizes, config.min_face, square)
+    engine = build_engine(pack, options, config.det_sizes, config.min_face, config.mode is Mode.REFERENCE)
     writer = CacheWriter(config.cache, pack.identity())
     stats = EmbedStats(queued=len(entries))
     try:
-        todo = _select_todo(entries, writer, config, stats)
+        todo = select_todo(entries, writer, config, stats)
         bar = progress(len(todo)) if progress else None
-        _run_pipeline(todo, engine, writer, config, stats, workers, bar)
+        claims = Claims(embedded_hashes(writer))
+        for outcome in ImageWork(engine, config, claims).run(todo, workers):
+            record(outcome, writer, stats)
+            if writer.pending_images >= config.flush_every:
+                writer.flush()
+            if bar:
+                bar.advance()
         if bar:
             bar.close()
         writer.close(compact=True)  # one file to carry back from the embedding machine
@@ -104,14 +127,22 @@ def run_embed(config: EmbedConfig, progress: ProgressFactory | None = None) -> E
     return stats
 
 
-def _select_todo(
+def inference_workers(config: EmbedConfig, providers: tuple[str, ...]) -> int:
+    """The inference threads of one machine: ``--concurrency``, or one per core on the CPU, 1 on an accelerator."""
+    return config.concurrency or (os.cpu_count() or 1 if is_cpu_only(providers) else 1)
+
+
+def select_todo(
     entries: list[QueueEntry], writer: CacheWriter, config: EmbedConfig, stats: EmbedStats
 ) -> list[QueueEntry]:
+    """The queued images the cache does not hold yet (errors too with ``retry_errors``), each path once."""
     done = {record.path: record for record in writer.done_images()}
     todo, seen = [], set()
     for entry in entries:
-        record = done.get(entry.path)
-        if entry.path in seen or (record and not (config.retry_errors and record.status is ImageStatus.ERROR)):
+        done_record = done.get(entry.path)
+        if entry.path in seen or (
+            done_record and not (config.retry_errors and done_record.status is ImageStatus.ERROR)
+        ):
             stats.already_done += 1
             continue
         seen.add(entry.path)
@@ -119,74 +150,86 @@ def _select_todo(
     return todo
 
 
-class _Stages:
-    """The io and inference stage functions of one run (:mod:`facesets.embed.stages`)."""
+def embedded_hashes(writer: CacheWriter) -> list[str]:
+    """The content hashes the cache holds faces (or no faces) for: bytes seen again are duplicates."""
+    return [r.content_hash for r in writer.done_images() if r.status in (ImageStatus.OK, ImageStatus.NO_FACE)]
 
-    def __init__(self, engine: FaceEngine, writer: CacheWriter, config: EmbedConfig) -> None:
+
+class ImageWork:
+    """The io and inference stage functions of one run (:mod:`facesets.embed.stages`); ``read`` gives an
+    entry's bytes (by default: its file on this machine)."""
+
+    def __init__(
+        self,
+        engine: FaceEngine,
+        config: EmbedConfig,
+        claims: Claims,
+        read: Callable[[QueueEntry], Read] | None = None,
+    ) -> None:
         self.engine = engine
         self.config = config
-        self.claims = Claims(
-            r.content_hash for r in writer.done_images() if r.status in (ImageStatus.OK, ImageStatus.NO_FACE)
-        )
+        self.claims = claims
+        self.read = read or (lambda entry: read_and_claim(entry.local_path(), claims, config.max_bytes))
+
+    def run(self, entries: Iterable[QueueEntry], workers: int) -> Iterator[Outcome]:
+        """The outcome of every entry, in order, through the two bounded pools."""
+        io_workers = self.config.io_concurrency or max(2, workers)
+        return run_stages(entries, self.load, self.infer, workers, io_workers)
 
     def load(self, entry: QueueEntry) -> tuple[QueueEntry, Read]:
-        read = read_and_claim(entry.local_path(), self.claims, self.config.max_bytes)
+        read = self.read(entry)
         if read.error or not read.new:
             return entry, read
         fit = FAST_DECODE_LONG_SIDE if self.config.mode is Mode.FAST else None
         return entry, decode_into(read, self.claims, self.config.max_pixels, fit)
 
-    def infer(self, loaded: tuple[QueueEntry, Read]) -> Analyzed:
+    def infer(self, loaded: tuple[QueueEntry, Read]) -> Outcome:
         entry, read = loaded
-        if read.image is None:
-            return Analyzed(entry, read, [])
-        analysis = analyze(self.engine, read.image, read.data, self.config.max_pixels)
+        image = read.image
+        width, height = (image.width, image.height) if image else (0, 0)
+        size = len(read.data) if read.data else entry.size
+        base = Outcome(entry, read.digest, size, read.new, width, height, read.error, read.transient, read.missing)
+        if image is None:
+            return base
+        analysis = analyze(self.engine, image, read.data, self.config.max_pixels)
         if analysis.transient:
             self.claims.release(read.digest)
-        return Analyzed(entry, read, analysis.value or [], analysis.error, analysis.transient)
+        if analysis.error:
+            return replace(base, error=analysis.error, transient=analysis.transient)
+        meta, vectors = faces_to_arrays(0, analysis.value or [])
+        return replace(base, meta=meta, vectors=vectors)
 
 
-def _run_pipeline(
-    todo: list[QueueEntry],
-    engine: FaceEngine,
-    writer: CacheWriter,
-    config: EmbedConfig,
-    stats: EmbedStats,
-    workers: int,
-    bar: Progress | None,
-) -> None:
-    stages = _Stages(engine, writer, config)
-    io_workers = config.io_concurrency or max(2, workers)
-    for result in run_stages(todo, stages.load, stages.infer, workers, io_workers):
-        _record(result, writer, stats)
-        if writer.pending_images >= config.flush_every:
-            writer.flush()
-        if bar:
-            bar.advance()
-
-
-def _record(result: Analyzed, writer: CacheWriter, stats: EmbedStats) -> None:
-    entry, read = result.entry, result.read
-    error = result.error or read.error
-    size = len(read.data) if read.data else entry.size
-    image = read.image
-    width, height = (image.width, image.height) if image else (0, 0)
-    if error:
+def record(outcome: Outcome, writer: CacheWriter, stats: EmbedStats) -> None:
+    """Add one outcome to the cache journal and the counters (a transient error is counted, not recorded)."""
+    entry = outcome.entry
+    if outcome.error:
         status = ImageStatus.ERROR
         stats.errors += 1
-        count_reason(stats.error_reasons, error)
-        log.warning("skipping %s: %s", entry.path, error)
-        if result.transient or read.transient:
+        count_reason(stats.error_reasons, outcome.error)
+        log.warning("skipping %s: %s", entry.path, outcome.error)
+        if outcome.transient:
             return  # not recorded: the next run tries the image again
-    elif not read.new:
+    elif not outcome.new:
         status = ImageStatus.DUPLICATE
         stats.duplicates += 1
     else:
-        status = ImageStatus.OK if result.faces else ImageStatus.NO_FACE
+        status = ImageStatus.OK if outcome.faces else ImageStatus.NO_FACE
         stats.embedded += 1
-        stats.faces += len(result.faces)
-        stats.no_face += 0 if result.faces else 1
-    if entry.content_hash and read.digest and entry.content_hash != read.digest:
+        stats.faces += outcome.faces
+        stats.no_face += 0 if outcome.faces else 1
+    if entry.content_hash and outcome.digest and entry.content_hash != outcome.digest:
         stats.changed_since_queued += 1
-    record = ImageRecord(entry.path, read.digest, size, status, error, width, height, len(result.faces), entry.source)
-    writer.add(record, result.faces, {entry.path: entry.windows_path} if entry.windows_path else None)
+    image = ImageRecord(
+        entry.path,
+        outcome.digest,
+        outcome.size,
+        status,
+        outcome.error,
+        outcome.width,
+        outcome.height,
+        outcome.faces,
+        entry.source,
+    )
+    aliases = {entry.path: entry.windows_path} if entry.windows_path else None
+    writer.add_rows(image, outcome.meta if status is ImageStatus.OK else None, outcome.vectors, aliases)

@@ -11,6 +11,7 @@ error reason; nothing but a missing model or an unwritable cache ends a run.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +65,7 @@ class Read:
     image: DecodedImage | None = None
     error: str = ""
     transient: bool = False  # the error is no property of the image (out of memory): not recorded, retried
+    missing: bool = False  # no file of that name here (another machine may see it)
 
 
 def read_and_claim(path: str, claims: Claims, max_bytes: int) -> Read:
@@ -71,7 +73,12 @@ def read_and_claim(path: str, claims: Claims, max_bytes: int) -> Read:
     try:
         data = read_image(path, max_bytes)
     except ImageLoadError as exc:
-        return Read(error=exc.reason)
+        return Read(error=exc.reason, missing=not os.path.lexists(path))
+    return claim_bytes(data, claims)
+
+
+def claim_bytes(data: bytes, claims: Claims) -> Read:
+    """``data`` hashed, its hash claimed."""
     digest = blake3.blake3(data).hexdigest()
     return Read(data, digest, claims.claim(digest))
 

@@ -10,7 +10,8 @@ itself), and a changed input (new photos in the queue, a face set edited by hand
 that read it and those after them. ``--steps`` runs a subset (what ``make embed USER=u`` does); ``--force``
 ignores the record.
 
-The embed step runs here, or on the Windows side of WSL (:mod:`facesets.flow.winside`) when ``--embed windows``
+The embed step runs here, on the workers of a Dask scheduler (``--embed dask``), or on the Windows side of WSL
+(:mod:`facesets.flow.winside`) when ``--embed windows``
 (or ``auto`` under WSL with WIN_ROOT and WIN_PYTHON set).
 """
 
@@ -70,6 +71,7 @@ class FinalizeConfig:
     model_pack: str = DEFAULT_PACK
     providers: tuple[str, ...] = ()
     embed_side: EmbedSide | None = None  # a winside.WindowsSide, or None: embed here
+    scheduler: str | None = None  # embed on the workers of this Dask scheduler (tcp://host:8786)
     split_eras: bool = False
     min_faces: int = DEFAULT_MIN_FACES  # smallest new face set
     progress: bool = False  # a bar for each step (on a terminal)
@@ -195,6 +197,11 @@ def _embed(config: FinalizeConfig) -> dict[str, Any]:
         model_pack=config.model_pack,
         providers=config.providers,
     )
+    if config.scheduler:
+        from ..embed.scheduler import DistributedConfig, run_distributed
+
+        spread = DistributedConfig(config.scheduler)
+        return {"where": "dask", **run_distributed(embed_config, spread, progress=config.bar("embed", "img")).as_dict()}
     return {"where": "local", **run_embed(embed_config, progress=config.bar("embed", "img")).as_dict()}
 
 

@@ -90,6 +90,17 @@ class PackIdentity:
     def describe(self) -> str:
         return f"{self.name} ({self.recognizer} {self.recognizer_blake3[:12]})"
 
+    def describe_files(self) -> str:
+        """Both model files, for telling two packs apart that share a recognizer."""
+        return (
+            f"{self.name} (detector {self.detector} {self.detector_blake3[:12]}, "
+            f"recognizer {self.recognizer} {self.recognizer_blake3[:12]})"
+        )
+
+    def same_files(self, other: PackIdentity) -> bool:
+        """The same detector and recognizer bytes: faces found and embedded alike."""
+        return (self.detector_blake3, self.recognizer_blake3) == (other.detector_blake3, other.recognizer_blake3)
+
 
 @dataclass(frozen=True)
 class ModelPack:
