@@ -305,3 +305,37 @@ def test_cluster_of_a_store_with_no_faces_says_to_load_them(database: str, capsy
         migrate(conn)
     assert main(["cluster", "--database", database]) == 1
     assert capsys.readouterr().err.startswith("error: the database holds no faces to cluster: `facesets load")
+
+
+def test_persons_changes_are_logged_and_undone_from_the_command_line(
+    database: str, library: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    loaded(database, library, tmp_path)
+    run_person_cluster(PersonClusterConfig(DatabaseConfig(database)))
+    before = people_of(database)
+    first, second = sorted(before)[:2]
+    args = ["--database", database]
+    assert main(["persons", "name", str(first), "Ann", *args]) == 0
+    assert main(["persons", "merge", "ann", str(second), *args]) == 0
+    assert main(["persons", "hide", "ann", *args]) == 0
+    capsys.readouterr()
+    assert main(["persons", "activity", "--json", *args]) == 0
+    summaries = [(row["summary"], row["undone"]) for row in json.loads(capsys.readouterr().out)]
+    assert summaries == [
+        (f"hid person {first}", False),
+        (f"merged person {second} into person {first}", False),
+        (f"named person {first} 'Ann'", False),
+    ]
+    assert main(["persons", "undo", *args]) == 0 and main(["persons", "undo", *args]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"undone: merged person {second} into person {first}")
+    assert people_of(database) == before  # the merge is undone: both persons have their own faces again
+    with connect(database) as conn:
+        assert resolve_person(conn, "Ann") == first
+        assert conn.execute("SELECT hidden FROM persons WHERE id = %s", (first,)).fetchone()[0] is False
+    assert main(["persons", "undo", *args]) == 0 and main(["persons", "undo", *args]) == 1
+    assert "nothing to undo" in capsys.readouterr().err
+    with connect(database) as conn, pytest.raises(PersonError, match="no person"):
+        resolve_person(conn, "Ann")
+    assert main(["persons", "activity", *args]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all(line.endswith("(undone)") for line in lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -183,12 +184,14 @@ def persons_name(person: str, name: str, database: str | None, data: Path, as_js
 
     Example: facesets persons name 12 "Ann Smith"
     """
+    from ..store.activity import recorded
     from ..store.personops import name_person, resolve_person
 
+    named = " ".join(name.split())
     with _store(database, data) as conn:
         person_id = resolve_person(conn, person)
-        name_person(conn, person_id, name)
-    named = " ".join(name.split())
+        recorded(conn, f"named person {person_id} {named!r}", (), (person_id,),
+                 lambda: name_person(conn, person_id, name))  # fmt: skip
     if as_json:
         _print_json({"person": person_id, "name": named})
         return
@@ -205,11 +208,14 @@ def persons_merge(keep: str, others: tuple[str, ...], database: str | None, data
 
     Example: facesets persons merge Ann 17 23
     """
+    from ..store.activity import recorded
     from ..store.personops import merge_persons, resolve_person
 
     with _store(database, data) as conn:
         kept = resolve_person(conn, keep)
-        emit(merge_persons(conn, kept, [resolve_person(conn, ref) for ref in others]), as_json)
+        gone = [resolve_person(conn, ref) for ref in others]
+        summary = f"merged person {', '.join(map(str, gone))} into person {kept}"
+        emit(recorded(conn, summary, (), (kept, *gone), lambda: merge_persons(conn, kept, gone)), as_json)
 
 
 @persons.command("reset")
@@ -246,10 +252,13 @@ def persons_not(face: int, person: str, database: str | None, data: Path, as_jso
 
     Example: facesets persons not 4711 Ann
     """
+    from ..store.activity import recorded
     from ..store.personops import not_person, resolve_person
 
     with _store(database, data) as conn:
-        result = not_person(conn, face, resolve_person(conn, person))
+        person_id = resolve_person(conn, person)
+        result = recorded(conn, f"face {face} is not person {person_id}", (face,), (person_id,),
+                          lambda: not_person(conn, face, person_id))  # fmt: skip
     if as_json:
         _print_json(result)
         return
@@ -271,10 +280,13 @@ def persons_assign(face: int, person: str, move_other: bool, database: str | Non
 
     Example: facesets persons assign 4711 Ann
     """
+    from ..store.activity import recorded
     from ..store.personops import assign_face, resolve_person
 
     with _store(database, data) as conn:
-        result = assign_face(conn, face, resolve_person(conn, person), move_other)
+        person_id = resolve_person(conn, person)
+        result = recorded(conn, f"face {face} is person {person_id}", (face,), (person_id,),
+                          lambda: assign_face(conn, face, person_id, move_other))  # fmt: skip
     if as_json:
         _print_json(result)
         return
@@ -340,11 +352,54 @@ def persons_unhide(person: str, database: str | None, data: Path, as_json: bool)
     _set_hidden(person, database, data, False, as_json)
 
 
+@persons.command("activity")
+@database_options
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Changes to list.")
+@json_option
+def persons_activity(database: str | None, data: Path, limit: int, as_json: bool) -> None:
+    """The latest changes to persons, by these commands and by the review page, newest first.
+
+    Example: facesets persons activity --limit 5
+    """
+    from ..store.activity import recent
+
+    with _store(database, data) as conn:
+        actions = recent(conn, limit)
+    if as_json:
+        _print_json([asdict(action) for action in actions])
+        return
+    for action in actions:
+        click.echo(f"{action.at}  {action.summary}{'  (undone)' if action.undone else ''}")
+    if not actions:
+        click.echo("no change yet")
+
+
+@persons.command("undo")
+@database_options
+@json_option
+def persons_undo(database: str | None, data: Path, as_json: bool) -> None:
+    """Undo the latest change to persons not undone yet (run again for the one before), as the review page does.
+
+    Example: facesets persons undo
+    """
+    from ..store.activity import undo_last
+
+    with _store(database, data) as conn:
+        action = undo_last(conn)
+    if as_json:
+        _print_json(asdict(action))
+        return
+    click.echo(f"undone: {action.summary} ({action.at})")
+
+
 def _set_hidden(person: str, database: str | None, data: Path, hidden: bool, as_json: bool) -> None:
+    from ..store.activity import recorded
     from ..store.personops import hide_person, resolve_person
 
     with _store(database, data) as conn:
-        result = hide_person(conn, resolve_person(conn, person), hidden)
+        person_id = resolve_person(conn, person)
+        result = recorded(conn, f"{'hid' if hidden else 'unhid'} person {person_id}", (), (person_id,),
+                          lambda: hide_person(conn, person_id, hidden))  # fmt: skip
     if as_json:
         _print_json(result)
         return
