@@ -4,7 +4,8 @@
 
 Corpora: "web" = every photo of ../shared/data/faces plus insightface's t1.jpg, cycled to 200 files (each
 copy made byte-unique, so content dedup cannot help us); "camera" = 100 JPEGs of 4000x3000 (quality 90)
-made by upscaling photos of the same folder and compositing 3-5 of them onto one canvas.
+made by upscaling photos of the same folder and compositing 3-5 of them onto one canvas; "large" = 40 JPEGs
+made the same way at 24, 35 or 48 MP.
 
 For each pack and corpus it prints, all measured in this run:
 - naive: FaceAnalysis(name=pack, root=...) with default options, cv2.imread + app.get in a loop;
@@ -65,27 +66,40 @@ def build_web(shared: Path, folder: Path, count: int = 200) -> list[Path]:
 
 
 def build_camera(shared: Path, folder: Path, count: int = 100) -> list[Path]:
+    return build_composites(shared, folder, count, "camera", lambda rng: (4000, 3000), 1234)
+
+
+LARGE_SIZES = ((6000, 4000), (7200, 4800), (8000, 6000))  # 24, 35 and 48 MP
+
+
+def build_large(shared: Path, folder: Path, count: int = 40) -> list[Path]:
+    return build_composites(shared, folder, count, "large", lambda rng: rng.choice(LARGE_SIZES), 4321)
+
+
+def build_composites(shared: Path, folder: Path, count: int, prefix: str, canvas_size: Any, seed: int) -> list[Path]:
+    """JPEGs (quality 90) of 3-5 photos of data/faces upscaled onto one canvas of ``canvas_size(rng)``."""
     sources = sorted((shared / "data" / "faces").rglob("*.jpg"))
     folder.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(1234)
+    rng = random.Random(seed)
     files = []
     for index in range(count):
-        target = folder / f"camera-{index:03d}.jpg"
+        target = folder / f"{prefix}-{index:03d}.jpg"
         files.append(target)
         if target.exists():
             continue
-        canvas = Image.new("RGB", (4000, 3000), tuple(rng.randrange(60, 200) for _ in range(3)))
+        canvas_width, canvas_height = canvas_size(rng)
+        canvas = Image.new("RGB", (canvas_width, canvas_height), tuple(rng.randrange(60, 200) for _ in range(3)))
         slots = rng.randint(3, 5)
-        width = 4000 // slots
+        width = canvas_width // slots
         for slot in range(slots):
             with Image.open(rng.choice(sources)) as opened:
                 photo = opened.convert("RGB")
-            height = rng.randint(1400, 2800)
+            height = rng.randint(1400, 2800) * canvas_height // 3000
             scale = min(height / photo.height, (width - 20) / photo.width)
             size = (max(1, int(photo.width * scale)), max(1, int(photo.height * scale)))
             resized = photo.resize(size, Image.Resampling.BICUBIC)
             x = slot * width + (width - resized.width) // 2
-            y = rng.randint(0, 3000 - resized.height)
+            y = rng.randint(0, canvas_height - resized.height)
             canvas.paste(resized, (x, y))
         canvas.save(target, "JPEG", quality=90)
     return files
@@ -213,10 +227,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     parser.add_argument("--packs", default="scrfd500m-mbf,scrfd2.5g-mbf")
-    parser.add_argument("--corpora", default="web,camera")
+    parser.add_argument("--corpora", default="web,camera,large")
     parser.add_argument("--work", type=Path, default=REPO / "bench")
     args = parser.parse_args()
-    corpora = {"web": build_web, "camera": build_camera}
+    corpora = {"web": build_web, "camera": build_camera, "large": build_large}
     for name in args.corpora.split(","):
         files = corpora[name](args.shared, args.work / name)
         sizes = [Image.open(f).size for f in files]

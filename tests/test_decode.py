@@ -172,3 +172,28 @@ def test_the_memory_guard_counts_bytes_per_pixel_and_high_depth_converts_in_bloc
     assert image.pixels.shape == (1500, 1000, 3) and image.pixels.dtype == np.uint8
     expected = np.clip(np.rint(values.astype(np.float32) / 257.0), 0, 255).astype(np.uint8)
     assert np.array_equal(image.pixels[:, :, 0], expected) and np.array_equal(image.pixels[:, :, 2], expected)
+
+
+def test_jpegs_decode_through_simplejpeg_to_opencvs_pixels_at_every_reduction(faces_dir: Path) -> None:
+    """simplejpeg (TurboJPEG 3) is the JPEG decoder, pixel for pixel OpenCV's (what reference mode compares to);
+    a JPEG it refuses (strict: damaged scan data that libjpeg only warns about) is OpenCV's to decode."""
+    import cv2
+    import simplejpeg
+
+    from facesets.models.decode import jpeg_decoder
+
+    assert jpeg_decoder() == "simplejpeg"
+    files = sorted((faces_dir / "celeb5").rglob("*.jpg"))[:6]
+    damaged = bytearray(files[0].read_bytes())
+    scan = damaged.rfind(b"\xff\xda") + 200
+    damaged[scan : scan + 40] = bytes(range(40))  # garbage inside the scan, no marker among it
+    with pytest.raises(ValueError):
+        simplejpeg.decode_jpeg(bytes(damaged))
+    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}
+    for data in [path.read_bytes() for path in files] + [bytes(damaged)]:
+        for reduction, flag in flags.items():
+            expected = cv2.imdecode(np.frombuffer(data, np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)
+            assert expected is not None
+            found = decode(data, 1.0 / reduction)
+            assert found.pixels.shape == expected.shape and np.array_equal(found.pixels, expected), reduction
+            assert found.scale == expected.shape[1] / found.width

@@ -188,7 +188,8 @@ def test_worker_runs_with_only_the_windows_modules(tmp_path: Path, pack_dir: Pat
     guard = textwrap.dedent(
         """
         import sys, runpy
-        ALLOWED = {{"numpy", "PIL", "pillow_heif", "cv2", "onnxruntime", "blake3", "orjson", "click", "facesets"}}
+        ALLOWED = {{"numpy", "PIL", "pillow_heif", "cv2", "simplejpeg", "onnxruntime", "blake3", "orjson", "click",
+                   "facesets"}}
         THIRD_PARTY_PREFIXES = sys.prefix, sys.exec_prefix
         class Guard:
             def find_spec(self, name, path=None, target=None):

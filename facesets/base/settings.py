@@ -21,6 +21,6 @@ class Mode(StrEnum):
 
     # Full decode, square detector input: the faces and embeddings of InsightFace's FaceAnalysis.
     REFERENCE = "reference"
-    # Big JPEGs decoded at 1/2 (finer only for faces that need it), detector input padded to a multiple
-    # of 32: less work, keypoints and embeddings move slightly.
+    # Big JPEGs decoded at 1/2, 1/4 or 1/8, keeping a long side of 1280 (finer only for faces that need it),
+    # detector input padded to a multiple of 32: less work, keypoints and embeddings move slightly.
     FAST = "fast"

@@ -81,8 +81,9 @@ def _parse_sizes(value: str) -> tuple[int, ...]:
     default=Mode.REFERENCE.value,
     show_default=True,
     help="'reference' gives the faces and embeddings of InsightFace's FaceAnalysis (full decode, square "
-    "detector input); 'fast' decodes big JPEGs at 1/2 when the faces allow and pads the detector input only to a "
-    "multiple of 32: less work, keypoints and embeddings move slightly (see the README's performance figures).",
+    "detector input); 'fast' decodes big JPEGs at 1/2 to 1/8 (a long side of 1280; finer where a face needs it) "
+    "and pads the detector input only to a multiple of 32: less work, keypoints and embeddings move slightly (see "
+    "the README's performance figures).",
 )
 @click.option(
     "--flush-every",
