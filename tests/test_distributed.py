@@ -3,14 +3,17 @@ models and photos; every result is compared with a local run of the same queue."
 
 from __future__ import annotations
 
+import http.server
 import io
 import logging
 import os
 import pickle
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -28,6 +31,7 @@ from facesets.artifacts.queue import QueueEntry, read_queue, scan_folders, write
 from facesets.artifacts.records import ImageStatus
 from facesets.base.errors import ConfigError, WorkerRefusedError
 from facesets.base.progress import Progress
+from facesets.embed import scheduler
 from facesets.embed.queue import EmbedConfig, run_embed
 from facesets.embed.scheduler import DistributedConfig, Pending, guided_size, parse_resources, run_distributed
 from facesets.embed.shards import PathMap, Shard, WorkerSpec, worker_path
@@ -362,10 +366,52 @@ def test_an_unreachable_scheduler_and_misused_options_are_clear_errors(
     assert not (tmp_path / "d.npz").exists() and not journal_segments(tmp_path / "d.npz")
     alone = run_cli([*args, "--ship-bytes", "--path-map", "/a=/b"], tmp_path)
     _, err = alone.communicate(timeout=60)
-    assert alone.returncode == 2 and "--path-map, --ship-bytes only apply with --scheduler" in err
-    bad = run_cli([*args, "--scheduler", "tcp://127.0.0.1:9", "--resources", "dml"], tmp_path)
-    _, err = bad.communicate(timeout=60)
-    assert bad.returncode == 2 and "'dml' is not NAME=AMOUNT" in err
+    assert alone.returncode == 2 and "--path-map, --ship-bytes apply only with --scheduler" in err
+    for option, value, why in (
+        ("--resources", "dml", "'dml' is not NAME=AMOUNT"),
+        ("--resources", "dml=inf", "'dml=inf' is not NAME=AMOUNT"),
+        ("--path-map", "/only-one-side", "'/only-one-side' is not FROM=TO"),
+    ):
+        bad = run_cli([*args, "--scheduler", "tcp://127.0.0.1:9", option, value], tmp_path)
+        _, err = bad.communicate(timeout=60)
+        assert bad.returncode == 2 and why in err, err
+    empty = run_cli([*args, "--scheduler", " "], tmp_path)
+    _, err = empty.communicate(timeout=60)
+    assert empty.returncode == 2 and "Invalid value for --scheduler: is empty" in err
+
+
+def test_a_port_where_no_dask_scheduler_answers_is_a_clear_error_in_bounded_time(
+    library: Path, pack_dir: Path, tmp_path: Path
+) -> None:
+    """An HTTP server (a dashboard port, say) that answers with a 400, and one that never answers: each is
+    "cannot reach" with exit 2, within the connect timeout, and no traceback at exit."""
+
+    class Answer400(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(400)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    answering = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer400)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # accepts connections and never says a word
+    threading.Thread(target=answering.serve_forever, daemon=True).start()
+    args = ["embed", "--queue", str(library / "queue.json"), "--cache", "d.npz", "--model-dir", str(pack_dir)]
+    try:
+        for port in (answering.server_address[1], silent.getsockname()[1]):
+            started = time.monotonic()
+            driver = run_cli([*args, "--scheduler", f"tcp://127.0.0.1:{port}"], tmp_path)
+            _, err = driver.communicate(timeout=120)
+            assert driver.returncode == 2, err
+            assert err.startswith(f"error: cannot reach the Dask scheduler at tcp://127.0.0.1:{port}"), err
+            assert "Traceback" not in err and "Exception ignored" not in err and "bug in facesets" not in err
+            assert time.monotonic() - started < 40
+    finally:
+        answering.shutdown()
+        answering.server_close()
+        silent.close()
 
 
 def test_finalize_embeds_on_dask_workers_with_embed_dask(
@@ -440,3 +486,38 @@ def test_shards_keep_twins_together_and_path_maps_apply_to_either_form() -> None
     assert parse_resources("dml=1, gpu=0.5") == (("dml", 1.0), ("gpu", 0.5))
     with pytest.raises(ValueError, match="'gpu=0' is not NAME=AMOUNT"):
         parse_resources("gpu=0")
+
+
+def test_a_silent_wait_is_explained_and_ends_when_a_fitting_worker_joins(
+    library: Path, pack_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Shards that need --resources dml=1 wait for a worker that offers it; the driver says so while it waits,
+    and a dml worker joining later does the work."""
+    monkeypatch.setattr(scheduler, "QUIET_SECONDS", 1.0)
+    spread = DistributedConfig("", shard_size=16, resources=(("dml", 1.0),))
+    stats: list[Any] = []
+    with start_cluster(1) as plain:  # offers no dml
+        spread = replace(spread, scheduler=plain.scheduler_address)
+        config = embed_config(library, tmp_path / "d.npz", pack_dir)
+        driver = threading.Thread(target=lambda: stats.append(run_distributed(config, spread)))
+        with caplog.at_level(logging.WARNING, logger="facesets.embed.scheduler"):
+            driver.start()
+            deadline = time.monotonic() + 60
+            while "no shard has come back" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert "offers --resources dml=1 yet: the shards wait for one" in caplog.text
+            assert "no shard has come back for 1 s; 1 worker at" in caplog.text
+            assert "and the shards need --resources dml=1" in caplog.text
+            command = [sys.executable, "-m", "distributed.cli.dask_worker", plain.scheduler_address]
+            worker = subprocess.Popen(
+                [*command, "--nthreads", "2", "--resources", "dml=1", "--no-dashboard", "--no-nanny"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                driver.join(timeout=120)
+            finally:
+                worker.kill()
+                worker.wait()
+    assert not driver.is_alive() and stats[0].embedded == PHOTOS
+    assert_same_cache(tmp_path / "d.npz", library / "reference.npz")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The original tool's last step, as users know it: `bash work/finalize_immich.sh nic` (or `make finalize USER=nic`).
 # Runs `facesets finalize --user nic` (embed -> cluster -> export -> load, resuming where it stopped); more
-# options of `facesets finalize` may follow the user. EMBED, WIN_ROOT and WIN_PYTHON choose the Windows side.
+# options of `facesets finalize` may follow the user. EMBED, WIN_ROOT and WIN_PYTHON choose the Windows side;
+# EMBED=dask with DASK_SCHEDULER=tcp://host:8786 embeds on Dask workers.
 set -euo pipefail
 if [ $# -lt 1 ] || [ -z "$1" ]; then
     echo "usage: bash work/finalize_immich.sh USER [options of facesets finalize]" >&2

@@ -105,8 +105,9 @@ def _parse_sizes(value: str) -> tuple[int, ...]:
     "--scheduler",
     metavar="ADDRESS",
     help="Embed on the workers of this Dask scheduler (tcp://host:8786) instead of here; this machine only "
-    "records the cache. Workers: `dask worker ADDRESS` on each machine where facesets and the same model pack "
-    "are installed (see the README). --concurrency, --providers and --model-dir then apply on each worker.",
+    "records the cache. Workers: `dask worker ADDRESS` with two threads on each machine where facesets and the "
+    "same model pack are installed (see the README). --concurrency, --providers and --model-dir then apply on "
+    "each worker.",
 )
 @click.option(
     "--shard-size",
@@ -171,8 +172,13 @@ def embed(
 
     ctx = click.get_current_context()
     given = [p.opts[0] for p in ctx.command.params if p.name in _DISTRIBUTED and _given(ctx, str(p.name))]
+    if scheduler is not None and not scheduler.strip():
+        raise click.BadParameter(
+            "is empty: give the scheduler's address, like tcp://192.168.1.20:8786", param_hint="--scheduler"
+        )
     if given and not scheduler:
-        raise click.UsageError(f"{', '.join(given)} only apply with --scheduler")
+        verb = "applies" if len(given) == 1 else "apply"
+        raise click.UsageError(f"{', '.join(given)} {verb} only with --scheduler")
 
     config = EmbedConfig(
         queue=queue_path,
@@ -193,6 +199,7 @@ def embed(
     progress = lambda total: Progress(total, "embed", enabled=None if not as_json else False)  # noqa: E731
     stats: EmbedStats
     if scheduler:
+        from ..base.errors import ConfigError
         from ..embed.scheduler import DistributedConfig, parse_resources, run_distributed
         from ..embed.shards import PathMap
 
@@ -200,7 +207,10 @@ def embed(
             needs = parse_resources(resources)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--resources") from None
-        maps = tuple(PathMap.parse(text) for text in path_maps)
+        try:
+            maps = tuple(PathMap.parse(text) for text in path_maps)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc).removeprefix("--path-map "), param_hint="--path-map") from None
         spread = DistributedConfig(scheduler, shard_size, needs, maps, ship_bytes)
         stats = run_distributed(config, spread, progress)
     else:
@@ -212,10 +222,12 @@ def embed(
     workers: dict[str, dict[str, Any]] = summary.pop("workers")  # type: ignore[assignment]
     emit(summary, False)
     for name, worker in workers.items():
-        click.echo(
-            f"worker {name}: {worker['images']} images, {worker['faces']} faces, {worker['errors']} errors, "
-            f"{worker['img_s']} img/s"
-        )
+        counts = ", ".join(_count(worker[key], key.removesuffix("s")) for key in ("images", "faces", "errors"))
+        click.echo(f"worker {name}: {counts}, {worker['img_s']} img/s")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 _DISTRIBUTED = ("shard_size", "resources", "path_maps", "ship_bytes")

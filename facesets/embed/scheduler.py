@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
+import threading
 import time
 import uuid
 from collections import deque
@@ -42,8 +44,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A worker that dies on every try of one image may have died of its neighbour in another shard (a worker runs
+# several at once) or of its memory limit: not recorded, so that the next run tries the image again.
+WORKER_DIED = "its worker died each time it was tried (not recorded: the next run tries it again)"
 SHIP_SHARD_BYTES = 32 << 20  # a shard of shipped bytes holds at most this much (or --shard-size images)
 WINDOW_REFRESH_SECONDS = 5.0
+QUIET_SECONDS = 60.0  # no shard back for this long: the driver says what it waits for
 
 
 @dataclass(frozen=True)
@@ -61,10 +67,19 @@ class WorkerStats:
     images: int = 0
     faces: int = 0
     errors: int = 0
-    seconds: float = 0.0
+    first: float = 0.0  # the worker's clock: when its first shard started and its last one ended
+    last: float = 0.0
+
+    def busy(self, started: float, ended: float) -> None:
+        self.first = min(self.first, started) if self.first else started
+        self.last = max(self.last, ended)
+
+    @property
+    def seconds(self) -> float:
+        return self.last - self.first
 
     def as_dict(self) -> dict[str, object]:
-        rate = self.images / self.seconds if self.seconds else 0.0
+        rate = self.images / self.seconds if self.seconds > 0 else 0.0
         return {
             "images": self.images,
             "faces": self.faces,
@@ -78,7 +93,7 @@ class WorkerStats:
 class DistributedStats(EmbedStats):
     scheduler: str = ""
     shards: int = 0
-    resubmitted_shards: int = 0  # lost ones again, and the halves of a shard whose worker died each time
+    resubmitted_shards: int = 0  # by the driver: lost ones, halves of those whose worker died (Dask's own retries not)
     shipped: int = 0  # images whose bytes the driver sent
     workers: dict[str, WorkerStats] = field(default_factory=dict)
 
@@ -97,7 +112,7 @@ def parse_resources(text: str) -> tuple[tuple[str, float], ...]:
             value = float(amount)
         except ValueError:
             value = -1.0
-        if not equals or not name.strip() or value <= 0:
+        if not equals or not name.strip() or not 0 < value < math.inf:
             raise ValueError(f"{part!r} is not NAME=AMOUNT (e.g. dml=1)")
         pairs.append((name.strip(), value))
     return tuple(pairs)
@@ -161,12 +176,14 @@ class _Driver:
         self._say_who_is_there()
         shards = Pending(todo)
         self._fill(shards)
-        for future in self.completed:
-            shard = self.running.pop(str(future.key))
-            result = self._result(future, shard)
-            if result is not None:
-                self._take(result)
-            self._fill(shards)
+        with _Watchdog(self.client, self.spread) as watchdog:
+            for future in self.completed:
+                watchdog.heard()
+                shard = self.running.pop(str(future.key))
+                result = self._result(future, shard)
+                if result is not None:
+                    self._take(result)
+                self._fill(shards)
 
     def _fill(self, pending: Pending) -> None:
         while len(self.running) < self._capacity():
@@ -214,7 +231,7 @@ class _Driver:
             try:
                 data[entry.path] = read_image(entry.local_path(), self.config.max_bytes)
             except ImageLoadError as exc:
-                self._record(Outcome(entry, size=entry.size, error=exc.reason))
+                self._record(Outcome(entry, size=entry.size, error=exc.reason), None)
                 continue
             batch.append(entry)
             self.stats.shipped += 1
@@ -229,53 +246,58 @@ class _Driver:
         (Dask itself recomputes a shard whose worker died, and gives up after three such deaths)."""
         from distributed import KilledWorker
 
-        if future.status == "finished":
-            result: ShardResult = future.result()
-            return result
+        error: BaseException | None = None
+        if future.status in ("finished", "error"):
+            try:
+                result: ShardResult = future.result()
+                return result
+            except KilledWorker as exc:
+                error = exc
+            except Exception as exc:  # lost data or a lost scheduler: decided below
+                if future.status == "error" and self.client.status == "running":
+                    raise SchedulerError(f"a shard failed on its worker: {type(exc).__name__}: {exc}") from exc
         if self.client.status != "running":
             raise SchedulerError(
                 f"the Dask scheduler at {self.spread.scheduler} went away; what came back is in the cache. "
                 "Start the scheduler (and its workers) again and run the same command to continue"
             )
-        error = future.exception() if future.status == "error" else None
-        if error is not None and not isinstance(error, KilledWorker):
-            raise SchedulerError(f"a shard failed on its worker: {type(error).__name__}: {error}")
+        self.stats.resubmitted_shards += 1 if error is None or len(shard.entries) > 1 else 0
         if error is None:
-            self.stats.resubmitted_shards += 1
-            self._submit(shard.entries, shard.data)
+            self._submit(shard.entries, shard.data)  # lost (its result's worker died before it came back)
         elif len(shard.entries) > 1:
             half = len(shard.entries) // 2
-            for part in (shard.entries[:half], shard.entries[half:]):
-                self.stats.resubmitted_shards += 1
+            for number, part in enumerate((shard.entries[:half], shard.entries[half:])):
+                self.stats.resubmitted_shards += number  # one more for the second half
                 self._submit(part, {entry.path: shard.data[entry.path] for entry in part if entry.path in shard.data})
         else:
             entry = shard.entries[0]
-            self._record(Outcome(entry, size=entry.size, error="its worker died embedding it, each time it was tried"))
+            self._record(Outcome(entry, size=entry.size, error=WORKER_DIED, transient=True), None)
         return None
 
     def _take(self, result: ShardResult) -> None:
         if result.refused:
             raise WorkerRefusedError(result.refused)
         worker = self.stats.workers.setdefault(result.worker, WorkerStats())
-        worker.seconds += result.seconds
+        worker.busy(result.started, result.ended)
         for outcome in result.outcomes:
             if outcome.missing:
                 self.to_ship.append(outcome.entry)  # this worker cannot see the file: send its bytes
                 continue
-            worker.images += 1
-            worker.faces += outcome.faces
-            worker.errors += 1 if outcome.error else 0
-            self._record(outcome)
+            self._record(outcome, worker)
 
-    def _record(self, outcome: Outcome) -> None:
+    def _record(self, outcome: Outcome, worker: WorkerStats | None) -> None:
         path = outcome.entry.path
         if path in self.recorded:
             return  # computed twice (a retried shard): recorded once
         self.recorded.add(path)
-        if outcome.new and outcome.digest in self.claimed:
-            outcome = replace(outcome, new=False, meta=outcome.meta[:0], vectors=outcome.vectors[:0])
+        if outcome.new and outcome.digest in self.claimed:  # bytes recorded before under another path
+            outcome = replace(outcome, new=False, width=0, height=0, meta=outcome.meta[:0], vectors=outcome.vectors[:0])
         elif outcome.new and not outcome.transient:
             self.claimed.add(outcome.digest)
+        if worker is not None:
+            worker.images += 1
+            worker.faces += outcome.faces
+            worker.errors += 1 if outcome.error else 0
         record(outcome, self.writer, self.stats)
         if self.writer.pending_images >= self.config.flush_every:
             self.writer.flush()
@@ -298,7 +320,46 @@ class _Driver:
             log.warning(
                 "no worker of %s offers --resources %s yet: the shards wait for one", self.spread.scheduler, wanted
             )
-        log.info("%d workers at %s", len(workers), self.spread.scheduler)
+        log.info("%d worker%s at %s", len(workers), "" if len(workers) == 1 else "s", self.spread.scheduler)
+
+
+class _Watchdog:
+    """Says so, every :data:`QUIET_SECONDS`, while no shard comes back: no worker left, none with the resources
+    asked for, or workers paused by Dask for memory would otherwise be a silent wait."""
+
+    def __init__(self, client: Client, spread: DistributedConfig) -> None:
+        self.client, self.spread = client, spread
+        self.last = time.monotonic()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="facesets-watchdog", daemon=True)
+
+    def __enter__(self) -> _Watchdog:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+    def heard(self) -> None:
+        self.last = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self.stop.wait(QUIET_SECONDS / 4):
+            quiet = time.monotonic() - self.last
+            if quiet < QUIET_SECONDS:
+                continue
+            try:
+                workers = len(self.client.nthreads())
+            except Exception:  # the scheduler is going away: the main loop says so
+                return
+            wanted = ",".join(f"{k}={v:g}" for k, v in self.spread.resources)
+            log.warning(
+                "no shard has come back for %d s; %d worker%s at %s%s (Ctrl-C stops, keeping what came back)",
+                quiet, workers, "" if workers == 1 else "s", self.spread.scheduler,
+                f", and the shards need --resources {wanted}" if wanted else "",
+            )  # fmt: skip
+            self.last = time.monotonic()
 
 
 class Pending:
@@ -339,18 +400,47 @@ def _connect(spread: DistributedConfig) -> Iterator[Client]:
     from distributed import Client
 
     _quiet_dask()  # after the import: importing distributed sets its loggers' levels
+    _probe(spread)
     try:
         client = Client(spread.scheduler, timeout=spread.connect_timeout, set_as_default=False)
-    except (OSError, TimeoutError, ValueError) as exc:
-        raise SchedulerError(
-            f"cannot reach the Dask scheduler at {spread.scheduler} ({type(exc).__name__}: {exc}). Start one with "
-            "`dask scheduler` and workers with `dask worker ADDRESS --nthreads 2`, then run the same command"
-        ) from exc
+    except Exception as exc:  # whatever Dask raises, the user needs one message
+        raise _unreachable(spread, exc) from exc
     try:
         yield client
     finally:
         with contextlib.suppress(Exception):
             client.close(timeout=5)
+
+
+def _probe(spread: DistributedConfig) -> None:
+    """Connect and shake hands with the scheduler once, within ``connect_timeout`` (plus a margin), before a
+    Client is made: a port where something else answers (a dashboard, an HTTP server) otherwise hangs, or fails
+    inside Dask with a misleading error, and a failed Client leaves a 20 s wait at exit."""
+    import asyncio
+
+    from distributed.comm.core import connect
+
+    async def shake() -> None:
+        comm = await asyncio.wait_for(
+            connect(spread.scheduler, timeout=spread.connect_timeout), spread.connect_timeout + 5
+        )
+        await comm.close()
+
+    try:
+        asyncio.run(shake())
+    except Exception as exc:  # an unusable address, whatever the reason
+        raise _unreachable(spread, exc) from exc
+
+
+def _unreachable(spread: DistributedConfig, exc: BaseException) -> SchedulerError:
+    why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        seconds = spread.connect_timeout + 5
+        why = f"no Dask scheduler answered within {seconds:g} s: is it the scheduler's port, not its dashboard's?"
+    return SchedulerError(
+        f"cannot reach the Dask scheduler at {spread.scheduler} ({why}). Start one with `dask scheduler` and workers "
+        "with `dask worker ADDRESS --nthreads 2`, then run the same command"
+    )
 
 
 def _quiet_dask() -> None:

@@ -126,7 +126,8 @@ class ShardResult:
     number: int
     worker: str
     outcomes: tuple[Outcome, ...] = ()
-    seconds: float = 0.0
+    started: float = 0.0  # the worker's wall clock (time.time) at the shard's start and end
+    ended: float = 0.0
     refused: str = ""
 
 
@@ -136,7 +137,7 @@ _engines_lock = threading.Lock()
 
 def embed_shard(shard: Shard) -> ShardResult:
     """Run on a worker: the outcome of every entry of ``shard``."""
-    started = time.monotonic()
+    started = time.time()
     name = worker_name()
     config = shard.spec.embed_config()
     try:
@@ -158,7 +159,7 @@ def embed_shard(shard: Shard) -> ShardResult:
     if not config.concurrency:  # the machine's share for each of the shards this worker runs at once
         workers = max(1, workers // worker_threads())
     outcomes = first_copy_first(list(work.run(shard.entries, workers)))
-    return ShardResult(shard.number, name, tuple(outcomes), round(time.monotonic() - started, 3))
+    return ShardResult(shard.number, name, tuple(outcomes), started, time.time())
 
 
 def first_copy_first(outcomes: list[Outcome]) -> list[Outcome]:
@@ -221,7 +222,11 @@ def _engine(config: EmbedConfig, expected: PackIdentity, name: str) -> tuple[Fac
             pack = _worker_pack(config)
             found = pack.identity()
         except ModelPackError as exc:
-            raise WorkerRefusedError(f"worker {name} has no usable model pack: {exc}") from exc
+            raise WorkerRefusedError(
+                f"worker {name} has no usable model pack: {exc}. On that machine, start `dask worker` with "
+                "FACESETS_MODEL_ROOT set to the folder that holds the pack, or give the driver a --model-dir that "
+                "exists there too"
+            ) from exc
         if not found.same_files(expected):
             raise WorkerRefusedError(
                 f"worker {name} has model pack {found.describe_files()} at {pack.folder}, but the driver embeds "
