@@ -421,17 +421,26 @@ def test_finalize_embeds_on_dask_workers_with_embed_dask(
     shutil.copyfile(library / "queue.json", tmp_path / "staging" / "queue-nic.json")
     env = {"EMBED": "dask", "DASK_SCHEDULER": cluster.scheduler_address}
     args = ["finalize", "--user", "nic", "--steps", "embed", "--model-dir", str(pack_dir), "--json"]
-    done = run_cli(args, tmp_path, env={**os.environ, "PYTHONPATH": str(REPO), **env})
+    done = run_cli(
+        [*args, "--shard-size", "8", "--ship-bytes"], tmp_path, env={**os.environ, "PYTHONPATH": str(REPO), **env}
+    )
     out, err = done.communicate(timeout=300)
     assert done.returncode == 0, err
     result = orjson.loads(out)["results"]["embed"]
     assert result["where"] == "dask" and result["scheduler"] == cluster.scheduler_address
-    assert result["shards"] == expected_shards(library, 4, 64)
+    assert result["shards"] == expected_shards(library, 4, 8) and result["shipped"] == PHOTOS + 2
     assert sum(worker["images"] for worker in result["workers"].values()) == PHOTOS + 2
     assert_same_cache(tmp_path / "caches" / "nic.npz", library / "reference.npz")
     missing = run_cli(["finalize", "--user", "nic", "--embed", "dask"], tmp_path)
     _, err = missing.communicate(timeout=60)
     assert missing.returncode == 1 and "--embed dask needs --scheduler (DASK_SCHEDULER)" in err
+    for extra, why in (
+        (["--embed", "local", "--shard-size", "8"], "--shard-size applies only with --embed dask"),
+        (["--embed", "local", "--scheduler", cluster.scheduler_address], "--scheduler applies only with --embed dask"),
+    ):
+        refused = run_cli(["finalize", "--user", "nic", *extra], tmp_path)
+        _, err = refused.communicate(timeout=60)
+        assert refused.returncode == 2 and why in err, err
 
 
 def test_the_local_embed_does_not_import_dask(library: Path, pack_dir: Path, tmp_path: Path) -> None:

@@ -15,7 +15,17 @@ from ..base.settings import (
     DEFAULT_MAX_PIXELS,
     Mode,
 )
-from .options import bar, emit, json_option, max_bytes_option, model_options, providers_option
+from .options import (
+    bar,
+    check_distributed,
+    distributed_config,
+    distributed_options,
+    emit,
+    json_option,
+    max_bytes_option,
+    model_options,
+    providers_option,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,35 +119,7 @@ def _parse_sizes(value: str) -> tuple[int, ...]:
     "same model pack are installed (see the README). --concurrency, --providers and --model-dir then apply on "
     "each worker.",
 )
-@click.option(
-    "--shard-size",
-    type=click.IntRange(min=1),
-    default=64,
-    show_default=True,
-    help="With --scheduler: the most images per unit of work sent to a worker (the last ones are smaller, so "
-    "that no worker idles while another finishes a big one).",
-)
-@click.option(
-    "--resources",
-    default="",
-    metavar="NAME=N[,...]",
-    help="With --scheduler: each shard needs these worker resources, e.g. dml=1 for workers started with "
-    '`--resources "dml=1"`.',
-)
-@click.option(
-    "--path-map",
-    "path_maps",
-    multiple=True,
-    metavar="FROM=TO",
-    help="With --scheduler: a worker reads a queued path (either form) that starts with FROM at TO instead. "
-    "Repeatable.",
-)
-@click.option(
-    "--ship-bytes",
-    is_flag=True,
-    help="With --scheduler: send every image's bytes from this machine (workers that see no shared folder). "
-    "Without it, only the images a worker cannot find are sent.",
-)
+@distributed_options("--scheduler")
 @json_option
 def embed(
     queue_path: Path,
@@ -170,16 +152,7 @@ def embed(
     """
     from ..embed.queue import EmbedConfig, EmbedStats, run_embed
 
-    ctx = click.get_current_context()
-    given = [p.opts[0] for p in ctx.command.params if p.name in _DISTRIBUTED and _given(ctx, str(p.name))]
-    if scheduler is not None and not scheduler.strip():
-        raise click.BadParameter(
-            "is empty: give the scheduler's address, like tcp://192.168.1.20:8786", param_hint="--scheduler"
-        )
-    if given and not scheduler:
-        verb = "applies" if len(given) == 1 else "apply"
-        raise click.UsageError(f"{', '.join(given)} {verb} only with --scheduler")
-
+    check_distributed(click.get_current_context(), bool(scheduler), "--scheduler")
     config = EmbedConfig(
         queue=queue_path,
         cache=cache_path,
@@ -199,19 +172,9 @@ def embed(
     progress = lambda total: Progress(total, "embed", enabled=None if not as_json else False)  # noqa: E731
     stats: EmbedStats
     if scheduler:
-        from ..base.errors import ConfigError
-        from ..embed.scheduler import DistributedConfig, parse_resources, run_distributed
-        from ..embed.shards import PathMap
+        from ..embed.scheduler import run_distributed
 
-        try:
-            needs = parse_resources(resources)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--resources") from None
-        try:
-            maps = tuple(PathMap.parse(text) for text in path_maps)
-        except ConfigError as exc:
-            raise click.BadParameter(str(exc).removeprefix("--path-map "), param_hint="--path-map") from None
-        spread = DistributedConfig(scheduler, shard_size, needs, maps, ship_bytes)
+        spread = distributed_config(scheduler, shard_size, resources, path_maps, ship_bytes)
         stats = run_distributed(config, spread, progress)
     else:
         stats = run_embed(config, progress)
@@ -228,14 +191,6 @@ def embed(
 
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
-
-
-_DISTRIBUTED = ("shard_size", "resources", "path_maps", "ship_bytes")
-
-
-def _given(ctx: click.Context, name: str) -> bool:
-    source = ctx.get_parameter_source(name)
-    return source is not None and source is not click.core.ParameterSource.DEFAULT
 
 
 @click.group()

@@ -10,7 +10,16 @@ from ..base.errors import ConfigError
 from ..base.settings import (
     DEFAULT_MIN_FACES,
 )
-from .options import database_options, emit, json_option, model_options, providers_option
+from .options import (
+    check_distributed,
+    database_options,
+    distributed_config,
+    distributed_options,
+    emit,
+    json_option,
+    model_options,
+    providers_option,
+)
 
 
 def _steps(_context: click.Context, _parameter: click.Parameter, value: str) -> tuple[str, ...]:
@@ -94,6 +103,7 @@ def _steps(_context: click.Context, _parameter: click.Parameter, value: str) -> 
 @click.option(
     "--min-faces", type=click.IntRange(min=1), default=DEFAULT_MIN_FACES, show_default=True, help="Smallest new set."
 )
+@distributed_options("--embed dask")
 @database_options
 @model_options
 @providers_option
@@ -107,6 +117,10 @@ def finalize_command(
     win_python: str | None,
     win_worker: Path | None,
     scheduler: str | None,
+    shard_size: int,
+    resources: str,
+    path_maps: tuple[str, ...],
+    ship_bytes: bool,
     staging: Path,
     caches: Path,
     sets_dir: Path,
@@ -130,7 +144,12 @@ def finalize_command(
     from ..flow.winside import WindowsSide, running_under_wsl
     from ..store.database import DatabaseConfig
 
-    if embed_where == "dask" and not scheduler:
+    ctx = click.get_current_context()
+    dask = embed_where == "dask"
+    check_distributed(ctx, dask, "--embed dask")
+    if scheduler and not dask and ctx.get_parameter_source("scheduler") is click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("--scheduler applies only with --embed dask")
+    if dask and not scheduler:
         raise ConfigError("--embed dask needs --scheduler (DASK_SCHEDULER), e.g. tcp://192.168.1.20:8786")
     side = None
     wants_windows = embed_where == "windows" or (
@@ -153,7 +172,9 @@ def finalize_command(
         model_pack=model_pack,
         providers=providers,
         embed_side=side,
-        scheduler=scheduler if embed_where == "dask" else None,
+        spread=distributed_config(scheduler, shard_size, resources, path_maps, ship_bytes)
+        if dask and scheduler
+        else None,
         split_eras=split_eras,
         min_faces=min_faces,
         progress=not as_json,

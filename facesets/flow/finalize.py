@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import blake3
 import orjson
@@ -35,6 +35,9 @@ from ..base.progress import Progress, ProgressFactory
 from ..base.settings import DEFAULT_MIN_FACES
 from ..models.packs import DEFAULT_PACK
 from ..store.database import DatabaseConfig
+
+if TYPE_CHECKING:
+    from ..embed.scheduler import DistributedConfig
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ class FinalizeConfig:
     model_pack: str = DEFAULT_PACK
     providers: tuple[str, ...] = ()
     embed_side: EmbedSide | None = None  # a winside.WindowsSide, or None: embed here
-    scheduler: str | None = None  # embed on the workers of this Dask scheduler (tcp://host:8786)
+    spread: DistributedConfig | None = None  # embed on the workers of a Dask scheduler
     split_eras: bool = False
     min_faces: int = DEFAULT_MIN_FACES  # smallest new face set
     progress: bool = False  # a bar for each step (on a terminal)
@@ -197,11 +200,11 @@ def _embed(config: FinalizeConfig) -> dict[str, Any]:
         model_pack=config.model_pack,
         providers=config.providers,
     )
-    if config.scheduler:
-        from ..embed.scheduler import DistributedConfig, run_distributed
+    if config.spread is not None:
+        from ..embed.scheduler import run_distributed
 
-        spread = DistributedConfig(config.scheduler)
-        return {"where": "dask", **run_distributed(embed_config, spread, progress=config.bar("embed", "img")).as_dict()}
+        stats = run_distributed(embed_config, config.spread, progress=config.bar("embed", "img"))
+        return {"where": "dask", **stats.as_dict()}
     return {"where": "local", **run_embed(embed_config, progress=config.bar("embed", "img")).as_dict()}
 
 
