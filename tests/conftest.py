@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,16 @@ from facesets.models.runtime import RuntimeOptions
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("FACESETS_SHARED", REPO.parent / "shared"))
 CPU = RuntimeOptions(("CPUExecutionProvider",), 1)
+
+
+def wait_for_segments(cache: Path, count: int = 1, timeout: float = 120) -> None:
+    """Wait until the journal of ``cache`` holds ``count`` segments (a run has flushed that often), or
+    ``timeout`` seconds have passed."""
+    from facesets.artifacts.cache import journal_segments
+
+    deadline = time.monotonic() + timeout
+    while len(journal_segments(cache)) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def shared_path(*parts: str) -> Path:

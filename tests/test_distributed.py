@@ -36,7 +36,7 @@ from facesets.embed.queue import EmbedConfig, run_embed
 from facesets.embed.scheduler import DistributedConfig, Pending, guided_size, parse_resources, run_distributed
 from facesets.embed.shards import PathMap, Shard, WorkerSpec, worker_path
 from facesets.models.packs import MODEL_ROOT_ENV, resolve_pack
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_for_segments
 
 PHOTOS = 36
 
@@ -206,9 +206,7 @@ def test_the_driver_killed_with_sigkill_resumes_to_the_same_cache(
     args = ["embed", "--queue", str(library / "queue.json"), "--cache", "d.npz", "--model-dir", str(pack_dir)]
     args += ["--scheduler", cluster.scheduler_address, "--shard-size", "2", "--flush-every", "2"]
     victim = run_cli(args, tmp_path)
-    deadline = time.monotonic() + 120
-    while len(journal_segments(tmp_path / "d.npz")) < 3 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for_segments(tmp_path / "d.npz", 3)
     victim.send_signal(signal.SIGKILL)
     victim.communicate(timeout=30)
     survived = len(load_cache(tmp_path / "d.npz").images)
@@ -249,9 +247,7 @@ def test_ctrl_c_on_the_driver_exits_130(cluster: LocalCluster, library: Path, pa
     args = ["embed", "--queue", str(library / "queue.json"), "--cache", "d.npz", "--model-dir", str(pack_dir)]
     args += ["--scheduler", cluster.scheduler_address, "--shard-size", "2", "--flush-every", "2"]
     victim = run_cli(args, tmp_path)
-    deadline = time.monotonic() + 120
-    while not journal_segments(tmp_path / "d.npz") and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for_segments(tmp_path / "d.npz")
     victim.send_signal(signal.SIGINT)
     _, err = victim.communicate(timeout=60)
     assert victim.returncode == 130, err
@@ -329,9 +325,7 @@ def test_the_scheduler_going_away_stops_with_exit_2_and_the_same_command_resumes
     args += ["--shard-size", "2", "--flush-every", "1000"]
     try:
         driver = run_cli([*args, "--scheduler", address, "--flush-every", "2"], tmp_path)
-        deadline = time.monotonic() + 120
-        while not journal_segments(tmp_path / "d.npz") and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for_segments(tmp_path / "d.npz")
         scheduler.kill()
         _, err = driver.communicate(timeout=120)
     finally:

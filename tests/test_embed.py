@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 import pytest
 
-from facesets.artifacts.cache import journal_segments, load_cache
+from facesets.artifacts.cache import load_cache
 from facesets.artifacts.queue import QueueEntry, scan_folders, write_queue
 from facesets.artifacts.records import ImageStatus
 from facesets.base.errors import CacheCorruptError
@@ -18,7 +18,7 @@ from facesets.base.settings import Mode
 from facesets.cli import main
 from facesets.embed.queue import EmbedConfig, run_embed
 from tests import corpus
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_for_segments
 
 
 def photo_folder(tmp_path: Path, photos: dict[str, Path]) -> Path:
@@ -162,9 +162,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path: Path, pack
     _, err = reference.communicate(timeout=300)
     assert reference.returncode == 0, err
     victim = run_cli([*base, "--cache", "killed.npz"], tmp_path, quiet=True)
-    deadline = time.monotonic() + 120
-    while len(journal_segments(tmp_path / "killed.npz")) < 3 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for_segments(tmp_path / "killed.npz", 3)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert not (tmp_path / "killed.npz").exists()
@@ -259,9 +257,7 @@ def test_ctrl_c_exits_130_with_the_resume_hint_and_the_rerun_finishes(
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 120
-    while not journal_segments(tmp_path / "c.npz") and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for_segments(tmp_path / "c.npz")
     victim.send_signal(signal.SIGINT)
     _, err = victim.communicate(timeout=120)
     assert victim.returncode == 130, err

@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
-from facesets.artifacts.cache import journal_segments, load_cache
+from facesets.artifacts.cache import load_cache
 from facesets.artifacts.indexstate import IndexState
 from facesets.artifacts.layout import FACE_CACHE, INDEX_STATE
 from facesets.base.errors import CacheError, ConfigError, ModelPackError
@@ -17,7 +17,7 @@ from facesets.embed.backfill import run_backfill
 from facesets.embed.index import FaceModel, IndexConfig, run_index
 from facesets.models.faces import FaceEngine
 from facesets.models.packs import PackIdentity
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_for_segments
 
 
 def make_gallery(folder: Path, photos: dict[str, Path], metadata: bytes = b'{"title": "t"}') -> Path:
@@ -298,9 +298,7 @@ def test_sigkill_then_resume(tmp_path: Path, pack_dir: Path, faces_dir: Path) ->
     victim = subprocess.Popen(
         [*base, "--caches", "killed"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    deadline = time.monotonic() + 120
-    while len(journal_segments(tmp_path / "killed" / FACE_CACHE)) < 4 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for_segments(tmp_path / "killed" / FACE_CACHE, 4)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     resumed = subprocess.run([*base, "--caches", "killed"], cwd=tmp_path, env=env, capture_output=True, timeout=300)

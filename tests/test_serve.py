@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -36,6 +37,12 @@ def csrf_of(client: TestClient) -> str:
 def person_ids(url: str) -> list[int]:
     with psycopg.connect(url) as conn:
         return [int(row[0]) for row in conn.execute("SELECT id FROM persons ORDER BY id")]
+
+
+def unassigned_ids(conn: psycopg.Connection[Any]) -> list[int]:
+    """The faces no person holds, by id."""
+    query = "SELECT id FROM face_detections f WHERE NOT EXISTS (SELECT 1 FROM face_persons a WHERE a.face_id = f.id)"
+    return [int(row[0]) for row in conn.execute(query + " ORDER BY id")]
 
 
 def test_the_pages_show_the_persons_their_faces_the_queue_and_a_photo(store: str, tmp_path: Path) -> None:
@@ -120,13 +127,7 @@ def test_the_unassigned_queue_accepts_and_rejects_the_candidate(store: str, tmp_
     client = client_for(store, tmp_path / "crops")
     headers = {"X-CSRF-Token": csrf_of(client)}
     with psycopg.connect(store) as conn:
-        waiting = [
-            int(row[0])
-            for row in conn.execute(
-                "SELECT f.id FROM face_detections f WHERE NOT EXISTS "
-                "(SELECT 1 FROM face_persons a WHERE a.face_id = f.id) ORDER BY f.id"
-            )
-        ]
+        waiting = unassigned_ids(conn)
     assert len(waiting) == 2
     holds = (
         "EXISTS (SELECT 1 FROM face_persons a JOIN face_detections f ON f.id = a.face_id "
@@ -274,13 +275,7 @@ def test_faces_too_poor_to_tell_are_shown_apart_and_dismissed_at_once(store: str
     from facesets.store.persons import read_faces
 
     with psycopg.connect(store) as conn:
-        waiting = [
-            int(row[0])
-            for row in conn.execute(
-                "SELECT id FROM face_detections f WHERE NOT EXISTS "
-                "(SELECT 1 FROM face_persons a WHERE a.face_id = f.id) ORDER BY id"
-            )
-        ]
+        waiting = unassigned_ids(conn)
         known = conn.execute("SELECT count(*) FROM face_detections").fetchone()
         assert known is not None and known[0] >= 19
         # the library's quality: every face about 20, the two faces no person took 5 (blurred, tiny)

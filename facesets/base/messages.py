@@ -49,3 +49,8 @@ class SafeFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return safe(super().format(record))
+
+
+def counted(number: int, noun: str) -> str:
+    """``number`` with ``noun``, plural unless it is 1: "1 face", "3 faces"."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"

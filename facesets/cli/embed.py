@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from ..base.messages import counted
 from ..base.progress import Progress
 from ..base.settings import (
     DEFAULT_DET_SIZES,
@@ -185,12 +186,8 @@ def embed(
     workers: dict[str, dict[str, Any]] = summary.pop("workers")  # type: ignore[assignment]
     emit(summary, False)
     for name, worker in workers.items():
-        counts = ", ".join(_count(worker[key], key.removesuffix("s")) for key in ("images", "faces", "errors"))
+        counts = ", ".join(counted(worker[key], key.removesuffix("s")) for key in ("images", "faces", "errors"))
         click.echo(f"worker {name}: {counts}, {worker['img_s']} img/s")
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 @click.group()

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from ..artifacts.cache import CacheWriter
 from ..artifacts.queue import QueueEntry, read_queue
 from ..base.errors import CacheError, ImageLoadError, SchedulerError, WorkerRefusedError
+from ..base.messages import counted
 from ..base.pipeline import read_image
 from ..base.progress import Progress, ProgressFactory
 from ..models.packs import PackIdentity, resolve_pack
@@ -227,6 +228,7 @@ class _Driver:
         this machine cannot read either is recorded with its reason."""
         data: dict[str, bytes] = {}
         batch: list[QueueEntry] = []
+        size = 0
         for entry in entries:
             try:
                 data[entry.path] = read_image(entry.local_path(), self.config.max_bytes)
@@ -234,10 +236,11 @@ class _Driver:
                 self._record(Outcome(entry, size=entry.size, error=exc.reason), None)
                 continue
             batch.append(entry)
+            size += len(data[entry.path])
             self.stats.shipped += 1
-            if sum(len(value) for value in data.values()) >= SHIP_SHARD_BYTES:
+            if size >= SHIP_SHARD_BYTES:
                 self._submit(tuple(batch), data)
-                data, batch = {}, []
+                data, batch, size = {}, [], 0
         if batch:
             self._submit(tuple(batch), data)
 
@@ -261,17 +264,18 @@ class _Driver:
                 f"the Dask scheduler at {self.spread.scheduler} went away; what came back is in the cache. "
                 "Start the scheduler (and its workers) again and run the same command to continue"
             )
-        self.stats.resubmitted_shards += 1 if error is None or len(shard.entries) > 1 else 0
-        if error is None:
-            self._submit(shard.entries, shard.data)  # lost (its result's worker died before it came back)
+        if error is None:  # lost: its result's worker died before it came back
+            parts = [shard.entries]
         elif len(shard.entries) > 1:
             half = len(shard.entries) // 2
-            for number, part in enumerate((shard.entries[:half], shard.entries[half:])):
-                self.stats.resubmitted_shards += number  # one more for the second half
-                self._submit(part, {entry.path: shard.data[entry.path] for entry in part if entry.path in shard.data})
+            parts = [shard.entries[:half], shard.entries[half:]]
         else:
             entry = shard.entries[0]
             self._record(Outcome(entry, size=entry.size, error=WORKER_DIED, transient=True), None)
+            return None
+        for part in parts:
+            self.stats.resubmitted_shards += 1
+            self._submit(part, {entry.path: shard.data[entry.path] for entry in part if entry.path in shard.data})
         return None
 
     def _take(self, result: ShardResult) -> None:
@@ -316,11 +320,12 @@ class _Driver:
         needed = dict(self.spread.resources)
         fitting = [w for w in workers.values() if all(w.get("resources", {}).get(k, 0) >= v for k, v in needed.items())]
         if needed and not fitting:
-            wanted = ",".join(f"{k}={v:g}" for k, v in needed.items())
             log.warning(
-                "no worker of %s offers --resources %s yet: the shards wait for one", self.spread.scheduler, wanted
+                "no worker of %s offers --resources %s yet: the shards wait for one",
+                self.spread.scheduler,
+                _resources_text(self.spread.resources),
             )
-        log.info("%d worker%s at %s", len(workers), "" if len(workers) == 1 else "s", self.spread.scheduler)
+        log.info("%s at %s", counted(len(workers), "worker"), self.spread.scheduler)
 
 
 class _Watchdog:
@@ -353,10 +358,10 @@ class _Watchdog:
                 workers = len(self.client.nthreads())
             except Exception:  # the scheduler is going away: the main loop says so
                 return
-            wanted = ",".join(f"{k}={v:g}" for k, v in self.spread.resources)
+            wanted = _resources_text(self.spread.resources)
             log.warning(
-                "no shard has come back for %d s; %d worker%s at %s%s (Ctrl-C stops, keeping what came back)",
-                quiet, workers, "" if workers == 1 else "s", self.spread.scheduler,
+                "no shard has come back for %d s; %s at %s%s (Ctrl-C stops, keeping what came back)",
+                quiet, counted(workers, "worker"), self.spread.scheduler,
                 f", and the shards need --resources {wanted}" if wanted else "",
             )  # fmt: skip
             self.last = time.monotonic()
@@ -386,6 +391,11 @@ class Pending:
             shard.extend(self.groups.popleft())
         self.remaining -= len(shard)
         return tuple(shard)
+
+
+def _resources_text(resources: tuple[tuple[str, float], ...]) -> str:
+    """``--resources`` as written: ``dml=1,gpu=0.5``."""
+    return ",".join(f"{name}={amount:g}" for name, amount in resources)
 
 
 def guided_size(remaining: int, threads: int, largest: int) -> int:

@@ -113,10 +113,6 @@ class Shard:
     maps: tuple[PathMap, ...] = ()
     data: dict[str, bytes] = field(default_factory=dict)
 
-    @property
-    def shipped_bytes(self) -> int:
-        return sum(len(data) for data in self.data.values())
-
 
 @dataclass(frozen=True)
 class ShardResult:

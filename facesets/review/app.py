@@ -31,6 +31,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from ..base.errors import ConfigError, DatabaseError, FacesetsError, ImageLoadError, ModelPackError, PersonError
+from ..base.messages import counted
 from ..models.runtime import Lazy, runtime_options
 from ..store import personops
 from ..store.activity import recent, recorded, undo_last
@@ -134,7 +135,7 @@ def _common_candidate(faces: list[Any], match: float | None) -> Any:
 
 
 def _count(faces: list[int]) -> str:
-    return f"{len(faces)} face" + ("" if len(faces) == 1 else "s")
+    return counted(len(faces), "face")
 
 
 def _int(value: Any) -> int:
