@@ -99,6 +99,7 @@ def _discard_unfinished_init(data: Path) -> None:
     so that this start initialises it afresh. Anything else in the folder keeps it."""
     for left in data.parent.glob(f".{data.name}.unfinished-*"):
         shutil.rmtree(left, ignore_errors=True)
+    _wait_for_initdb(data)
     try:
         entries = [entry.name for entry in data.iterdir()]
     except OSError:
@@ -109,6 +110,21 @@ def _discard_unfinished_init(data: Path) -> None:
         aside = data.with_name(f".{data.name}.unfinished-{os.getpid()}")
         data.rename(aside)
         shutil.rmtree(aside, ignore_errors=True)
+
+
+def _wait_for_initdb(data: Path, timeout: float = 120.0) -> None:
+    """A killed command's initdb goes on alone, and when it fails it empties the folder it was given by name,
+    whatever that folder holds by then: wait until no initdb works on ``data`` (its backends end before it)."""
+    import psutil
+
+    target = str(data)
+    busy = [
+        process
+        for process in psutil.process_iter(["name", "cmdline"])
+        if (process.info["name"] or "").removesuffix(".exe") == "initdb" and target in (process.info["cmdline"] or [])
+    ]
+    if busy:
+        psutil.wait_procs(busy, timeout=timeout)
 
 
 def _settle_starting_server(data: Path, timeout: float = 30.0) -> None:
