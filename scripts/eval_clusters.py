@@ -14,7 +14,7 @@ Scores: BCubed precision, recall and F1, pairwise F1, ARI, the number of sets ag
 the share of labeled faces left unassigned. A labeled set is a folder with ``labels.json`` mapping a photo's
 path inside the folder to its person (``--labels FILE``; both sets of ``../shared/data`` are built in).
 
-    python scripts/eval_clusters.py --shared ../shared [--set faces --set celeba] [--pack scrfd500m-mbf]
+    python scripts/eval_clusters.py --shared ../shared [--set faces --set celeba] [--pack scrfd500m-mbf] [--mode fast]
     python scripts/eval_clusters.py --labels /data/lfw/labels.json --json
 """
 
@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from facesets.artifacts.cache import load_cache
 from facesets.artifacts.facesetdir import face_key
 from facesets.artifacts.queue import append_entries, scan_folders
+from facesets.base.settings import Mode
 from facesets.cluster.algorithms import Algorithm, ClusterParams, cluster_library
 from facesets.cluster.calibration import describe, poor_faces
 from facesets.cluster.evaluation import Scores, score, subject_face
@@ -51,13 +52,14 @@ SEEDS = {
 BUILT_IN = ("faces", "celeba")
 
 
-def embed(folder: Path, pack: Path, work: Path) -> Path:
-    """The folder's face cache made by ``pack`` (kept in ``work``: a second run reuses it)."""
+def embed(folder: Path, pack: Path, work: Path, mode: Mode = Mode.REFERENCE) -> Path:
+    """The folder's face cache made by ``pack`` in ``mode`` (kept in ``work``: a second run reuses it)."""
     work.mkdir(parents=True, exist_ok=True)
-    queue, cache = work / "queue.json", work / f"{pack.name}.npz"
+    suffix = "" if mode is Mode.REFERENCE else f"-{mode.value}"
+    queue, cache = work / "queue.json", work / f"{pack.name}{suffix}.npz"
     if not queue.exists():
         append_entries(queue, scan_folders([folder]).entries)
-    run_embed(EmbedConfig(queue=queue, cache=cache, model_dir=pack))
+    run_embed(EmbedConfig(queue=queue, cache=cache, model_dir=pack, mode=mode))
     return cache
 
 
@@ -128,6 +130,9 @@ def main() -> int:
     parser.add_argument("--labels", type=Path, action="append", help="labels.json of another labeled folder")
     parser.add_argument("--pack", action="append", help="pack name under <shared>/models (default: all)")
     parser.add_argument("--work", type=Path, help="keep queues and caches here (re-runs skip the embedding)")
+    parser.add_argument(
+        "--mode", choices=[mode.value for mode in Mode], default=Mode.REFERENCE.value, help="embed --mode"
+    )
     parser.add_argument("--json", action="store_true", help="print every figure as JSON")
     args = parser.parse_args()
     folders = [args.shared / "data" / name for name in (args.set or ([] if args.labels else BUILT_IN))]
@@ -141,7 +146,7 @@ def main() -> int:
             truth = [labels[path] for path in sorted(labels)]
             for name in packs:
                 work = work_root / folder.name / name
-                cache = embed(folder, args.shared / "models" / name, work)
+                cache = embed(folder, args.shared / "models" / name, work, Mode(args.mode))
                 keys, rows, data = subjects(cache, folder, labels)
                 results[f"{folder.name}/{name}"] = {
                     "photos": len(labels),

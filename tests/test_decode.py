@@ -197,3 +197,46 @@ def test_jpegs_decode_through_simplejpeg_to_opencvs_pixels_at_every_reduction(fa
             found = decode(data, 1.0 / reduction)
             assert found.pixels.shape == expected.shape and np.array_equal(found.pixels, expected), reduction
             assert found.scale == expected.shape[1] / found.width
+
+
+def test_jpegs_decode_into_lent_memory_that_later_decodes_reuse(faces_dir: Path) -> None:
+    """A decode given a pool writes into a buffer lent by it (the same pixels as into fresh memory); a buffer
+    given back serves the next decode of its size; a damaged JPEG that OpenCV decodes gives its buffer back at
+    once."""
+    from facesets.base.pipeline import Buffers
+
+    files = sorted((faces_dir / "celeb5").rglob("*.jpg"))[:3]
+    buffers = Buffers(keep=2)
+    big = decode(files[0].read_bytes(), buffers=buffers)
+    assert big.buffer is not None and np.shares_memory(big.pixels, np.frombuffer(big.buffer, np.uint8))
+    assert np.array_equal(big.pixels, decode(files[0].read_bytes()).pixels)
+    lent = big.buffer
+    buffers.give(lent)
+    smaller = decode(files[0].read_bytes(), 0.5, buffers=buffers)  # a quarter of the bytes: not the big one
+    assert smaller.buffer is not None and smaller.buffer is not lent
+    assert np.array_equal(smaller.pixels, decode(files[0].read_bytes(), 0.5).pixels)
+    damaged = bytearray(files[1].read_bytes())
+    scan = damaged.rfind(b"\xff\xda") + 200
+    damaged[scan : scan + 40] = bytes(range(40))
+    opencv = decode(bytes(damaged), buffers=buffers)
+    assert opencv.buffer is None  # OpenCV's own memory; the lent buffer went back to the pool
+    again = decode(files[0].read_bytes(), buffers=buffers)
+    assert again.buffer is lent
+    png = io.BytesIO()
+    Image.open(files[2]).save(png, "PNG")
+    assert decode(png.getvalue(), buffers=buffers).buffer is None  # other formats: Pillow's memory
+
+
+def test_the_pool_keeps_only_its_largest_free_buffers() -> None:
+    from facesets.base.pipeline import Buffers
+
+    buffers = Buffers(keep=2)
+    small, middle, large = buffers.take(10), buffers.take(20), buffers.take(30)
+    for buffer in (middle, small, large):
+        buffers.give(buffer)
+    assert buffers.take(15) is middle  # the smallest of the two kept that fits; the smallest was let go
+    fresh = buffers.take(10)  # the large one is more than twice that: it stays for a big image
+    assert fresh is not small and len(fresh) == 10
+    assert buffers.take(16) is large
+    buffers.give(None)
+    assert len(buffers.take(1)) == 1

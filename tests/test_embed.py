@@ -347,3 +347,49 @@ def test_embed_refuses_to_add_to_a_damaged_cache(tmp_path: Path, pack_dir: Path,
     with pytest.raises(CacheCorruptError, match="is not a readable facesets cache"):
         run_embed(config(tmp_path, pack_dir))
     assert (tmp_path / "faces.npz").read_bytes() == bytes(damaged)
+
+
+@pytest.mark.parametrize("mode", [Mode.REFERENCE, Mode.FAST])
+def test_reused_decode_memory_gives_the_faces_of_fresh_memory(
+    tmp_path: Path, pack_dir: Path, sample_photos: list[Path], mode: Mode
+) -> None:
+    """Two inference and two io threads decode into memory lent and given back while other images are in
+    flight (and, in fast mode, decode again finer for small faces): every face and embedding is exactly what a
+    one-image-at-a-time decode into fresh memory gives."""
+    from PIL import Image
+
+    from facesets.models.decode import DecodedImage, decode
+    from facesets.models.faces import build_engine
+    from facesets.models.packs import resolve_pack
+    from facesets.models.runtime import runtime_options
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index in range(8):  # 5.8 MP: a big face and a small one (fast mode decodes those again, finer)
+        canvas = Image.new("RGB", (3200, 1800), (90 + 10 * index, 120, 140))
+        with (
+            Image.open(sample_photos[index % len(sample_photos)]) as big,
+            Image.open(sample_photos[(index + 3) % len(sample_photos)]) as small,
+        ):
+            canvas.paste(big.convert("RGB").resize((900, 900)), (100, 200))
+            canvas.paste(small.convert("RGB").resize((360, 360)), (2400, 500))
+        canvas.save(photos / f"{index}.jpg", quality=90)
+    make_queue(photos, tmp_path / "queue.json")
+    stats = run_embed(config(tmp_path, pack_dir, mode=mode, concurrency=2, io_concurrency=2))
+    assert stats.embedded == 8
+    cache = load_cache(tmp_path / "faces.npz")
+    engine = build_engine(resolve_pack(pack_dir), runtime_options(), square=mode is Mode.REFERENCE)
+    fit = 1280 if mode is Mode.FAST else None
+    finer: list[float] = []
+
+    def redecode(data: bytes, scale: float) -> DecodedImage:
+        finer.append(scale)
+        return decode(data, scale)
+
+    for index, record in enumerate(cache.images):
+        data = Path(record.path).read_bytes()
+        faces = engine.analyze(decode(data, fit=fit), lambda scale, data=data: redecode(data, scale))  # type: ignore[misc]
+        rows = np.flatnonzero(cache.meta["image"] == index)
+        assert len(rows) == len(faces) >= 2, record.path
+        assert np.array_equal(cache.embeddings[rows], np.stack([face.embedding for face in faces])), record.path
+    assert len(finer) == (8 if mode is Mode.FAST else 0)

@@ -38,6 +38,7 @@ from ..artifacts.indexstate import GalleryRow, IndexState, KnownFile
 from ..artifacts.layout import CLIP_STORE, FACE_CACHE, INDEX_STATE
 from ..artifacts.records import ImageRecord, ImageStatus, Source, SourceKind
 from ..base.errors import ConfigError, ModelPackError
+from ..base.pipeline import Buffers
 from ..base.progress import ProgressFactory
 from ..base.settings import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from ..models.clip import DEFAULT_CLIP_MODEL, SKIP_HINT, ClipIdentity, clip_identity, resolve_clip
@@ -298,6 +299,7 @@ class _Run:
         self.clip_claims = None if clip is None else Claims(known=clip.store.has)
         self.unflushed = 0
         self.skipped: set[tuple[str, str]] = set()
+        self.buffers = Buffers(keep=0)
         # State rows of recorded files, written with executemany at each flush (a statement per file would
         # hand the GIL to the worker threads thousands of times).
         self.image_rows: list[tuple[str, int, str, int, str | None]] = []
@@ -395,7 +397,7 @@ class _Run:
         done = Done(item, read.digest, deduped=not read.new, need_clip=need_clip, size=len(read.data))
         if (done.deduped and not need_clip) or not self.ml:
             return done, read
-        decode_into(read, self.claims, self.config.max_pixels)
+        decode_into(read, self.claims, self.config.max_pixels, buffers=self.buffers)
         if read.image is None:
             done.error, done.transient = read.error, read.transient
         else:
@@ -406,13 +408,16 @@ class _Run:
         done, read = loaded
         if read.image is None or not self.ml:
             return done
-        if not done.deduped:
-            faces = analyze(self.model.engine(), read.image, read.data, self.config.max_pixels)  # no pack: the run ends
-            done.faces, done.error, done.transient = faces.value or [], faces.error, faces.transient
-        if done.need_clip and not done.error:
-            image = read.image
-            vector = attempt(lambda: self.clip_visual().embed([image])[0])
-            done.clip_vector, done.error, done.transient = vector.value, vector.error, vector.transient
+        image = read.image
+        try:
+            if not done.deduped:  # no pack: the run ends
+                faces = analyze(self.model.engine(), image, read.data, self.config.max_pixels, self.buffers)
+                done.faces, done.error, done.transient = faces.value or [], faces.error, faces.transient
+            if done.need_clip and not done.error:
+                vector = attempt(lambda: self.clip_visual().embed([image])[0])
+                done.clip_vector, done.error, done.transient = vector.value, vector.error, vector.transient
+        finally:
+            self.buffers.give(image.buffer)
         return done
 
     # -- recording -----------------------------------------------------------------------------------
@@ -485,6 +490,7 @@ class _Run:
         bar = progress(reads) if folders and progress else None
         workers = max(1, self.config.concurrency)
         io_workers = self.config.io_concurrency or 2 * workers
+        self.buffers = Buffers(keep=workers)  # as in an embed run
         for done in run_stages(self.items(folders), self.load, self.infer, workers, io_workers):
             self.record(done)
             if bar:

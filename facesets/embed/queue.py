@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 from ..artifacts.cache import EMBEDDING_DIM, META_DTYPE, CacheWriter, faces_to_arrays
 from ..artifacts.queue import QueueEntry, read_queue
 from ..artifacts.records import ImageRecord, ImageStatus
+from ..base.pipeline import Buffers
 from ..base.progress import ProgressFactory
 from ..base.settings import DEFAULT_DET_SIZES, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Mode
 from ..models.decode import jpeg_decoder
@@ -173,10 +174,13 @@ class ImageWork:
         self.config = config
         self.claims = claims
         self.read = read or (lambda entry: read_and_claim(entry.local_path(), claims, config.max_bytes))
+        self.buffers = Buffers(keep=0)
 
     def run(self, entries: Iterable[QueueEntry], workers: int) -> Iterator[Outcome]:
         """The outcome of every entry, in order, through the two bounded pools."""
         io_workers = self.config.io_concurrency or max(2, workers)
+        # decode memory is reused; one spare buffer per inference worker stays mapped between images
+        self.buffers = Buffers(keep=workers)
         return run_stages(entries, self.load, self.infer, workers, io_workers)
 
     def load(self, entry: QueueEntry) -> tuple[QueueEntry, Read]:
@@ -184,7 +188,7 @@ class ImageWork:
         if read.error or not read.new:
             return entry, read
         fit = FAST_DECODE_LONG_SIDE if self.config.mode is Mode.FAST else None
-        return entry, decode_into(read, self.claims, self.config.max_pixels, fit)
+        return entry, decode_into(read, self.claims, self.config.max_pixels, fit, self.buffers)
 
     def infer(self, loaded: tuple[QueueEntry, Read]) -> Outcome:
         entry, read = loaded
@@ -194,7 +198,10 @@ class ImageWork:
         base = Outcome(entry, read.digest, size, read.new, width, height, read.error, read.transient, read.missing)
         if image is None:
             return base
-        analysis = analyze(self.engine, image, read.data, self.config.max_pixels)
+        try:
+            analysis = analyze(self.engine, image, read.data, self.config.max_pixels, self.buffers)
+        finally:
+            self.buffers.give(image.buffer)
         if analysis.transient:
             self.claims.release(read.digest)
         if analysis.error:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import blake3
 
 from ..base.errors import OUT_OF_MEMORY, ImageLoadError, is_out_of_memory
-from ..base.pipeline import bounded_map, read_image
+from ..base.pipeline import Buffers, bounded_map, read_image
 
 if TYPE_CHECKING:
     from ..models.decode import DecodedImage
@@ -83,13 +83,16 @@ def claim_bytes(data: bytes, claims: Claims) -> Read:
     return Read(data, digest, claims.claim(digest))
 
 
-def decode_into(read: Read, claims: Claims, max_pixels: int, fit: int | None = None) -> Read:
-    """Decode ``read``'s bytes (``fit``: the long side a fast JPEG decode may shrink to); a transient failure
-    releases the claim."""
+def decode_into(
+    read: Read, claims: Claims, max_pixels: int, fit: int | None = None, buffers: Buffers | None = None
+) -> Read:
+    """Decode ``read``'s bytes (``fit``: the long side a fast JPEG decode may shrink to; ``buffers``: the
+    memory lent for it, given back by whoever is done with the pixels); a transient failure releases the
+    claim."""
     from ..models.decode import decode
 
     try:
-        read.image = decode(read.data, max_pixels=max_pixels, fit=fit)
+        read.image = decode(read.data, max_pixels=max_pixels, fit=fit, buffers=buffers)
     except ImageLoadError as exc:
         read.error, read.transient = exc.reason, exc.transient
         read.data = b""
@@ -119,11 +122,25 @@ def attempt(work: Callable[[], T]) -> Attempt[T]:
         return Attempt(None, f"inference failed: {type(exc).__name__}: {exc}")
 
 
-def analyze(engine: FaceEngine, image: DecodedImage, data: bytes, max_pixels: int) -> Attempt[list[Face]]:
-    """The faces of one decoded image (``data``: its bytes, decoded again at a finer scale for small faces)."""
+def analyze(
+    engine: FaceEngine, image: DecodedImage, data: bytes, max_pixels: int, buffers: Buffers | None = None
+) -> Attempt[list[Face]]:
+    """The faces of one decoded image (``data``: its bytes, decoded again at a finer scale for small faces,
+    into memory lent by ``buffers`` and given back before this returns)."""
     from ..models.decode import decode
 
-    return attempt(lambda: engine.analyze(image, lambda scale: decode(data, scale, max_pixels)))
+    finer: list[DecodedImage] = []
+
+    def redecode(scale: float) -> DecodedImage:
+        finer.append(decode(data, scale, max_pixels, buffers=buffers))
+        return finer[-1]
+
+    try:
+        return attempt(lambda: engine.analyze(image, redecode))
+    finally:
+        if buffers is not None:
+            for done in finer:
+                buffers.give(done.buffer)
 
 
 def run_stages(
