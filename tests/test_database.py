@@ -247,7 +247,8 @@ def test_a_lock_file_half_written_by_a_server_killed_while_starting_is_no_obstac
     data = tmp_path / "pg"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "facesets", "migrate", "--data", str(data)]
-    assert subprocess.run(command, env=env, capture_output=True, timeout=120).returncode == 0
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     # what PostgreSQL writes first, before the socket and the status lines: a server killed right then
     (data / "postmaster.pid").write_text(f"{gone.stdout.strip()}\n{data}\n1796148496\n5432\n")
