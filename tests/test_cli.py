@@ -319,3 +319,12 @@ def test_commands_on_the_store_without_one_say_so_and_create_nothing(
     assert not (chdir_tmp / "caches").exists()
     assert main(["cluster", "--cache", "c.npz", "--threshold", "0.65"]) == 2
     assert "--threshold and --database are for clustering the persons" in capsys.readouterr().err
+
+
+def test_sigterm_is_handled_only_while_a_command_runs() -> None:
+    """main() turns SIGTERM into an orderly stop for the command's duration and gives the handler back."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["--version"]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -243,15 +243,18 @@ def test_ctrl_c_on_the_driver_flushes_what_came_back(
     assert_same_cache(tmp_path / "d.npz", library / "reference.npz")
 
 
-def test_ctrl_c_on_the_driver_exits_130(cluster: LocalCluster, library: Path, pack_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_on_the_driver_exits_flushed(
+    cluster: LocalCluster, library: Path, pack_dir: Path, tmp_path: Path, signum: int, code: int
+) -> None:
     args = ["embed", "--queue", str(library / "queue.json"), "--cache", "d.npz", "--model-dir", str(pack_dir)]
     args += ["--scheduler", cluster.scheduler_address, "--shard-size", "2", "--flush-every", "2"]
     victim = run_cli(args, tmp_path)
     wait_for_segments(tmp_path / "d.npz")
-    victim.send_signal(signal.SIGINT)
+    victim.send_signal(signum)
     _, err = victim.communicate(timeout=60)
-    assert victim.returncode == 130, err
-    assert "interrupted: what was flushed is kept" in err and "Traceback" not in err
+    assert victim.returncode == code, err
+    assert "what was flushed is kept" in err and "Traceback" not in err
     assert 2 <= len(load_cache(tmp_path / "d.npz").images) < PHOTOS + 2
 
 

@@ -243,8 +243,13 @@ def test_a_pack_with_the_same_recognizer_adds_to_the_cache(
     assert sorted(Path(r.path).name for r in load_cache(tmp_path / "faces.npz").images) == ["a.jpg", "b.jpg"]
 
 
-def test_ctrl_c_exits_130_with_the_resume_hint_and_the_rerun_finishes(
-    tmp_path: Path, pack_dir: Path, faces_dir: Path
+@pytest.mark.parametrize(
+    ("signum", "code", "word"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_ctrl_c_or_sigterm_exits_with_the_resume_hint_and_the_rerun_finishes(
+    tmp_path: Path, pack_dir: Path, faces_dir: Path, signum: int, code: int, word: str
 ) -> None:
     photos = sorted((faces_dir / "celeb5").rglob("*.jpg"))[:40]
     write_queue(tmp_path / "queue.json", [QueueEntry(str(p), None, "", p.stat().st_size) for p in photos])
@@ -258,10 +263,10 @@ def test_ctrl_c_exits_130_with_the_resume_hint_and_the_rerun_finishes(
         text=True,
     )
     wait_for_segments(tmp_path / "c.npz")
-    victim.send_signal(signal.SIGINT)
+    victim.send_signal(signum)
     _, err = victim.communicate(timeout=120)
-    assert victim.returncode == 130, err
-    assert "interrupted: what was flushed is kept; run the same command again to continue" in err
+    assert victim.returncode == code, err
+    assert f"{word}: what was flushed is kept; run the same command again to continue" in err
     assert "Traceback" not in err and "aborted" not in err
     kept = len(load_cache(tmp_path / "c.npz").images)
     assert 5 <= kept < 40

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import click
@@ -109,6 +112,33 @@ def main(argv: Sequence[str] | None = None, command: click.Command | None = None
     set_verbosity(verbose)
     if command is None:
         command, args = cli, ["-v"] * verbose + args
+    with _terminate_as_interrupt():
+        return _run(command, args, prog_name)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a service manager stopping the run): unwinds like Ctrl-C, so what was done is flushed."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While a command runs, SIGTERM raises :class:`Terminated` in the main thread (where Python runs signal
+    handlers); the previous handler comes back after it."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        yield
+        return
+
+    def terminate(_signum: int, _frame: Any) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(command: click.Command, args: list[str], prog_name: str) -> int:
     try:
         code = command.main(args=args, prog_name=prog_name, standalone_mode=False)
     except FacesetsError as exc:
@@ -116,7 +146,7 @@ def main(argv: Sequence[str] | None = None, command: click.Command | None = None
         return exc.exit_code
     except click.exceptions.Abort as exc:
         if isinstance(exc.__cause__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
-            return _interrupted()
+            return _interrupted(exc.__cause__)
         click.echo("aborted", err=True)
         return 1
     except click.ClickException as exc:
@@ -124,8 +154,8 @@ def main(argv: Sequence[str] | None = None, command: click.Command | None = None
         exc.show(file=shown)
         click.echo("\n".join(safe(line) for line in shown.getvalue().splitlines()), err=True)
         return exc.exit_code
-    except KeyboardInterrupt:
-        return _interrupted()
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
     except OSError as exc:  # what a library call did not turn into a message of its own
         click.echo(f"error: {safe(_os_message(exc))}", err=True)
         return 1
@@ -160,9 +190,11 @@ def _os_message(exc: OSError) -> str:
     return f"{exc.strerror or type(exc).__name__}:{where or ' (no file named)'}"
 
 
-def _interrupted() -> int:
-    click.echo("interrupted: what was flushed is kept; run the same command again to continue", err=True)
-    return 130
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    """Ctrl-C exits 130, SIGTERM 143 (128 + the signal's number, as a shell reports them)."""
+    what, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+    click.echo(f"{what}: what was flushed is kept; run the same command again to continue", err=True)
+    return code
 
 
 def run() -> None:
