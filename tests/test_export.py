@@ -113,9 +113,13 @@ def test_new_sets_have_crops_and_manifests(library: Path, tmp_path: Path) -> Non
 def test_running_twice_changes_nothing(library: Path, tmp_path: Path) -> None:
     sets = tmp_path / "facesets_swap_ready"
     _run(library, sets)
+    applied = tmp_path / "applied.json"
+    applied.write_bytes((tmp_path / "clusters.json").read_bytes())
     before = _snapshot(sets)
-    summary, exported = _run(library, sets)
-    assert summary["candidates"] == 0 and exported["already_applied"] is True
+    summary, exported = _run(library, sets)  # a new plan that finds nothing new: nothing to do
+    assert summary["candidates"] == 0 and (exported["nothing_to_do"], exported["already_applied"]) == (True, False)
+    again = run_export(ExportConfig(applied))  # the plan applied before
+    assert (again.already_applied, again.nothing_to_do) == (True, False)
     assert _snapshot(sets) == before
 
 

@@ -75,7 +75,8 @@ class ExportConfig:
 @dataclass
 class ExportSummary:
     plan: str = ""
-    already_applied: bool = False
+    already_applied: bool = False  # this plan was applied before: nothing is done again
+    nothing_to_do: bool = False  # a plan of no new identity and no new photo: the sets stay as they are
     new_sets: list[str] = field(default_factory=list)
     extended_sets: list[str] = field(default_factory=list)
     faces_written: int = 0
@@ -95,8 +96,11 @@ def run_export(config: ExportConfig, progress: ProgressFactory | None = None) ->
     summary = ExportSummary(plan=plan.id)
     with exclusive_lock(root / SETS_LOCK):
         top = read_top(root)
-        if plan.id in top.applied_plans or _changes_nothing(plan, top):
+        if plan.id in top.applied_plans:
             summary.already_applied = True
+            return summary
+        if _changes_nothing(plan, top):
+            summary.nothing_to_do = True
             return summary
         _check_made_against(root, top, plan)
         _remove_partials(root)
