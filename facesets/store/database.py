@@ -166,17 +166,25 @@ def _discard_unfinished_init(data: Path) -> None:
     so that this start initialises it afresh. Anything else in the folder keeps it."""
     for left in data.parent.glob(f".{data.name}.unfinished-*"):
         shutil.rmtree(left, ignore_errors=True)
-    _wait_for_initdb(data)
-    try:
-        entries = [entry.name for entry in data.iterdir()]
-    except OSError:
+    entries = _entries(data)
+    if entries is None or "postmaster.opts" in entries:  # no folder, or a server started from it: no initdb here
         return
+    _wait_for_initdb(data)
+    entries = _entries(data) or []  # as the killed command's initdb left it
     unfinished = all(name in INITDB_ENTRIES or name.startswith("pg_") for name in entries)
     if entries and "postmaster.opts" not in entries and unfinished:
         # moved aside first: the killed command's initdb may still be writing into it
         aside = data.with_name(f".{data.name}.unfinished-{os.getpid()}")
         data.rename(aside)
         shutil.rmtree(aside, ignore_errors=True)
+
+
+def _entries(data: Path) -> list[str] | None:
+    """The names in the data folder; None when it cannot be listed (not there yet)."""
+    try:
+        return [entry.name for entry in data.iterdir()]
+    except OSError:
+        return None
 
 
 def _wait_for_initdb(data: Path, timeout: float = 120.0) -> None:
