@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
@@ -10,6 +14,7 @@ import pytest
 
 from facesets.cluster.algorithms import Algorithm, ClusterParams, cluster, cluster_library
 from facesets.cluster.calibration import (
+    AVERAGES_TAIL,
     FALSE_LINKS_PER_FACE,
     MIN_LIBRARY,
     estimate,
@@ -22,16 +27,23 @@ from facesets.cluster.calibration import (
 from facesets.cluster.evaluation import score
 from facesets.cluster.identify import refine
 from facesets.cluster.thresholds import Thresholds
+from tests.conftest import REPO, SHARED, shared_path
 
 
-def library(people: int, per_person: int, seed: int = 5, quality: float = 0.78) -> tuple[np.ndarray, np.ndarray]:
-    """Faces like a recognizer's: centres in a 100-d subspace, each photo's own variation in a 28-d one."""
+def library(
+    people: int, per_person: int, seed: int = 5, quality: float = 0.78, among: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Faces like a recognizer's: centres in a 100-d subspace, each photo's own variation in a 28-d one, the
+    share ``among`` of it among the centres (where it makes the face unlike or like other people)."""
     rng = np.random.default_rng(seed)
     basis = np.linalg.qr(rng.standard_normal((512, 128)))[0].T.astype(np.float32)
     centres = rng.standard_normal((people, 100)).astype(np.float32) @ basis[:100]
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     truth = np.repeat(np.arange(people), per_person)
     noise = rng.standard_normal((len(truth), 28)).astype(np.float32) @ basis[100:]
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    deviation = rng.standard_normal((len(truth), 100)).astype(np.float32) @ basis[:100]
+    noise = math.sqrt(1 - among) * noise + math.sqrt(among) * deviation / np.linalg.norm(deviation, axis=1)[:, None]
     noise /= np.linalg.norm(noise, axis=1, keepdims=True)
     vectors = quality * centres[truth] + math.sqrt(1 - quality**2) * noise
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32), truth
@@ -74,28 +86,47 @@ def test_a_small_library_uses_the_recognizers_statistics_and_a_given_distance_is
     assert given.given and given.seed_similarity == pytest.approx(0.4)
 
 
-def test_the_shared_fraction_is_measured_from_clusters() -> None:
-    vectors, truth = library(200, 8)
+@pytest.mark.parametrize("among", [0.0, 0.6])
+def test_the_shared_fractions_are_measured_from_clusters_and_single_faces(among: float) -> None:
+    vectors, truth = library(200, 8, among=among)
     sums = np.stack([vectors[truth == person].sum(axis=0) for person in range(200)])
     sizes = np.full(200, 8, np.int64)
-    mean, sd = impostor_statistics(vectors)
-    rho, measured = shared_fraction(sums, sizes, mean, sd)
+    _, sd = impostor_statistics(vectors)
+    fractions, measured = shared_fraction(sums, sizes, vectors, truth, sd)
+    # the truth, from every pair of people and every face against every other person
     means = sums / 8
     i, j = np.triu_indices(200, 1)
-    averages = np.einsum("ij,ij->i", means[i], means[j])
-    truth_rho = (averages.var() / sd**2 - 1 / 64) / (1 - 1 / 64)
-    assert measured == 200 and rho is not None
-    assert rho == pytest.approx(truth_rho, abs=0.08)
-    assert shared_fraction(sums[:5], sizes[:5], mean, sd) == (None, 5)  # too few clusters: nothing relaxed
+    pairs = np.einsum("ij,ij->i", means[i], means[j]).var() / sd**2
+    singles = (vectors @ means.T)[truth[:, None] != np.arange(200)[None, :]].var() / sd**2
+    # pairs = rho + q 2/8 + (1 - rho - 2q)/64; singles = rho + q + (1 - rho - q)/8
+    rho, own = np.linalg.solve(
+        [[1 - 1 / 64, 2 / 8 - 2 / 64], [1 - 1 / 8, 1 + 1 / 8 - 2 / 8]], [pairs - 1 / 64, singles - 1 / 8]
+    )
+    assert measured == 200 and fractions is not None
+    assert fractions[0] == pytest.approx(rho, abs=0.08)
+    assert fractions[1] == pytest.approx(max(own, 0.0), abs=0.05)
+    assert (fractions[1] > 0.1) is (among > 0)  # a face's own share shows only where it lies among the people
+    assert shared_fraction(sums[:5], sizes[:5], vectors, truth, sd) == (None, 5)  # too few: nothing relaxed
 
 
 def test_larger_clusters_need_less_and_never_less_than_the_floor() -> None:
     vectors, _ = library(300, 10)
-    learned = estimate(vectors, same_photo_pairs(np.arange(len(vectors)))).with_shared(0.4, 30)
+    learned = estimate(vectors, same_photo_pairs(np.arange(len(vectors)))).with_shared(0.4, 0.0, 30)
     one, two, many = learned.required(np.array([1.0, 2.0, 1e9]), np.array([1.0, 2.0, 1e9]))
     assert one == pytest.approx(learned.seed_similarity)
     assert one > two > many >= learned.floor_similarity - 1e-9
     assert learned.floor_similarity >= learned.lowest_similarity()
+
+
+def test_a_single_face_needs_more_against_a_large_cluster_than_two_large_clusters_do() -> None:
+    vectors, _ = library(300, 10)
+    learned = estimate(vectors, same_photo_pairs(np.arange(len(vectors)))).with_shared(0.4, 0.2, 30)
+    single, pair, both = learned.required(np.array([1.0, 1.0, 1e9]), np.array([1.0, 1e9, 1e9]))
+    assert single == pytest.approx(learned.seed_similarity)  # two single faces: the seed, whatever q
+    relief = AVERAGES_TAIL * math.sqrt(0.6)  # the spread's factor, for the heavier tail of averages
+    assert pair == pytest.approx(learned.impostor_mean + (single - learned.impostor_mean) * relief)
+    assert both == pytest.approx(learned.floor_similarity)
+    assert single > pair > both
 
 
 def test_poor_faces_spread_wider_against_the_cohort() -> None:
@@ -182,3 +213,22 @@ def test_a_poor_face_left_alone_is_reported_as_low_quality() -> None:
         {"reason": "low_quality", "faces": 1, "keys": []},
         {"reason": "singleton", "faces": 2, "keys": []},
     ]
+
+
+def test_the_defaults_keep_strangers_apart_on_the_labeled_photos_through_the_cli_path(tmp_path: Path) -> None:
+    """scripts/eval_clusters.py on ../shared/data/faces: every photo embedded with the real pack, then ``facesets
+    cluster`` with its defaults (the path users take) and the engine alone; precision first, and the learned
+    default ahead of each seed algorithm at its own default."""
+    shared_path("data", "faces", "labels.json")
+    command = [sys.executable, str(REPO / "scripts" / "eval_clusters.py"), "--shared", str(SHARED)]
+    command += ["--set", "faces", "--pack", "scrfd500m-mbf", "--work", str(tmp_path), "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)["faces/scrfd500m-mbf"]
+    cli, engine = result["cli"], result["engine"]
+    assert (result["photos"], cli["people"]) == (177, 18)
+    assert cli["bcubed_precision"] >= 0.98 and engine["graph"]["bcubed_precision"] >= 0.98
+    assert cli["bcubed_f1"] >= 0.9  # 0.911 when written; the cap with min_faces 5 is 0.968
+    assert cli["estimate"]["source"] == "recognizer" and cli["estimate"]["seed_clusters"] >= 12
+    for seed in ("average", "components", "dbscan"):
+        assert engine["graph"]["bcubed_f1"] > engine[seed]["bcubed_f1"], seed

@@ -218,10 +218,10 @@ def _average_linkage(
     poor: NDArray[np.bool_] | None = None,
     late: Graph | None = None,
 ) -> tuple[IntArray, LibraryEstimate]:
-    """Merge rounds at the seed threshold; then, with ``relax``, rho is measured on the clusters formed and the
-    rounds go on at the size-aware thresholds (:meth:`LibraryEstimate.required`), without the ``poor`` faces
-    the seed rounds left alone, which are attached at the end (:func:`_attach`) over the ``late`` edges (those
-    of the poor faces)."""
+    """Merge rounds at the seed threshold; then, with ``relax``, rho and q are measured on the clusters formed
+    and the rounds go on at the size-aware thresholds (:meth:`LibraryEstimate.required`), without the ``poor``
+    faces the seed rounds left alone, which are attached at the end (:func:`_attach`) over the ``late`` edges
+    (those of the poor faces)."""
     count = len(vectors)
     clusters = _Clusters(vectors, spreads)
     lowest = library.lowest_similarity() if relax else library.seed_similarity
@@ -231,16 +231,21 @@ def _average_linkage(
     )
     if relax:
         roots = np.unique(labels)
-        shared, measured = shared_fraction(
-            clusters.sums[roots], clusters.size[roots], library.impostor_mean, library.impostor_sd
+        fractions, measured = shared_fraction(
+            clusters.sums[roots],
+            clusters.size[roots],
+            vectors,
+            np.searchsorted(roots, labels),
+            library.impostor_sd,
+            None if poor is None else np.flatnonzero(~poor),
         )
-        library = library.with_shared(1.0 if shared is None else shared, measured)
+        library = library.with_shared(*(fractions or (1.0, 0.0)), measured)
         alone = None if poor is None else poor & (clusters.size == 1) & (labels == np.arange(count))
         if alone is not None:
             a, b, s = pairs
             keep = ~alone[a] & ~alone[b]
             pairs = a[keep], b[keep], s[keep]
-        if shared is not None:
+        if fractions is not None:
             labels, pairs = _rounds(clusters, labels, pairs, library, closeness, conflicts, tolerance, lowest)
         if alone is not None and late is not None:
             labels, attached = _attach(labels, clusters, late, alone, library, closeness, conflicts)
