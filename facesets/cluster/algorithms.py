@@ -53,7 +53,7 @@ from .calibration import (
 from .neighbors import DEFAULT_K, Graph, first_of_runs, knn_graph
 
 IntArray = NDArray[np.int64]
-CHUNK = 65_536
+CHUNK = 1024  # pairs compared at once: small enough for the gathered rows to stay in cache (2x faster than 65,536)
 
 
 class Algorithm(StrEnum):
