@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from facesets.cluster.algorithms import Algorithm, ClusterParams, cluster_library
-from facesets.cluster.calibration import poor_faces
+from facesets.cluster.calibration import poor_faces, robust_spread
 from facesets.cluster.evaluation import score
 
 DIM = 512
@@ -115,6 +115,7 @@ def statistics(
     same_right = order[1:][people[order][1:] == people[order][:-1]]
     same = np.einsum("ij,ij->i", vectors[same_left], vectors[same_right])
     counts = np.bincount(np.unique(people, return_inverse=True)[1])
+    identities = _identities(vectors, people)
     low = norms < np.quantile(norms, 0.1)
     low_left, low_right = np.flatnonzero(low)[rng.integers(0, low.sum(), (2, 200_000))]
     low_pairs = np.einsum("ij,ij->i", vectors[low_left], vectors[low_right])[people[low_left] != people[low_right]]
@@ -127,34 +128,36 @@ def statistics(
         "different_p99.9": round(float(np.percentile(other, 99.9)), 3),
         "poor_different_sd": round(float(low_pairs.std()), 3),  # strangers among the tenth with the lowest norm
         "poor_different_p99.9": round(float(np.percentile(low_pairs, 99.9)), 3),
-        "shared_rho": round(_shared(vectors, people, float(other.var())), 3),
-        **_single(vectors, people, float(other.var())),
-        **_identity_pairs(vectors, people),
+        "shared_rho": round(_shared(identities, float(other.var())), 3),
+        **_single(vectors, identities, float(other.var())),
+        **_identity_pairs(identities),
         "norm_rank_corr": round(_norm_correlation(vectors, people, norms), 3),
         "identities": len(counts),
         "singletons": int((counts == 1).sum()),
     }
 
 
-def _identities(
-    vectors: np.ndarray, people: np.ndarray, limit: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    """Each face's identity index, the identities' sizes, up to ``limit`` identities of 8 to 60 faces and their
-    mean vectors (``None``: fewer than two such identities)."""
+Identities = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None
+SHARE_IDENTITIES, PAIR_IDENTITIES = 150, 400  # identities the shares and the pairs' percentiles are measured on
+
+
+def _identities(vectors: np.ndarray, people: np.ndarray) -> Identities:
+    """Each face's identity index, the identities' sizes, up to :data:`PAIR_IDENTITIES` identities of 8 to 60
+    faces and their mean vectors (``None``: fewer than two such identities)."""
     inverse = np.unique(people, return_inverse=True)[1]
     counts = np.bincount(inverse)
-    chosen = np.flatnonzero((counts >= 8) & (counts <= 60))[:limit]
+    chosen = np.flatnonzero((counts >= 8) & (counts <= 60))[:PAIR_IDENTITIES]
     if len(chosen) < 2:
         return None
     return inverse, counts, chosen, np.stack([vectors[inverse == i].mean(axis=0) for i in chosen])
 
 
-def _shared(vectors: np.ndarray, people: np.ndarray, variance: float) -> float:
+def _shared(identities: Identities, variance: float) -> float:
     """rho measured with the labels: the variance of two identities' average similarity beyond 1/(a b)."""
-    found = _identities(vectors, people, 150)
-    if found is None:
+    if identities is None:
         return float("nan")
-    _, counts, chosen, means = found
+    _, counts, chosen, means = identities
+    chosen, means = chosen[:SHARE_IDENTITIES], means[:SHARE_IDENTITIES]
     sizes = counts[chosen].astype(np.float64)
     i, j = np.triu_indices(len(chosen), 1)
     averages = np.einsum("ij,ij->i", means[i], means[j])
@@ -162,20 +165,20 @@ def _shared(vectors: np.ndarray, people: np.ndarray, variance: float) -> float:
     return (float(averages.var()) / variance - single) / (1.0 - single)
 
 
-def _single(vectors: np.ndarray, people: np.ndarray, variance: float) -> dict[str, float]:
+def _single(vectors: np.ndarray, identities: Identities, variance: float) -> dict[str, float]:
     """rho for one face against the photos of a stranger (``single_rho``, above ``shared_rho`` by the part of
     the face's own variation that does not average out), and the upper tail of those averages as robust z-scores
     (``single_z_p99``, ``single_z_p99.9``; a normal tail: 2.33 and 3.09)."""
-    found = _identities(vectors, people, 150)
-    if found is None:
+    if identities is None:
         return {}
-    inverse, counts, chosen, means = found
+    inverse, counts, chosen, means = identities
+    chosen, means = chosen[:SHARE_IDENTITIES], means[:SHARE_IDENTITIES]
     faces = np.random.default_rng(2).choice(len(vectors), min(len(vectors), 2000), replace=False)
     other = inverse[faces][:, None] != chosen[None, :]
     averages = (vectors[faces] @ means.T)[other]
     single = float(np.mean(np.broadcast_to(1.0 / counts[chosen], other.shape)[other]))
-    middle = float(np.median(averages))
-    z = (averages - middle) / (1.4826 * float(np.median(np.abs(averages - middle))))
+    middle, spread = robust_spread(averages)
+    z = (averages - middle) / spread
     return {
         "single_rho": round((float(averages.var()) / variance - single) / (1.0 - single), 3),
         "single_z_p99": round(float(np.percentile(z, 99)), 2),
@@ -183,12 +186,11 @@ def _single(vectors: np.ndarray, people: np.ndarray, variance: float) -> dict[st
     }
 
 
-def _identity_pairs(vectors: np.ndarray, people: np.ndarray) -> dict[str, float]:
+def _identity_pairs(identities: Identities) -> dict[str, float]:
     """Upper percentiles of the average similarity of two people (people with 8 to 60 faces, at most 400)."""
-    found = _identities(vectors, people, 400)
-    if found is None:
+    if identities is None:
         return {}
-    means = found[3]
+    means = identities[3]
     i, j = np.triu_indices(len(means), 1)
     averages = np.einsum("ij,ij->i", means[i], means[j])
     return {

@@ -204,10 +204,14 @@ def impostor_statistics(vectors: NDArray[np.float32]) -> tuple[float, float]:
     pairs = min(RANDOM_PAIRS, count * (count - 1) // 2)
     left = rng.integers(0, count, pairs)
     right = (left + rng.integers(1, count, pairs)) % count  # never the face itself
-    sims = np.einsum("ij,ij->i", vectors[left], vectors[right], dtype=np.float64)
-    median = float(np.median(sims))
-    sd = 1.4826 * float(np.median(np.abs(sims - median)))
+    median, sd = robust_spread(np.einsum("ij,ij->i", vectors[left], vectors[right], dtype=np.float64))
     return median, max(sd, 1e-3)
+
+
+def robust_spread(values: NDArray[Any]) -> tuple[float, float]:
+    """The median and the robust standard deviation (1.4826 x the median absolute deviation) of ``values``."""
+    median = float(np.median(values))
+    return median, 1.4826 * float(np.median(np.abs(values - median)))
 
 
 def face_spreads(vectors: NDArray[np.float32], library: NDArray[np.float32], sd: float) -> NDArray[np.float32]:
@@ -255,7 +259,8 @@ def shared_fraction(
     pool = reliable if reliable is not None and len(reliable) else np.arange(len(faces))
     face = pool[rng.integers(0, len(pool), CLUSTER_PAIRS)]
     target = big[rng.integers(0, len(big), CLUSTER_PAIRS)]
-    face, target = face[cluster_of[face] != target], target[cluster_of[face] != target]
+    other = cluster_of[face] != target
+    face, target = face[other], target[other]
     a, b, c = (sizes[index].astype(np.float64) for index in (left, right, target))
     samples = (
         (np.einsum("ij,ij->i", sums[left], sums[right], dtype=np.float64) / (a * b), 1 / a + 1 / b, 1 / (a * b)),
@@ -264,8 +269,7 @@ def shared_fraction(
     # v - w = rho (1 - w) + q (u - 2 w), with u = 1/a + 1/b and w = 1/(a b), for each sample
     rows, values = [], []
     for averages, u, w in samples:
-        middle = float(np.median(averages))
-        variance = (1.4826 * float(np.median(np.abs(averages - middle))) / sd) ** 2
+        variance = (robust_spread(averages)[1] / sd) ** 2
         rows.append([1.0 - float(w.mean()), float(u.mean() - 2 * w.mean())])
         values.append(variance - float(w.mean()))
     rho, own = (float(x) for x in np.linalg.lstsq(np.array(rows), np.array(values), rcond=None)[0])
@@ -284,8 +288,8 @@ def poor_cutoff(norms: NDArray[np.float32] | None) -> float | None:
     known = norms[np.isfinite(norms)]
     if len(known) < MIN_NORMS:
         return None
-    middle = float(np.median(known))
-    return middle - POOR_Z * 1.4826 * float(np.median(np.abs(known - middle)))
+    middle, spread = robust_spread(known)
+    return middle - POOR_Z * spread
 
 
 def poor_faces(norms: NDArray[np.float32] | None) -> NDArray[np.bool_] | None:
