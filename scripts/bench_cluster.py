@@ -278,6 +278,8 @@ def main() -> int:
     parser.add_argument("--reference", type=Path, help="a face cache of a labeled set, to compare statistics")
     parser.add_argument("--labels", type=Path, help="the labels.json of --reference's photos")
     args = parser.parse_args()
+    if args.singles is not None and not 0.0 <= args.singles < 1.0:
+        parser.error(f"--singles is a share of the faces, from 0 up to (not including) 1, got {args.singles:g}")
     if args.reference and args.labels:
         print(f"real ({args.labels.parent.name}): {reference_statistics(args.reference, args.labels)}", flush=True)
     with tempfile.TemporaryDirectory() as work:
